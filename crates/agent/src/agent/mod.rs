@@ -1,0 +1,73 @@
+//! Agent mode: serve crx-proto requests from the host.
+//!
+//! The transport is a [`listener::Listener`]: vsock (in the guest) or a Unix socket (host-tier
+//! tests run crx-init as an ordinary process). Each connection gets a thread running a
+//! [`session::Session`]; a `Shutdown` request ends [`serve`].
+
+pub mod listener;
+#[allow(unsafe_code)]
+pub mod pty;
+pub mod relay;
+pub mod session;
+pub mod streams;
+
+use std::sync::{mpsc, Arc};
+
+use anyhow::{Context, Result};
+
+use crate::containers::forward::Forwarder;
+use crate::reaper::Reaper;
+use listener::{ListenAddr, Listener};
+use pty::Ptys;
+use session::{Outcome, Session};
+use streams::Streams;
+
+/// Listens on `addr` and serves connections until one asks for `Shutdown`; `on_ready` runs once
+/// the socket listens. Container requests go to a container helper started here.
+pub fn serve(addr: &ListenAddr, reaper: &Reaper, on_ready: impl FnOnce()) -> Result<()> {
+    let helper = match Forwarder::spawn(reaper) {
+        Ok(f) => Some(Arc::new(f)),
+        Err(e) => {
+            eprintln!("crx-init: containers unavailable: {e:#}");
+            None
+        }
+    };
+    let streams = Arc::new(Streams::default());
+    let ptys = Arc::new(Ptys::default());
+    let listener = Listener::bind(addr).with_context(|| format!("listening on {addr}"))?;
+    eprintln!("crx-init: agent listening on {addr}");
+    on_ready();
+    let (tx, rx) = mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("accept".into())
+        .spawn(move || loop {
+            match listener.accept() {
+                Ok(conn) => {
+                    let tx = tx.clone();
+                    let helper = helper.clone();
+                    let streams = streams.clone();
+                    let ptys = ptys.clone();
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("session".into())
+                            .spawn(move || {
+                                if Session::new(conn, helper, streams, ptys).run()
+                                    == Outcome::Shutdown
+                                {
+                                    let _ = tx.send(());
+                                }
+                            });
+                    if let Err(e) = spawned {
+                        eprintln!("crx-init: cannot start a session thread: {e}");
+                    }
+                }
+                Err(e) => {
+                    eprintln!("crx-init: accept: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        })
+        .context("starting the accept thread")?;
+    // The accept thread holds a sender forever, so this returns only on Shutdown.
+    rx.recv().context("agent accept loop ended")
+}

@@ -1,0 +1,120 @@
+//! A container's root filesystem: the image (a disk, a directory or a virtio-fs share) under a
+//! writable overlay, or mounted as it is.
+//!
+//! ```text
+//! with a tmpfs or disk writable layer:
+//! DIR/lower   <- rootfs.device (read-only, rootfs.fs_type); a directory is bind-mounted;
+//!                fs_type "virtiofs": device is the virtio-fs tag
+//! DIR/rw      <- tmpfs, or the writable disk
+//! DIR/rootfs  <- overlay lowerdir=lower, upperdir=rw/upper, workdir=rw/work
+//!
+//! writable ReadOnly / Direct:
+//! DIR/rootfs  <- rootfs.device itself, read-only / writable (a virtio-fs share written
+//!                directly: the container's writes land in the host directory, as with runc)
+//! ```
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use crx_proto::{Rootfs, WritableLayer};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+/// Mounts `r` under `dir` and returns the container's root directory.
+pub fn mount_rootfs(dir: &Path, r: &Rootfs) -> Result<PathBuf> {
+    let lower = dir.join("lower");
+    let rw = dir.join("rw");
+    let root = dir.join("rootfs");
+    let (source, fs_type, data) = match &r.writable {
+        WritableLayer::ReadOnly | WritableLayer::Direct => {
+            mkdir(&root)?;
+            mount_source(r, &root, r.writable == WritableLayer::ReadOnly)?;
+            return Ok(root);
+        }
+        WritableLayer::Tmpfs { size_bytes } => {
+            ("tmpfs", "tmpfs", size_bytes.map(|s| format!("size={s}")))
+        }
+        WritableLayer::Disk { device, fs_type } => (device.as_str(), fs_type.as_str(), None),
+    };
+    for d in [&lower, &rw, &root] {
+        mkdir(d)?;
+    }
+    mount_source(r, &lower, true)?;
+    do_mount(
+        Some(Path::new(source)),
+        &rw,
+        Some(fs_type),
+        MsFlags::empty(),
+        data.as_deref(),
+    )?;
+    let (upper, work) = (rw.join("upper"), rw.join("work"));
+    mkdir(&upper)?;
+    mkdir(&work)?;
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    do_mount(
+        Some(Path::new("overlay")),
+        &root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(&data),
+    )?;
+    Ok(root)
+}
+
+/// Mounts the image itself at `target`: a virtio-fs tag, a directory (bind) or a device.
+fn mount_source(r: &Rootfs, target: &Path, read_only: bool) -> Result<()> {
+    let ro = if read_only {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
+    let device = Path::new(&r.device);
+    if !r.is_virtiofs() && device.is_dir() {
+        do_mount(Some(device), target, None, MsFlags::MS_BIND, None)?;
+        if read_only {
+            do_mount(
+                None::<&Path>,
+                target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None,
+            )?;
+        }
+        return Ok(());
+    }
+    do_mount(Some(device), target, Some(&r.fs_type), ro, None)
+}
+
+/// Unmounts what [`mount_rootfs`] mounted (lazily, ignoring what is not mounted) and removes `dir`.
+pub fn unmount_rootfs(dir: &Path) {
+    for sub in ["rootfs", "rw", "lower"] {
+        let _ = umount2(&dir.join(sub), MntFlags::MNT_DETACH);
+    }
+    let _ = fs::remove_dir_all(dir);
+}
+
+fn mkdir(p: &Path) -> Result<()> {
+    fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))
+}
+
+fn do_mount(
+    src: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    mount(src, target, fstype, flags, data).with_context(|| {
+        format!(
+            "mounting {} ({}) on {}",
+            src.map_or("-".into(), |s| s.display().to_string()),
+            fstype.unwrap_or("bind"),
+            target.display()
+        )
+    })
+}

@@ -1,0 +1,274 @@
+//! Host tier: terminals. crx-init runs as an ordinary root process on a Unix socket and creates
+//! real containers (libcontainer) from a busybox directory, in a private mount namespace with
+//! cgroup2 on /sys/fs/cgroup (the helper is cgroup v2 only; a hybrid host like this project's
+//! has cgroup2 under `unified`, mounted there for the agent) and a tmpfs on /run (the agent's
+//! state). Needs root and util-linux `unshare`.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crx_proto::*;
+
+/// Kills the agent if the test fails before it exits by itself.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(sock: &Path) -> Agent {
+    let script = format!(
+        "mount --make-rprivate / && \
+         {{ [ \"$(stat -fc %T /sys/fs/cgroup)\" = cgroup2fs ] || \
+           mount -t cgroup2 cgroup2 /sys/fs/cgroup; }} && \
+         mount -t tmpfs tmpfs /run && exec {} --agent --listen unix:{}",
+        env!("CARGO_BIN_EXE_crx-init"),
+        sock.display()
+    );
+    let child = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn unshare (util-linux) for crx-init");
+    let mut agent = Agent(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(sock).is_err() {
+        if let Some(st) = agent.0.try_wait().unwrap() {
+            panic!("the agent exited before listening: {st} (root and unshare -m needed)");
+        }
+        assert!(Instant::now() < deadline, "agent did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent
+}
+
+fn connect(sock: &Path) -> UnixStream {
+    let s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s
+}
+
+fn client(sock: &Path) -> Client<UnixStream> {
+    Client::handshake(connect(sock)).unwrap()
+}
+
+/// A pty stream connection for `id` (or its exec), accepted by the agent.
+fn pty_stream(sock: &Path, id: &str, exec_id: Option<&str>) -> UnixStream {
+    let mut s = connect(sock);
+    let h = StreamHeader {
+        version: PROTOCOL_VERSION,
+        id: id.into(),
+        exec_id: exec_id.map(Into::into),
+        stream: StreamKind::Pty,
+    };
+    write_message(&mut s, &h).unwrap();
+    let r: ResponseFrame = read_message(&mut s).unwrap().unwrap();
+    assert_eq!(r.response, Response::Ok);
+    s
+}
+
+/// Reads until `needle` has been seen (panics at end of stream or timeout).
+fn read_until(s: &mut UnixStream, got: &mut String, needle: &str) {
+    let mut buf = [0u8; 4096];
+    while !got.contains(needle) {
+        let n = s
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("waiting for {needle:?}: {e}; got {got:?}"));
+        assert!(n > 0, "end of stream before {needle:?}; got {got:?}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+fn read_to_end(s: &mut UnixStream, got: &mut String) {
+    let mut v = Vec::new();
+    s.read_to_end(&mut v).expect("the pty stream ends");
+    got.push_str(&String::from_utf8_lossy(&v));
+}
+
+/// A busybox tree (static `/bin/busybox` and applet links) in `dir/rootfs`.
+fn busybox_tree(dir: &Path) -> PathBuf {
+    assert!(
+        Path::new("/bin/busybox").is_file(),
+        "/bin/busybox is missing (apt package busybox-static)"
+    );
+    let root = dir.join("rootfs");
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for a in ["sh", "echo", "cat", "sleep", "tty", "stty"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+    root
+}
+
+fn process(cmd: &str, terminal: bool) -> serde_json::Value {
+    serde_json::json!({
+        "terminal": terminal,
+        "user": {"uid": 0, "gid": 0},
+        "args": ["/bin/sh", "-c", cmd],
+        "env": ["PATH=/bin", "TERM=xterm"],
+        "cwd": "/"
+    })
+}
+
+fn spec(cmd: &str) -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": process(cmd, true),
+        "root": {"path": "rootfs", "readonly": false},
+        "hostname": "ctr",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}
+        ],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]}
+    })
+}
+
+fn exited(r: Response) -> i32 {
+    match r {
+        Response::Exited(st) => st.code,
+        other => panic!("expected an exit, got {other:?}"),
+    }
+}
+
+#[test]
+fn terminals_for_init_and_exec_resize_and_hang_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let root = busybox_tree(dir.path());
+    let mut agent = start(&sock);
+    let id = format!("pty{}", std::process::id());
+    let rootfs = Rootfs {
+        device: root.display().to_string(),
+        fs_type: "none".into(),
+        writable: WritableLayer::Tmpfs { size_bytes: None },
+    };
+    let mut c = client(&sock);
+
+    // terminal: true without a pty stream: refused, nothing created.
+    let e = c
+        .call(Request::CreateContainer {
+            id: id.clone(),
+            spec: spec("true"),
+            rootfs: rootfs.clone(),
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Agent(a) if a.kind == ErrorKind::InvalidRequest),
+        "{e:?}"
+    );
+
+    // The init: its terminal sized before it starts; it reads a line from it.
+    let mut init = pty_stream(&sock, &id, None);
+    c.call(Request::CreateContainer {
+        id: id.clone(),
+        spec: spec("tty; stty size; read line; echo got:$line; exit 7"),
+        rootfs,
+    })
+    .unwrap();
+    let resize = |c: &mut Client<UnixStream>, exec_id: Option<&str>, rows, cols| {
+        c.call(Request::ResizePty {
+            id: id.clone(),
+            exec_id: exec_id.map(Into::into),
+            rows,
+            cols,
+        })
+    };
+    resize(&mut c, None, 30, 100).unwrap();
+    c.call(Request::Start { id: id.clone() }).unwrap();
+    let mut out = String::new();
+    read_until(&mut init, &mut out, "30 100");
+    assert!(out.contains("/dev/pts/0"), "{out:?}");
+
+    // An exec with its own terminal, resized while it waits for input.
+    let mut ex = pty_stream(&sock, &id, Some("e1"));
+    c.call(Request::Exec {
+        id: id.clone(),
+        exec_id: "e1".into(),
+        process: process("read x; tty; stty size; exit 5", true),
+    })
+    .unwrap();
+    resize(&mut c, Some("e1"), 12, 40).unwrap();
+    ex.write_all(b"go\n").unwrap();
+    let mut exout = String::new();
+    read_to_end(&mut ex, &mut exout);
+    assert!(exout.contains("/dev/pts/1"), "{exout:?}");
+    assert!(exout.contains("12 40"), "{exout:?}");
+    let mut w = client(&sock);
+    let wait = |w: &mut Client<UnixStream>, exec_id: Option<&str>| {
+        exited(
+            w.call(Request::Wait {
+                id: id.clone(),
+                exec_id: exec_id.map(Into::into),
+            })
+            .unwrap(),
+        )
+    };
+    assert_eq!(wait(&mut w, Some("e1")), 5);
+    // Its terminal is gone with it.
+    let e = resize(&mut c, Some("e1"), 1, 1).unwrap_err();
+    assert!(matches!(&e, ClientError::Agent(a) if a.kind == ErrorKind::NotFound));
+
+    // Output the host reads late is held back (the process blocks), not lost.
+    let mut ex3 = pty_stream(&sock, &id, Some("e3"));
+    c.call(Request::Exec {
+        id: id.clone(),
+        exec_id: "e3".into(),
+        process: process("yes | head -c 300000; exit 2", true),
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut bulk = String::new();
+    read_to_end(&mut ex3, &mut bulk);
+    // 150000 lines of "y", "\r\n" line ends on a terminal.
+    assert_eq!(bulk.len(), 450_000);
+    assert_eq!(bulk.matches("y\r\n").count(), 150_000);
+    assert_eq!(wait(&mut w, Some("e3")), 2);
+
+    // A host that goes away: the terminal hangs up, SIGHUP ends the process.
+    let ex2 = pty_stream(&sock, &id, Some("e2"));
+    c.call(Request::Exec {
+        id: id.clone(),
+        exec_id: "e2".into(),
+        process: process("sleep 1000", true),
+    })
+    .unwrap();
+    drop(ex2);
+    assert_eq!(wait(&mut w, Some("e2")), 128 + 1);
+
+    // Input reaches the init through its terminal (echoed by the line discipline).
+    init.write_all(b"hello\n").unwrap();
+    read_to_end(&mut init, &mut out);
+    assert!(out.contains("got:hello"), "{out:?}");
+    assert_eq!(wait(&mut w, None), 7);
+    assert_eq!(c.call(Request::Ping).unwrap(), Response::Pong);
+    c.call(Request::Remove {
+        id: id.clone(),
+        force: true,
+    })
+    .unwrap();
+
+    assert_eq!(c.call(Request::Shutdown).unwrap(), Response::Ok);
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(st) = agent.0.try_wait().unwrap() {
+            assert!(st.success(), "agent exit: {st}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "agent did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

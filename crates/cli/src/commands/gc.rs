@@ -1,0 +1,31 @@
+//! `crx gc`: remove the homes of instances whose VMM is gone; `--images`: unused images too.
+
+use std::path::Path;
+
+use anyhow::Result;
+use crx_runtime::{home, instance};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Also remove unnamed images and blobs no instance uses.
+    #[arg(long)]
+    images: bool,
+}
+
+pub fn run(root: &Path, a: Args) -> Result<i32> {
+    for id in home::gc(root)? {
+        println!("removed instance {id}");
+    }
+    if a.images {
+        let in_use: Vec<crx_image::Digest> = home::list(root)?
+            .iter()
+            .filter_map(|h| h.state.manifest_digest.parse().ok())
+            .collect();
+        let r = instance::open_store(root)?.gc(&in_use)?;
+        println!(
+            "removed {} blobs, {} disks, {} temporary entries ({} bytes)",
+            r.blobs_removed, r.disks_removed, r.tmp_entries_removed, r.bytes_freed
+        );
+    }
+    Ok(0)
+}

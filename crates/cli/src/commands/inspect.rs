@@ -1,0 +1,30 @@
+//! `crx inspect`: an instance's state, status and paths as JSON.
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde_json::json;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Instance id, id prefix or name.
+    id: String,
+}
+
+pub fn run(root: &Path, a: Args) -> Result<i32> {
+    let h = crx_runtime::home::find(root, &a.id)?;
+    let spec: serde_json::Value = std::fs::read(h.spec_path())
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let v = json!({
+        "state": h.state,
+        "status": h.status().to_string(),
+        "home": h.dir,
+        "console_log": h.console_path(),
+        "vsock_socket": h.vsock_path(),
+        "spec": spec,
+    });
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(0)
+}

@@ -1,0 +1,42 @@
+//! `crx __monitor ID` (internal): started by `crx run -d`; waits for the container, records
+//! its exit code and shuts the VM down.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use crx_runtime::agent::Agent;
+use crx_runtime::{home, instance};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    id: String,
+    /// Remove the home afterwards.
+    #[arg(long)]
+    rm: bool,
+}
+
+pub fn run(root: &Path, a: Args) -> Result<i32> {
+    let mut h = home::find(root, &a.id)?;
+    let agent = Agent::new(h.vsock_path());
+    let waited = agent
+        .control()
+        .and_then(|mut c| c.call(crx_proto_wait(&h.state.id)).map_err(Into::into));
+    if let Ok(crx_runtime::agent::Response::Exited(s)) = waited {
+        h.set_exit(s.code)?;
+    }
+    if let Some(pid) = h.state.vmm_pid {
+        instance::shutdown(&agent, pid, Duration::from_secs(30));
+    }
+    if a.rm {
+        h.remove()?;
+    }
+    Ok(0)
+}
+
+fn crx_proto_wait(id: &str) -> crx_runtime::agent::Request {
+    crx_runtime::agent::Request::Wait {
+        id: id.to_owned(),
+        exec_id: None,
+    }
+}

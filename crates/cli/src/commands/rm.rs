@@ -1,0 +1,23 @@
+//! `crx rm`: remove instances (`-f`: also running ones, killing their VM).
+
+use std::path::Path;
+
+use anyhow::Result;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Kill a running instance's VM first.
+    #[arg(short = 'f', long)]
+    force: bool,
+    /// Instance ids, id prefixes or names.
+    #[arg(required = true)]
+    ids: Vec<String>,
+}
+
+pub fn run(root: &Path, a: Args) -> Result<i32> {
+    for id in &a.ids {
+        let home = crx_runtime::instance::remove(root, id, a.force)?;
+        println!("{}", home.state.id);
+    }
+    Ok(0)
+}

@@ -1,0 +1,120 @@
+//! `crx run`: a container in a new microVM, in the foreground or detached (`-d`).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use crx_runtime::instance::{self, RunConfig};
+use crx_runtime::ProcessOptions;
+
+use crate::signals::{Forwarder, Target};
+
+#[derive(Debug, clap::Args)]
+#[command(trailing_var_arg = true)]
+pub struct Args {
+    /// Remove the instance's home when it exits.
+    #[arg(long)]
+    rm: bool,
+    /// Set an environment variable (KEY=VALUE, or KEY to pass ours).
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    /// User as UID[:GID].
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+    /// Instance name (default: its id).
+    #[arg(long)]
+    name: Option<String>,
+    /// VM memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory: u32,
+    /// VM vCPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Keep stdin open and copy ours to the container.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Allocate a terminal in the guest (with -i and a terminal as stdin, ours goes raw).
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Run in the background and print the instance id.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// The image (name or digest).
+    image: String,
+    /// The command and its arguments (default: the image's).
+    #[arg(allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+pub fn run(root: &Path, mut a: Args) -> Result<i32> {
+    // As docker: a terminal gets TERM=xterm unless -e says otherwise.
+    if a.tty && !a.env.iter().any(|e| e == "TERM" || e.starts_with("TERM=")) {
+        a.env.push("TERM=xterm".into());
+    }
+    let cfg = RunConfig {
+        image: a.image,
+        name: a.name,
+        memory_mib: a.memory,
+        vcpus: a.cpus,
+        process: ProcessOptions {
+            args: a.command,
+            env: a.env,
+            workdir: a.workdir,
+            user: a.user,
+            // A detached container's output is the console: no terminal to attach.
+            terminal: a.tty && !a.detach,
+        },
+        detached: a.detach,
+    };
+    if a.detach {
+        let started = instance::start(root, &cfg)?;
+        let exe = std::env::current_exe().context("finding crx's own executable")?;
+        let mut monitor = std::process::Command::new(exe);
+        monitor
+            .arg("--root")
+            .arg(root)
+            .arg("__monitor")
+            .arg(&started.home.state.id);
+        if a.rm {
+            monitor.arg("--rm");
+        }
+        std::os::unix::process::CommandExt::process_group(&mut monitor, 0);
+        monitor
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        monitor.spawn().context("starting the instance monitor")?;
+        println!("{}", started.home.state.id);
+        return Ok(0);
+    }
+    let signals = Forwarder::start()?;
+    let on_spawn = |pid: u32, home: &Path| signals.set(Target::Booting(pid, home.to_owned()));
+    let mut s = instance::start_with(root, &cfg, on_spawn)?;
+    let id = s.home.state.id.clone();
+    signals.set(Target::Process {
+        agent: s.agent.clone(),
+        id: id.clone(),
+        exec_id: None,
+    });
+    let waited = match (s.pty.take(), s.stdio.take()) {
+        (Some(pty), _) => {
+            instance::pump_tty_and_wait(&mut s.control, &s.agent, &id, None, pty, a.interactive)
+        }
+        (None, Some(stdio)) => {
+            instance::pump_and_wait(&mut s.control, &id, None, stdio, a.interactive)
+        }
+        (None, None) => unreachable!("foreground runs have stdio or a pty"),
+    };
+    if let Ok(code) = waited {
+        s.home.set_exit(code)?;
+    }
+    instance::shutdown(&s.agent, s.vmm.id(), Duration::from_secs(30));
+    if a.rm {
+        s.home.remove()?;
+    }
+    Ok(waited?)
+}

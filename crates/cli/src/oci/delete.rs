@@ -1,0 +1,14 @@
+//! `crx-runc delete [--force] ID`: tears the VM down, runs the poststop hooks and removes every
+//! trace. A running container only with `--force`; `--force` on a missing one succeeds.
+
+use std::path::Path;
+
+use anyhow::Result;
+use crx_runtime::oci::{lifecycle, monitor::chain};
+
+pub fn run(root: &Path, a: liboci_cli::Delete) -> Result<i32> {
+    if let Some(w) = lifecycle::delete(root, &a.container_id, a.force)? {
+        super::log::warn(&chain(&w));
+    }
+    Ok(0)
+}

@@ -1,0 +1,79 @@
+//! Signals to `crx run` / `crx exec`: forwarded to the container's process once it runs;
+//! before that they end crx (killing a VMM that is still booting and removing its home, which
+//! the VMM's own process group would otherwise keep from seeing a terminal's Ctrl-C).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use crx_runtime::agent::Agent;
+use crx_runtime::instance;
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::unistd::Pid;
+
+/// Where a signal goes now.
+#[derive(Debug, Default)]
+pub enum Target {
+    /// Nothing started: crx exits.
+    #[default]
+    Nothing,
+    /// The VMM (pid) runs, the container not yet: kill it, remove the home, exit.
+    Booting(u32, PathBuf),
+    /// Forward to the container `id`'s init, or its exec.
+    Process {
+        agent: Agent,
+        id: String,
+        exec_id: Option<String>,
+    },
+}
+
+/// The signal-forwarding thread's target.
+#[derive(Debug, Clone)]
+pub struct Forwarder(Arc<Mutex<Target>>);
+
+impl Forwarder {
+    /// Blocks the forwarded signals in this thread (call before starting other threads: they
+    /// inherit the mask) and starts the thread that waits for them.
+    pub fn start() -> Result<Forwarder> {
+        let mut set = SigSet::empty();
+        for s in [
+            Signal::SIGINT,
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+            Signal::SIGQUIT,
+            Signal::SIGUSR1,
+            Signal::SIGUSR2,
+        ] {
+            set.add(s);
+        }
+        set.thread_block().context("blocking signals")?;
+        let f = Forwarder(Arc::default());
+        let target = f.0.clone();
+        std::thread::spawn(move || {
+            while let Ok(sig) = set.wait() {
+                forward(&target.lock().unwrap_or_else(|e| e.into_inner()), sig);
+            }
+        });
+        Ok(f)
+    }
+
+    pub fn set(&self, target: Target) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = target;
+    }
+}
+
+fn forward(target: &Target, sig: Signal) {
+    match target {
+        Target::Process { agent, id, exec_id } => {
+            let _ = agent.signal_process(id, exec_id.as_deref(), sig as i32);
+        }
+        Target::Booting(pid, home) => {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+            instance::wait_gone(*pid, Duration::from_secs(5));
+            let _ = std::fs::remove_dir_all(home);
+            std::process::exit(128 + sig as i32);
+        }
+        Target::Nothing => std::process::exit(128 + sig as i32),
+    }
+}

@@ -1,0 +1,151 @@
+//! The command line without VMs: errors, exit codes, empty listings. No KVM needed.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn crx(root: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_crx"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env_remove("CRX_ROOT")
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn unknown_image_is_a_one_line_125() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = crx(dir.path(), &["run", "nope:1", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    let e = stderr(&out);
+    assert!(e.starts_with("crx: image nope:1 not found"), "{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
+    // No partial state.
+    let homes = dir.path().join("instances");
+    assert!(!homes.exists() || std::fs::read_dir(homes).unwrap().count() == 0);
+}
+
+#[test]
+fn bad_reference_is_125() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = crx(dir.path(), &["run", "UPPER/Case::x", "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+}
+
+#[test]
+fn unknown_instance_says_how_to_list() {
+    let dir = tempfile::tempdir().unwrap();
+    for cmd in [
+        &["kill", "abc"][..],
+        &["rm", "abc"],
+        &["logs", "abc"],
+        &["inspect", "abc"],
+        &["exec", "abc", "true"],
+    ] {
+        let out = crx(dir.path(), cmd);
+        assert_eq!(out.status.code(), Some(125), "{cmd:?}");
+        assert!(
+            stderr(&out).contains("crx ps -a"),
+            "{cmd:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn empty_listings() {
+    let dir = tempfile::tempdir().unwrap();
+    let ps = crx(dir.path(), &["ps", "-a"]);
+    assert!(ps.status.success());
+    assert_eq!(String::from_utf8_lossy(&ps.stdout).lines().count(), 1);
+    let gc = crx(dir.path(), &["gc"]);
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    let images = crx(dir.path(), &["images"]);
+    assert!(images.status.success(), "{}", stderr(&images));
+}
+
+#[test]
+fn load_without_source_says_what_to_give() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = crx(dir.path(), &["load"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("--busybox"), "{}", stderr(&out));
+    let out = crx(dir.path(), &["load", "/no/such/archive.tar"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("no such file"), "{}", stderr(&out));
+    let junk = dir.path().join("junk.tar");
+    std::fs::write(&junk, b"junk").unwrap();
+    let out = crx(dir.path(), &["load", junk.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("neither an OCI layout"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).lines().count(), 1);
+}
+
+/// `load DIR` (an OCI layout), `images`, `rmi`, `gc --images`: no VM involved.
+#[test]
+fn load_layout_list_remove() {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "this test needs /bin/busybox (apt-get install busybox-static)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    crx_image::build_busybox_layout(busybox, &layout, "bb:1").unwrap();
+    let root = dir.path().join("root");
+    let out = crx(&root, &["load", layout.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("loaded bb:1 sha256:"));
+    let images = String::from_utf8_lossy(&crx(&root, &["images"]).stdout).into_owned();
+    assert!(images.contains("bb:1"), "{images}");
+    let out = crx(&root, &["rmi", "bb:1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = crx(&root, &["gc", "--images"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 disks"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let images = String::from_utf8_lossy(&crx(&root, &["images"]).stdout).into_owned();
+    assert!(!images.contains("bb:1"), "{images}");
+    let out = crx(&root, &["run", "bb:1", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+}
+
+#[test]
+fn too_long_a_root_is_refused_before_any_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("r".repeat(100));
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "this test needs /bin/busybox (apt-get install busybox-static)"
+    );
+    let out = crx(&root, &["load", "--busybox"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = crx(&root, &["run", "busybox", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("shorter --root"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_dir(root.join("instances"))
+            .unwrap()
+            .filter(|e| !e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.'))
+            .count(),
+        0
+    );
+}

@@ -1,0 +1,677 @@
+//! End-to-end `crx-runc` runs with hand-written bundles: they boot real microVMs, so they run
+//! inside the nested lab (`cargo xtask test`, tier 3; or `cargo test -p crx --no-run` then
+//! `cargo xtask lab -- target/debug/deps/lab_oci-HASH lab_ --test-threads 1`). The rootfs is
+//! the lab's /bin/busybox (Debian's busybox-static) with a few symlinks.
+//!
+//! The test process is a child subreaper (as conmon and containerd's shim are): the monitor a
+//! `create` leaves behind becomes our child, and we wait for its exit status.
+//! One VM at a time (a lock): the lab has two slow emulated cores.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+static ONE_VM: Mutex<()> = Mutex::new(());
+
+struct Lab {
+    dir: tempfile::TempDir,
+    _g: MutexGuard<'static, ()>,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let g = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+        nix::sys::prctl::set_child_subreaper(true).unwrap();
+        Lab {
+            dir: tempfile::tempdir().unwrap(),
+            _g: g,
+        }
+    }
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+    /// A bundle running `args`, `patch` applied to its config.
+    fn bundle(&self, name: &str, args: &[&str], patch: Value) -> PathBuf {
+        let b = self.dir.path().join(name);
+        let rootfs = b.join("rootfs");
+        for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "data"] {
+            fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        for applet in [
+            "sh", "echo", "cat", "sleep", "ls", "touch", "id", "pwd", "true", "hostname", "stty",
+        ] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        fs::write(rootfs.join("etc/motd"), "from the bundle\n").unwrap();
+        let mut spec = json!({
+            "ociVersion": "1.0.2",
+            "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": args,
+                "env": ["PATH=/bin", "TERM=xterm"], "cwd": "/"},
+            "root": {"path": "rootfs", "readonly": false},
+            "hostname": "crx-oci",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                 "options": ["nosuid", "noexec", "nodev", "ro"]}
+            ],
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
+                {"type": "mount"}]}
+        });
+        merge(&mut spec, patch);
+        fs::write(b.join("config.json"), spec.to_string()).unwrap();
+        b
+    }
+    fn runc(&self, args: &[&str]) -> Output {
+        runc_cmd(&self.root(), args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+    /// `create` with stdout and stderr to `out` (the monitor keeps them open while the
+    /// container runs: pipes would not reach end-of-file).
+    fn create(&self, bundle: &Path, id: &str, out: &Path) -> std::process::ExitStatus {
+        runc_cmd(
+            &self.root(),
+            &["create", "--bundle", bundle.to_str().unwrap(), id],
+        )
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(out).unwrap())
+        .stderr(Stdio::inherit())
+        .status()
+        .unwrap()
+    }
+    fn state(&self, id: &str) -> Value {
+        let out = self.runc(&["state", id]);
+        assert_eq!(code(&out), 0, "state: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+fn runc_cmd(root: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_crx-runc"));
+    c.arg("--root").arg(root).args(args);
+    c
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn alive(pid: i32) -> bool {
+    crx_runtime::home::pid_alive(pid as u32)
+}
+
+/// Waits for our (adopted) child `pid` to exit.
+fn wait_child(pid: i32) -> WaitStatus {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match waitpid(
+            Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        ) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(s) => return s,
+            Err(e) => panic!("waitpid {pid}: {e}"),
+        }
+        assert!(Instant::now() < deadline, "{pid} did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// create with stdout/stderr to files, the pid file; then the lifecycle through every command.
+#[test]
+fn lab_oci_lifecycle() {
+    let lab = Lab::new();
+    let script = "echo out; echo err >&2; trap 'echo bye; exit 42' TERM; \
+                  while true; do sleep 0.2; done";
+    let cgroup = "/crx-oci-test/c1";
+    let b = lab.bundle(
+        "b1",
+        &["sh", "-c", script],
+        json!({"linux": {"cgroupsPath": cgroup}}),
+    );
+    let out_path = lab.dir.path().join("out");
+    let err_path = lab.dir.path().join("err");
+    let pid_file = lab.dir.path().join("pid");
+    let b_s = b.to_str().unwrap();
+    let created = runc_cmd(
+        &lab.root(),
+        &[
+            "create",
+            "--bundle",
+            b_s,
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "c1",
+        ],
+    )
+    .stdin(Stdio::null())
+    .stdout(fs::File::create(&out_path).unwrap())
+    .stderr(fs::File::create(&err_path).unwrap())
+    .status()
+    .unwrap();
+    assert!(
+        created.success(),
+        "create: {}",
+        fs::read_to_string(&err_path).unwrap()
+    );
+    let pid: i32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let s = lab.state("c1");
+    assert_eq!(s["status"], "created", "{s}");
+    assert_eq!(s["pid"], pid);
+    assert_eq!(s["bundle"], b_s);
+    assert!(alive(pid));
+    // The monitor and its VMM are in the spec's cgroup on the host.
+    let rec: Value =
+        serde_json::from_slice(&fs::read(lab.root().join("c1/state.json")).unwrap()).unwrap();
+    for p in [pid as i64, rec["vmm_pid"].as_i64().unwrap()] {
+        let cg = fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap();
+        assert_eq!(cg.trim(), format!("0::{cgroup}"), "pid {p}");
+    }
+    // Not started: no output yet.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(fs::read_to_string(&out_path).unwrap(), "");
+    // A second container with the same id is refused; the first is untouched.
+    let dup = lab.runc(&["create", "--bundle", b_s, "c1"]);
+    assert_eq!(code(&dup), 1);
+    assert!(
+        text(&dup.stderr).contains("already exists"),
+        "{}",
+        text(&dup.stderr)
+    );
+    assert_eq!(lab.state("c1")["status"], "created");
+
+    let st = lab.runc(&["start", "c1"]);
+    assert_eq!(code(&st), 0, "start: {}", text(&st.stderr));
+    assert_eq!(lab.state("c1")["status"], "running");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fs::read_to_string(&out_path).unwrap() != "out\n" {
+        assert!(Instant::now() < deadline, "no output");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(fs::read_to_string(&err_path).unwrap(), "err\n");
+    assert_eq!(
+        code(&lab.runc(&["start", "c1"])),
+        1,
+        "a second start is refused"
+    );
+
+    // exec: output, exit code, the container's view (its rootfs, its hostname).
+    let e = lab.runc(&["exec", "c1", "sh", "-c", "cat /etc/motd; hostname; exit 4"]);
+    assert_eq!(code(&e), 4, "exec: {}", text(&e.stderr));
+    assert_eq!(text(&e.stdout), "from the bundle\ncrx-oci\n");
+    // exec --process FILE, detached, with a pid file: its monitor exits with its code.
+    let pfile = lab.dir.path().join("process.json");
+    fs::write(
+        &pfile,
+        json!({"args": ["sh", "-c", "exit 7"], "cwd": "/", "env": ["PATH=/bin"],
+               "user": {"uid": 0, "gid": 0}})
+        .to_string(),
+    )
+    .unwrap();
+    let epid = lab.dir.path().join("epid");
+    let e = lab.runc(&[
+        "exec",
+        "--process",
+        pfile.to_str().unwrap(),
+        "--detach",
+        "--pid-file",
+        epid.to_str().unwrap(),
+        "c1",
+    ]);
+    assert_eq!(code(&e), 0, "exec -d: {}", text(&e.stderr));
+    let epid: i32 = fs::read_to_string(&epid).unwrap().trim().parse().unwrap();
+    assert_eq!(wait_child(epid), WaitStatus::Exited(Pid::from_raw(epid), 7));
+
+    // The rootfs is the bundle's directory, shared live: a write in the container lands in it.
+    let e = lab.runc(&["exec", "c1", "sh", "-c", "echo w > /tmp/w"]);
+    assert_eq!(code(&e), 0, "exec: {}", text(&e.stderr));
+    assert_eq!(fs::read_to_string(b.join("rootfs/tmp/w")).unwrap(), "w\n");
+
+    // ps: guest pids, the init among them.
+    let ps = lab.runc(&["ps", "--format", "json", "c1"]);
+    assert_eq!(code(&ps), 0, "ps: {}", text(&ps.stderr));
+    let pids: Vec<i32> = serde_json::from_slice(&ps.stdout).unwrap();
+    assert!(!pids.is_empty(), "{pids:?}");
+    // events --stats: one JSON line.
+    let ev = lab.runc(&["events", "--stats", "c1"]);
+    assert_eq!(code(&ev), 0, "events: {}", text(&ev.stderr));
+    let ev: Value = serde_json::from_slice(&ev.stdout).unwrap();
+    assert_eq!(ev["type"], "stats");
+    assert!(ev["data"]["pids"]["current"].as_u64().unwrap() >= 1, "{ev}");
+
+    // pause: no output while frozen; resume.
+    assert_eq!(code(&lab.runc(&["pause", "c1"])), 0);
+    assert_eq!(lab.state("c1")["status"], "paused");
+    let l = lab.runc(&["list", "--format", "json"]);
+    let l: Value = serde_json::from_slice(&l.stdout).unwrap();
+    assert_eq!(l[0]["status"], "paused");
+    assert_eq!(code(&lab.runc(&["resume", "c1"])), 0);
+    assert_eq!(lab.state("c1")["status"], "running");
+    let q = lab.runc(&["list", "-q"]);
+    assert_eq!(text(&q.stdout), "c1\n");
+
+    // delete of a running container needs --force.
+    assert_eq!(code(&lab.runc(&["delete", "c1"])), 1);
+    // kill TERM: the trap exits 42; the monitor (our adopted child) exits 42.
+    assert_eq!(code(&lab.runc(&["kill", "c1", "TERM"])), 0);
+    assert_eq!(wait_child(pid), WaitStatus::Exited(Pid::from_raw(pid), 42));
+    assert_eq!(fs::read_to_string(&out_path).unwrap(), "out\nbye\n");
+    let s = lab.state("c1");
+    assert_eq!(s["status"], "stopped");
+    assert_eq!(s["pid"], 0);
+    assert_eq!(code(&lab.runc(&["kill", "c1", "KILL"])), 1, "not running");
+    let d = lab.runc(&["delete", "c1"]);
+    assert_eq!(code(&d), 0, "delete: {}", text(&d.stderr));
+    assert!(!lab.root().join("c1").exists());
+    assert!(
+        !Path::new("/sys/fs/cgroup").join(&cgroup[1..]).exists(),
+        "cgroup removed"
+    );
+    let _ = fs::remove_dir("/sys/fs/cgroup/crx-oci-test");
+    assert_eq!(code(&lab.runc(&["state", "c1"])), 1);
+}
+
+/// `run`: the container's exit code, its stdout ours; hooks on the host with the state on stdin.
+#[test]
+fn lab_oci_run_exit_code_and_hooks() {
+    let lab = Lab::new();
+    let log = lab.dir.path().join("hooks.log");
+    let hook = |name: &str| {
+        json!({"path": "/bin/sh", "args": ["sh", "-c",
+            format!("echo {name} $(cat) >> {}", log.display())]})
+    };
+    let b = lab.bundle(
+        "b2",
+        &["sh", "-c", "echo hello; echo oops >&2; exit 3"],
+        json!({"hooks": {"prestart": [hook("prestart")], "createRuntime": [hook("createRuntime")],
+            "poststart": [hook("poststart")], "poststop": [hook("poststop")]}}),
+    );
+    let out = lab.runc(&["run", "--bundle", b.to_str().unwrap(), "r1"]);
+    assert_eq!(code(&out), 3, "run: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello\n");
+    assert_eq!(text(&out.stderr), "oops\n");
+    assert!(!lab.root().join("r1").exists(), "run deletes the container");
+    let hooks = fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = hooks.lines().collect();
+    assert_eq!(lines.len(), 4, "{hooks}");
+    for (line, name) in lines
+        .iter()
+        .zip(["prestart", "createRuntime", "poststart", "poststop"])
+    {
+        let (n, state) = line.split_once(' ').unwrap();
+        assert_eq!(n, name);
+        let state: Value = serde_json::from_str(state).unwrap();
+        assert_eq!(state["id"], "r1");
+    }
+    let first: Value = serde_json::from_str(lines[0].split_once(' ').unwrap().1).unwrap();
+    assert_eq!(first["status"], "created");
+    assert!(first["pid"].as_i64().unwrap() > 0);
+    let last: Value = serde_json::from_str(lines[3].split_once(' ').unwrap().1).unwrap();
+    assert_eq!(last["status"], "stopped");
+}
+
+/// kill KILL: the monitor dies by SIGKILL too; delete --force of a running container.
+#[test]
+fn lab_oci_sigkill_and_force_delete() {
+    let lab = Lab::new();
+    let b = lab.bundle("b3", &["sleep", "1000"], json!({}));
+    let b_s = b.to_str().unwrap();
+    let _ = b_s;
+    for id in ["k1", "k2"] {
+        assert!(lab.create(&b, id, &lab.dir.path().join(id)).success());
+        assert_eq!(code(&lab.runc(&["start", id])), 0);
+    }
+    let pid = lab.state("k1")["pid"].as_i64().unwrap() as i32;
+    assert_eq!(code(&lab.runc(&["kill", "k1", "9"])), 0);
+    assert_eq!(
+        wait_child(pid),
+        WaitStatus::Signaled(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL, false)
+    );
+    assert_eq!(code(&lab.runc(&["delete", "k1"])), 0);
+    // delete --force: the VM goes at once.
+    let pid2 = lab.state("k2")["pid"].as_i64().unwrap() as i32;
+    let d = lab.runc(&["delete", "--force", "k2"]);
+    assert_eq!(code(&d), 0, "delete -f: {}", text(&d.stderr));
+    let _ = wait_child(pid2);
+    assert!(!lab.root().join("k2").exists());
+    assert_eq!(
+        code(&lab.runc(&["delete", "--force", "k2"])),
+        0,
+        "missing + force: ok"
+    );
+    assert_eq!(text(&lab.runc(&["list", "-q"]).stdout), "");
+}
+
+/// virtio-fs: a bind-mounted host directory written on both sides while the container runs;
+/// a read-only bind mount and `root.readonly` refuse writes.
+#[test]
+fn lab_oci_bind_mount_and_readonly_root() {
+    let lab = Lab::new();
+    let data = lab.dir.path().join("data");
+    let ro = lab.dir.path().join("ro");
+    fs::create_dir_all(&data).unwrap();
+    fs::create_dir_all(&ro).unwrap();
+    fs::write(data.join("from-host"), "hello-host\n").unwrap();
+    let script = "cat /data/from-host; echo guest > /data/from-guest; \
+        touch /x 2>/dev/null && echo root-writable || echo root-ro; \
+        touch /ro/x 2>/dev/null && echo bind-writable || echo bind-ro; \
+        while [ ! -e /data/go ]; do sleep 0.1; done; cat /data/go";
+    let b = lab.bundle(
+        "b4",
+        &["sh", "-c", script],
+        json!({"root": {"path": "rootfs", "readonly": true}, "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"]},
+            {"destination": "/ro", "type": "bind", "source": ro, "options": ["rbind", "ro"]}
+        ]}),
+    );
+    let out = lab.dir.path().join("out4");
+    assert!(lab.create(&b, "v1", &out).success());
+    let pid = lab.state("v1")["pid"].as_i64().unwrap() as i32;
+    assert_eq!(code(&lab.runc(&["start", "v1"])), 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fs::read_to_string(data.join("from-guest")).unwrap_or_default() != "guest\n" {
+        assert!(
+            Instant::now() < deadline,
+            "the guest's write never showed on the host"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    fs::write(data.join("go"), "host-late\n").unwrap();
+    assert_eq!(wait_child(pid), WaitStatus::Exited(Pid::from_raw(pid), 0));
+    assert_eq!(
+        fs::read_to_string(&out).unwrap(),
+        "hello-host\nroot-ro\nbind-ro\nhost-late\n"
+    );
+    assert!(!b.join("rootfs/x").exists() && !ro.join("x").exists());
+    assert_eq!(code(&lab.runc(&["delete", "v1"])), 0);
+}
+
+/// Reads `master` on a thread until it fails (the last slave closed); chunks on the channel.
+fn read_master(master: std::os::fd::OwnedFd) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut f = fs::File::from(master);
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut f, &mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Collects from `rx` until the text contains `want`.
+fn until(rx: &std::sync::mpsc::Receiver<Vec<u8>>, seen: &mut String, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seen.contains(want) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(b) => seen.push_str(&text(&b)),
+            Err(_) => panic!("never saw {want:?}: {seen:?}"),
+        }
+    }
+}
+
+/// A console socket: accepts one connection on a thread and receives the pty master.
+fn console_socket(path: &Path) -> std::thread::JoinHandle<(String, std::os::fd::OwnedFd)> {
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        crx_runtime::tty::recv_fd(&s).unwrap()
+    })
+}
+
+/// `process.terminal` with `--console-socket`: the pty master arrives there (as runc sends
+/// it); the container's terminal is in the guest; `exec -t` gets a terminal of its own.
+#[test]
+fn lab_oci_terminal_through_the_console_socket() {
+    let lab = Lab::new();
+    let b = lab.bundle(
+        "b5",
+        &["sh", "-c", "tty; read x; echo got:$x; read y; exit 6"],
+        json!({"process": {"terminal": true}}),
+    );
+    let root = lab.root();
+    // Without a console socket: refused, nothing left.
+    let no = lab.runc(&["create", "--bundle", b.to_str().unwrap(), "t0"]);
+    assert_eq!(code(&no), 1);
+    assert!(
+        text(&no.stderr).contains("--console-socket"),
+        "{}",
+        text(&no.stderr)
+    );
+    let sock = lab.dir.path().join("console.sock");
+    let t = console_socket(&sock);
+    let st = runc_cmd(
+        &root,
+        &[
+            "create",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--console-socket",
+            sock.to_str().unwrap(),
+            "t1",
+        ],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .status()
+    .unwrap();
+    assert!(st.success());
+    let (name, master) = t.join().unwrap();
+    assert_eq!(name, "/dev/ptmx");
+    let mut input = fs::File::from(master.try_clone().unwrap());
+    let rx = read_master(master);
+    let pid = lab.state("t1")["pid"].as_i64().unwrap() as i32;
+    assert_eq!(code(&lab.runc(&["start", "t1"])), 0);
+    let mut seen = String::new();
+    until(&rx, &mut seen, "/dev/pts/0");
+    std::io::Write::write_all(&mut input, b"hi\n").unwrap();
+    until(&rx, &mut seen, "got:hi");
+
+    // exec -t: its own terminal, through its own console socket.
+    let sock2 = lab.dir.path().join("console2.sock");
+    let t2 = console_socket(&sock2);
+    let r2 = root.clone();
+    let s2 = sock2.clone();
+    let exec = std::thread::spawn(move || {
+        runc_cmd(
+            &r2,
+            &[
+                "exec",
+                "-t",
+                "--console-socket",
+                s2.to_str().unwrap(),
+                "t1",
+                "sh",
+                "-c",
+                "tty; read z; echo z=$z; exit 5",
+            ],
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+    });
+    let (_, m2) = t2.join().unwrap();
+    let m2_in = m2.try_clone().unwrap();
+    let rx2 = read_master(m2);
+    let mut seen2 = String::new();
+    until(&rx2, &mut seen2, "/dev/pts/1");
+    // (It reads before exiting: output still in flight when the last slave closes may be
+    // lost on the master's side.)
+    let mut in2 = fs::File::from(m2_in);
+    std::io::Write::write_all(&mut in2, b"zz\n").unwrap();
+    until(&rx2, &mut seen2, "z=zz");
+    let out = exec.join().unwrap();
+    assert_eq!(code(&out), 5, "exec -t: {}", text(&out.stderr));
+
+    std::io::Write::write_all(&mut input, b"bye\n").unwrap();
+    assert_eq!(wait_child(pid), WaitStatus::Exited(Pid::from_raw(pid), 6));
+    assert_eq!(code(&lab.runc(&["delete", "t1"])), 0);
+    assert!(!root.join("t0").exists());
+}
+
+/// The recorded pids of container `id` (monitor, VMM, the rootfs's virtiofsd), from its
+/// directory.
+fn pids_of(root: &Path, id: &str) -> Vec<i32> {
+    let dir = root.join(id);
+    let rec: Value = serde_json::from_slice(&fs::read(dir.join("state.json")).unwrap()).unwrap();
+    let mut v: Vec<i32> = ["monitor_pid", "vmm_pid"]
+        .iter()
+        .filter_map(|k| rec[*k].as_i64().map(|p| p as i32))
+        .collect();
+    if let Ok(p) = fs::read_to_string(dir.join("root.fs.sock.pid")) {
+        v.extend(p.trim().parse::<i32>().ok());
+    }
+    v
+}
+
+fn wait_dead(pids: &[i32]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(Instant::now() < deadline, "still alive: {pids:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `create` SIGKILLed during the boot, and a monitor SIGKILLed while its container runs: the
+/// state stays readable and consistent, `delete` cleans, and no process is left (monitor, VMM,
+/// virtiofsd).
+#[test]
+fn lab_oci_killed_create_and_monitor() {
+    let lab = Lab::new();
+    let root = lab.root();
+    let b = lab.bundle("b6", &["sleep", "1000"], json!({}));
+    let mut create = runc_cmd(&root, &["create", "--bundle", b.to_str().unwrap(), "x1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    create.kill().unwrap();
+    create.wait().unwrap();
+    // Killed before its directory was made: no container; else its state reads consistently.
+    let out = lab.runc(&["state", "x1"]);
+    if code(&out) == 1 {
+        assert!(
+            text(&out.stderr).contains("does not exist"),
+            "{}",
+            text(&out.stderr)
+        );
+    } else {
+        let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let status = s["status"].as_str().unwrap().to_owned();
+        assert!(
+            ["creating", "created", "stopped"].contains(&status.as_str()),
+            "{s}"
+        );
+    }
+    // The monitor, if it was started, finishes the create by itself.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while code(&out) == 0 && lab.state("x1")["status"] == "creating" {
+        assert!(Instant::now() < deadline, "stuck creating");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pids = if root.join("x1/state.json").exists() {
+        pids_of(&root, "x1")
+    } else {
+        Vec::new()
+    };
+    let d = lab.runc(&["delete", "--force", "x1"]);
+    assert_eq!(code(&d), 0, "delete: {}", text(&d.stderr));
+    assert!(!root.join("x1").exists());
+    wait_dead(&pids);
+
+    assert!(lab
+        .create(&b, "x2", &lab.dir.path().join("x2.out"))
+        .success());
+    assert_eq!(code(&lab.runc(&["start", "x2"])), 0);
+    let pids = pids_of(&root, "x2");
+    assert_eq!(pids.len(), 3, "monitor, VMM, virtiofsd: {pids:?}");
+    let monitor = pids[0];
+    nix::sys::signal::kill(Pid::from_raw(monitor), nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert_eq!(
+        wait_child(monitor),
+        WaitStatus::Signaled(
+            Pid::from_raw(monitor),
+            nix::sys::signal::Signal::SIGKILL,
+            false
+        )
+    );
+    wait_dead(&pids); // the VMM dies with its parent, virtiofsd with its VMM
+    assert_eq!(lab.state("x2")["status"], "stopped");
+    assert_eq!(code(&lab.runc(&["delete", "x2"])), 0);
+    assert!(!root.join("x2").exists());
+}
+
+/// `run` of a container with a terminal and no `--console-socket`: our terminal (here a pty
+/// made by the test) is the container's, with its window size; the exit code is the
+/// container's.
+#[test]
+fn lab_oci_run_uses_our_terminal() {
+    use crx_runtime::tty;
+    let lab = Lab::new();
+    let b = lab.bundle(
+        "b7",
+        &["sh", "-c", "tty; stty size; read x; echo got:$x; exit 7"],
+        json!({"process": {"terminal": true}}),
+    );
+    let pair = tty::open_pty().unwrap();
+    tty::set_window_size(
+        &pair.master,
+        tty::WinSize {
+            rows: 30,
+            cols: 100,
+        },
+    )
+    .unwrap();
+    let mut child = runc_cmd(&lab.root(), &["run", "--bundle", b.to_str().unwrap(), "t7"])
+        .stdin(Stdio::from(pair.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pair.slave.try_clone().unwrap()))
+        .spawn()
+        .unwrap();
+    drop(pair.slave);
+    let mut input = fs::File::from(pair.master.try_clone().unwrap());
+    let rx = read_master(pair.master);
+    let mut seen = String::new();
+    until(&rx, &mut seen, "/dev/pts/0");
+    until(&rx, &mut seen, "30 100");
+    std::io::Write::write_all(&mut input, b"hi\n").unwrap();
+    until(&rx, &mut seen, "got:hi");
+    assert_eq!(child.wait().unwrap().code(), Some(7), "{seen:?}");
+    assert!(!lab.root().join("t7").exists());
+}

@@ -1,0 +1,305 @@
+//! `crx-runc` through the real binary, without a VM: bad bundles (one line, exit 1, nothing
+//! left behind), a create whose VM cannot start (nothing left behind), `spec`, `features`,
+//! and the commands on missing containers.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{json, Value};
+
+fn runc(root: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_crx-runc"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A bundle in `dir`: `config` (None: no config.json) and a rootfs directory if asked.
+fn bundle(dir: &Path, config: Option<&str>, rootfs: bool) -> PathBuf {
+    let b = dir.join("bundle");
+    fs::create_dir_all(&b).unwrap();
+    if let Some(c) = config {
+        fs::write(b.join("config.json"), c).unwrap();
+    }
+    if rootfs {
+        fs::create_dir_all(b.join("rootfs/bin")).unwrap();
+    }
+    b
+}
+
+fn good_config(patch: Value) -> String {
+    let mut v = json!({"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+        "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}]});
+    for (k, x) in patch.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v.to_string()
+}
+
+/// Asserts a one-line error containing `want`, exit 1, and an empty root.
+fn refused(root: &Path, out: &Output, want: &str) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err:?}");
+    assert!(err.starts_with("crx-runc: "), "{err}");
+    assert!(err.contains(want), "want {want:?} in {err:?}");
+    let left: Vec<_> = fs::read_dir(root)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn bad_bundles_give_one_line_and_leave_nothing() {
+    let cases: [(&str, Option<String>, bool, &str); 6] = [
+        ("missing config", None, true, "no config.json"),
+        (
+            "invalid json",
+            Some("{\"ociVersion\": ".into()),
+            true,
+            "not a valid OCI runtime spec",
+        ),
+        (
+            "wrong types",
+            Some(r#"{"ociVersion": 1}"#.into()),
+            true,
+            "not a valid OCI runtime spec",
+        ),
+        (
+            "no rootfs",
+            Some(good_config(json!({}))),
+            false,
+            "is not a directory",
+        ),
+        (
+            "unknown mount type",
+            Some(good_config(json!({"mounts": [
+                {"destination": "/x", "type": "bogusfs", "source": "none"}]}))),
+            true,
+            "unknown mount type \"bogusfs\"",
+        ),
+        (
+            "terminal",
+            Some(good_config(
+                json!({"process": {"args": ["sh"], "cwd": "/", "terminal": true,
+                "user": {"uid": 0, "gid": 0}}}),
+            )),
+            true,
+            "--console-socket",
+        ),
+    ];
+    for (what, config, rootfs, want) in cases {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        let b = bundle(d.path(), config.as_deref(), rootfs);
+        let out = runc(&root, &["create", "--bundle", b.to_str().unwrap(), "c1"]);
+        refused(&root, &out, want);
+        // `run` checks the same way (a terminal without a console socket is ours there).
+        if what != "terminal" {
+            let out = runc(&root, &["run", "--bundle", b.to_str().unwrap(), "c1"]);
+            refused(&root, &out, want);
+        }
+        eprintln!("{what}: ok");
+    }
+}
+
+#[test]
+fn duplicate_and_bad_ids_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    let b = bundle(d.path(), Some(&good_config(json!({}))), true);
+    // A container c1 exists (its directory): a second c1 is refused, the first untouched.
+    fs::create_dir_all(root.join("c1")).unwrap();
+    fs::write(root.join("c1/marker"), "x").unwrap();
+    let out = runc(&root, &["create", "--bundle", b.to_str().unwrap(), "c1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("c1 already exists"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(fs::read_to_string(root.join("c1/marker")).unwrap(), "x");
+    fs::remove_dir_all(root.join("c1")).unwrap();
+    let out = runc(
+        &root,
+        &["create", "--bundle", b.to_str().unwrap(), "../evil"],
+    );
+    refused(&root, &out, "invalid container id");
+}
+
+/// No VM can start here (no crx-vmm at CRX_VMM): create fails in one line, after starting
+/// its monitor, and leaves no directory and no process.
+#[test]
+fn failed_boot_leaves_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    let b = bundle(d.path(), Some(&good_config(json!({}))), true);
+    fs::write(b.join("rootfs/bin/sh"), "#!/bin/sh\n").unwrap();
+    let pid_file = d.path().join("pid");
+    let out = Command::new(env!("CARGO_BIN_EXE_crx-runc"))
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "--bundle", b.to_str().unwrap(), "--pid-file"])
+        .arg(&pid_file)
+        .arg("c1")
+        .env("CRX_VMM", d.path().join("no-such-vmm"))
+        .env("CRX_BOOT_DIR", d.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    refused(&root, &out, "c1");
+    assert!(!pid_file.exists());
+    let list = runc(&root, &["list", "-q"]);
+    assert_eq!(text(&list.stdout), "");
+}
+
+#[test]
+fn spec_writes_a_loadable_default_once() {
+    let d = tempfile::tempdir().unwrap();
+    let out = runc(d.path(), &["spec", "--bundle", d.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: Value =
+        serde_json::from_slice(&fs::read(d.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(v["process"]["args"], json!(["sh"]));
+    assert_eq!(v["root"]["path"], "rootfs");
+    assert_eq!(v["process"]["terminal"], false);
+    let out = runc(d.path(), &["spec", "--bundle", d.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("exists"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn features_describe_support() {
+    let d = tempfile::tempdir().unwrap();
+    let out = runc(d.path(), &["features"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["hooks"],
+        json!(["prestart", "createRuntime", "poststart", "poststop"])
+    );
+    assert!(v["ociVersionMax"].as_str().unwrap().starts_with("1."));
+    assert_eq!(v["linux"]["cgroup"]["v2"], true);
+    assert!(v["annotations"]["io.crx.isolation"].is_string());
+}
+
+#[test]
+fn missing_containers() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    for args in [
+        &["state", "nope"][..],
+        &["start", "nope"],
+        &["kill", "nope", "KILL"],
+        &["delete", "nope"],
+        &["pause", "nope"],
+        &["exec", "nope", "true"],
+        &["ps", "nope"],
+    ] {
+        let out = runc(&root, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains("nope does not exist"), "{args:?}: {err}");
+    }
+    assert_eq!(
+        runc(&root, &["delete", "--force", "nope"]).status.code(),
+        Some(0)
+    );
+    let out = runc(&root, &["list"]);
+    assert_eq!(
+        text(&out.stdout),
+        "ID\tPID\tSTATUS\tBUNDLE\tCREATED\tOWNER\n"
+    );
+    let out = runc(&root, &["list", "--format", "json"]);
+    assert_eq!(text(&out.stdout).trim(), "[]");
+}
+
+/// `--log FILE --log-format json`: errors land in the log as JSON lines (conmon reads them).
+#[test]
+fn errors_go_to_the_json_log() {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("log.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_crx-runc"))
+        .args(["--root", d.path().to_str().unwrap(), "--log"])
+        .arg(&log)
+        .args(["--log-format", "json", "--systemd-cgroup", "state", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let line: Value = serde_json::from_str(fs::read_to_string(&log).unwrap().trim()).unwrap();
+    assert_eq!(line["level"], "error");
+    assert!(line["msg"]
+        .as_str()
+        .unwrap()
+        .contains("nope does not exist"));
+    assert!(line["time"].as_str().unwrap().ends_with('Z'));
+}
+
+/// A container directory as a killed command or monitor leaves it, in the record's own format.
+fn record(root: &Path, id: &str, phase: &str, monitor: Option<u32>) {
+    let dir = root.join(id);
+    fs::create_dir_all(&dir).unwrap();
+    let start = monitor.and_then(crx_runtime::home::process_start_time);
+    let r = json!({"id": id, "bundle": "/b", "rootfs": "/b/rootfs",
+        "created": "2026-11-28T00:00:00.000000000Z", "annotations": {}, "phase": phase,
+        "monitor_pid": monitor, "monitor_start": start, "vmm_pid": null, "exit_code": null,
+        "exit_signal": null, "error": null});
+    fs::write(dir.join("state.json"), r.to_string()).unwrap();
+    fs::write(dir.join("config.json"), "{}").unwrap();
+}
+
+/// Whatever a killed command left is consistent: a directory without a record (create killed
+/// before writing it) or whose monitor is gone reads as `stopped` and `delete` removes it; a
+/// live monitor keeps the recorded status, and `delete --force` kills it.
+#[test]
+fn leftovers_of_killed_commands_read_consistently() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    fs::create_dir_all(root.join("norecord")).unwrap();
+    record(&root, "gone", "running", Some(4_194_999)); // beyond pid_max: dead
+    let mut monitor = Command::new("sleep").arg("600").spawn().unwrap();
+    record(&root, "live", "running", Some(monitor.id()));
+    let state = |id: &str| -> Value {
+        let out = runc(&root, &["state", id]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(state("norecord")["status"], "stopped");
+    assert_eq!(state("gone")["status"], "stopped");
+    assert_eq!(state("gone")["pid"], 0);
+    assert_eq!(state("live")["status"], "running");
+    assert_eq!(state("live")["pid"], monitor.id());
+    let list = runc(&root, &["list", "-q"]);
+    assert_eq!(text(&list.stdout), "gone\nlive\nnorecord\n");
+    for id in ["norecord", "gone"] {
+        let out = runc(&root, &["delete", id]);
+        assert_eq!(out.status.code(), Some(0), "{id}: {}", text(&out.stderr));
+        assert!(!root.join(id).exists());
+    }
+    let out = runc(&root, &["delete", "live"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is running"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = runc(&root, &["delete", "--force", "live"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!root.join("live").exists());
+    // The monitor was killed (SIGKILL), not left behind.
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(monitor.wait().unwrap().signal(), Some(9));
+}

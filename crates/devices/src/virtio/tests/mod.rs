@@ -1,0 +1,5 @@
+mod blk;
+mod fuzz;
+mod rng;
+mod transport;
+mod vsock;

@@ -1,0 +1,137 @@
+//! virtio-vsock (device type 19) with Firecracker's hybrid vsock host side.
+//!
+//! Host to guest: a host process connects to the Unix socket at `uds_path`, writes
+//! `CONNECT <port>\n`, and once the guest accepts reads `OK <hostport>\n`; from then on the
+//! stream is the guest connection. Guest to host: a guest connection to host port `P`
+//! (CID 2) is forwarded by connecting to the Unix socket `<uds_path>_<P>`.
+
+mod connection;
+mod muxer;
+pub mod packet;
+mod uds;
+
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+
+use virtio_queue::Queue;
+
+pub use connection::CONN_BUF_SIZE;
+pub use muxer::{DEFAULT_CONNECT_TIMEOUT, MAX_CONNECTIONS, MAX_PENDING_HOST};
+
+use super::queue::Mem;
+use super::{read_config_bytes, EventSet, FdOp, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1};
+use muxer::Muxer;
+
+/// Queue size of each of the three queues.
+pub const QUEUE_SIZE: u16 = 256;
+/// Index of the receive (device to driver) queue.
+pub const RXQ: usize = 0;
+/// Index of the transmit (driver to device) queue.
+pub const TXQ: usize = 1;
+/// Index of the event queue (unused: we never send transport events).
+pub const EVQ: usize = 2;
+
+/// Errors creating a vsock device.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    /// CIDs 0-2 are reserved and Linux uses 32-bit CIDs.
+    #[error("guest CID {0} is invalid (use 3..=4294967294)")]
+    InvalidCid(u64),
+    /// Binding the host-side Unix socket failed.
+    #[error("cannot listen on {0:?} (remove a stale socket file first)")]
+    Bind(PathBuf, #[source] std::io::Error),
+}
+
+/// The vsock device.
+pub struct Vsock {
+    config: [u8; 8],
+    muxer: Muxer,
+}
+
+impl Vsock {
+    /// A device for a guest with CID `guest_cid`, listening for host clients on `uds_path`.
+    pub fn new(guest_cid: u64, uds_path: impl AsRef<Path>) -> Result<Self, VsockError> {
+        if !(3..u64::from(u32::MAX)).contains(&guest_cid) {
+            return Err(VsockError::InvalidCid(guest_cid));
+        }
+        let path = uds_path.as_ref();
+        let muxer =
+            Muxer::new(guest_cid, path).map_err(|e| VsockError::Bind(path.to_path_buf(), e))?;
+        Ok(Self {
+            config: guest_cid.to_le_bytes(),
+            muxer,
+        })
+    }
+
+    /// Changes how long a host client may take to send `CONNECT`, and the guest to answer,
+    /// before the attempt is dropped (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    pub fn set_connect_timeout(&mut self, timeout: std::time::Duration) {
+        self.muxer.set_connect_timeout(timeout)
+    }
+
+    /// The guest's CID.
+    pub fn guest_cid(&self) -> u64 {
+        u64::from_le_bytes(self.config)
+    }
+
+    /// The host-side listener path.
+    pub fn uds_path(&self) -> &Path {
+        self.muxer.uds_path()
+    }
+
+    /// Live connections.
+    pub fn connection_count(&self) -> usize {
+        self.muxer.connection_count()
+    }
+
+    /// Bytes the device holds for its connections (see [`CONN_BUF_SIZE`]).
+    pub fn buffered_bytes(&self) -> usize {
+        self.muxer.buffered_bytes()
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; 3]
+    }
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+    fn process_queue(&mut self, mem: &Mem, queues: &mut [Queue], index: usize) -> bool {
+        let mut used = false;
+        if index == TXQ {
+            if let Some(txq) = queues.get_mut(TXQ) {
+                used |= self.muxer.process_tx(mem, txq);
+            }
+        }
+        // New RX buffers, or TX produced replies: fill what we can.
+        if index == RXQ || index == TXQ {
+            if let Some(rxq) = queues.get_mut(RXQ) {
+                used |= self.muxer.process_rx(mem, rxq);
+            }
+        }
+        self.muxer.sync_interest();
+        used
+    }
+    fn process_host_event(
+        &mut self,
+        active: Option<(&Mem, &mut [Queue])>,
+        fd: RawFd,
+        events: EventSet,
+    ) -> bool {
+        let rxq = active.and_then(|(mem, qs)| qs.get_mut(RXQ).map(|q| (mem, q)));
+        self.muxer.process_host_event(rxq, fd, events)
+    }
+    fn drain_fd_ops(&mut self, apply: &mut dyn FnMut(FdOp)) {
+        self.muxer.drain_fd_ops(apply)
+    }
+    fn reset(&mut self) {
+        self.muxer.reset()
+    }
+}

@@ -1,0 +1,28 @@
+//! Host<->guest agent protocol (leaf crate).
+//!
+//! - [`frame`]: length-prefixed frames (`u32` big-endian length, then the payload), at most
+//!   [`MAX_FRAME_LEN`] bytes, the bound checked before anything is allocated.
+//! - [`message`]: the typed messages (serde, JSON payloads): requests, responses, typed errors,
+//!   and the header that opens a stdio stream connection.
+//! - [`codec`]: messages to and from frames over any `Read` / `Write`; decoding never panics.
+//! - [`client`]: a blocking client for the host side (handshake, one call at a time).
+//!
+//! The first exchange on a control connection is `Hello { version }` answered by
+//! `HelloOk { version }` (or an error of kind `VersionMismatch`); see `README.md`.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod codec;
+pub mod frame;
+pub mod message;
+
+pub use client::{Client, ClientError};
+pub use codec::{decode, encode, read_message, write_message, ProtoError};
+pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME_LEN};
+pub use message::*;
+
+/// The protocol version this crate speaks. Bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The vsock port the guest agent listens on.
+pub const AGENT_VSOCK_PORT: u32 = 1024;

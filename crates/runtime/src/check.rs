@@ -1,0 +1,138 @@
+//! Host readiness checks for `crx check`.
+
+use std::path::Path;
+
+use crate::paths;
+
+/// One check's outcome.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+fn check(name: &'static str, ok: bool, detail: String, fix: &str) -> Check {
+    Check {
+        name,
+        ok,
+        detail,
+        fix: Some(fix.to_owned()),
+    }
+}
+
+/// Every check, in order.
+pub fn run_all(root: &Path) -> Vec<Check> {
+    let mut out = Vec::new();
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm");
+    out.push(match &kvm {
+        Ok(_) => check("kvm", true, "/dev/kvm opens read-write".into(), ""),
+        Err(e) => check(
+            "kvm",
+            false,
+            format!("/dev/kvm: {e}"),
+            "enable virtualization (SVM/VMX) in the firmware or the hypervisor, load kvm_amd/kvm_intel, and add the user to the kvm group (or run as root)",
+        ),
+    });
+    if kvm.is_ok() {
+        out.push(match crate::kvm_speed::loop_speed_ns() {
+            Ok(ns) if ns < 50.0 => check("kvm speed", true, format!("{ns:.1} ns per guest loop iteration: fast enough to boot Linux"), ""),
+            Ok(ns) => check(
+                "kvm speed",
+                false,
+                format!("{ns:.0} ns per guest loop iteration: this KVM emulates guest instructions (~1 us each) and cannot boot Linux"),
+                "use a host with hardware virtualization (nested virtualization enabled); on this project's machines run crx inside the nested lab: `cargo xtask lab -- target/debug/crx ...`",
+            ),
+            Err(e) => check("kvm speed", false, format!("the calibration guest failed: {e}"), "check dmesg for KVM errors"),
+        });
+    }
+    out.push(match paths::find_boot_files() {
+        Ok(b) => check("kernel and initrd", true, format!("{} and {}", b.kernel.display(), b.initrd.display()), ""),
+        Err(e) => check("kernel and initrd", false, e.to_string(), "run `cargo xtask boot` (or set CRX_BOOT_DIR to a directory holding vmlinux and base.cpio)"),
+    });
+    out.push(match paths::find_vmm() {
+        Ok(p) => check("crx-vmm", true, p.display().to_string(), ""),
+        Err(e) => check(
+            "crx-vmm",
+            false,
+            e.to_string(),
+            "`cargo build -p crx-vmm` and keep crx-vmm next to crx, or set CRX_VMM",
+        ),
+    });
+    let tool = [
+        "/usr/bin/mkfs.erofs",
+        "/usr/sbin/mkfs.erofs",
+        "/sbin/mkfs.erofs",
+    ]
+    .iter()
+    .find(|p| Path::new(p).exists());
+    out.push(match tool {
+        Some(p) => check("image disks", true, format!("{p} present"), ""),
+        None => check(
+            "image disks",
+            false,
+            "mkfs.erofs not found: images cannot be imported".into(),
+            "apt-get install erofs-utils",
+        ),
+    });
+    let cg2 = [
+        "/sys/fs/cgroup/cgroup.controllers",
+        "/sys/fs/cgroup/unified/cgroup.controllers",
+    ]
+    .iter()
+    .find(|p| Path::new(p).exists());
+    out.push(match cg2 {
+        Some(p) => check(
+            "cgroups",
+            true,
+            format!(
+                "cgroup v2 at {}",
+                Path::new(p).parent().unwrap_or(Path::new("/")).display()
+            ),
+            "",
+        ),
+        None if Path::new("/sys/fs/cgroup").exists() => check(
+            "cgroups",
+            true,
+            "cgroup v1 only (VMM processes can still be placed in cgroups)".into(),
+            "",
+        ),
+        None => check(
+            "cgroups",
+            false,
+            "no cgroup filesystem at /sys/fs/cgroup".into(),
+            "mount cgroup2 at /sys/fs/cgroup",
+        ),
+    });
+    let dir = existing_ancestor(root);
+    out.push(match nix::sys::statvfs::statvfs(&dir) {
+        Ok(s) => {
+            let free = s.blocks_available() * s.fragment_size();
+            let gib = free as f64 / (1u64 << 30) as f64;
+            check(
+                "disk space",
+                free >= 1 << 30,
+                format!("{gib:.1} GiB free under {}", dir.display()),
+                "free space there, `crx gc --images`, or point --root / CRX_ROOT elsewhere",
+            )
+        }
+        Err(e) => check(
+            "disk space",
+            false,
+            format!("{}: {e}", dir.display()),
+            "create the state root or choose another with --root",
+        ),
+    });
+    out
+}
+
+fn existing_ancestor(p: &Path) -> std::path::PathBuf {
+    p.ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"))
+        .to_owned()
+}

@@ -1,0 +1,74 @@
+//! Child processes that must not outlive the process that started them.
+#![allow(unsafe_code)]
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// Makes the child started by `cmd` die (SIGKILL) when this process dies, whatever kills it,
+/// including a death between fork and the child's prctl.
+pub fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+    // system calls (prctl, getppid, _exit); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            // The parent may have died before prctl: then nobody would kill us.
+            if nix::unistd::getppid().as_raw() as u32 != parent {
+                nix::libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    const CHILD_ENV: &str = "CRX_TEST_DIE_WITH_PARENT_CHILD";
+
+    /// Run twice: as the test, it starts this test binary again as a parent process; that
+    /// parent starts `sleep` with [`die_with_parent`], prints its pid and exits. The `sleep`
+    /// must then die.
+    #[test]
+    fn the_child_dies_with_its_parent() {
+        if std::env::var_os(CHILD_ENV).is_some() {
+            let mut cmd = Command::new("sleep");
+            cmd.arg("60");
+            die_with_parent(&mut cmd);
+            let child = cmd.spawn().unwrap();
+            println!("PID {}", child.id());
+            std::process::exit(0);
+        }
+        let mut parent = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child::tests::the_child_dies_with_its_parent",
+                "--nocapture",
+            ])
+            .env(CHILD_ENV, "1")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid: u32 = BufReader::new(parent.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("PID ").and_then(|p| p.trim().parse().ok()))
+            .expect("the parent printed its child's pid");
+        parent.wait().unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Gone, or a zombie waiting for init to reap it.
+            if stat.is_empty() || stat.contains(") Z") {
+                break;
+            }
+            assert!(Instant::now() < end, "sleep {pid} outlived its parent");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

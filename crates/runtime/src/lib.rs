@@ -1,0 +1,33 @@
+//! Instances and containers: drives crx-vmm and the guest agent.
+//!
+//! - [`paths`]: the state root, the boot artefacts (kernel, base initrd), the VMM binary.
+//! - [`home`]: instance homes and their `state.json`; listing, lookup, gc of dead VMMs.
+//! - [`spec`]: the OCI runtime spec from an image config and the `run` flags.
+//! - [`vm`]: the crx-vmm command line and process.
+//! - [`agent`]: control and stdio connections to the guest agent over the hybrid vsock.
+//! - [`instance`]: run, exec, signal, remove.
+//! - [`check`]: host readiness (`crx check`), with a calibrated tiny KVM guest.
+//! - [`trace`]: boot-phase timestamps with `CRX_TRACE=1`.
+//! - [`virtiofs`]: host directories shared live with a VM (one virtiofsd each).
+//! - [`tty`]: host terminals: raw mode, the pty pump and window sizes, console-socket fd passing.
+#![deny(unsafe_code)] // allowed in `kvm_speed`, `tty` (ioctls) and `child` (pre_exec) alone
+
+pub mod agent;
+pub mod check;
+pub mod child;
+pub mod error;
+pub mod home;
+pub mod instance;
+pub mod kvm_speed;
+pub mod oci;
+pub mod paths;
+pub mod spec;
+pub mod trace;
+pub mod tty;
+pub mod virtiofs;
+pub mod vm;
+
+pub use error::{RuntimeError, SpecError};
+pub use home::{Home, InstanceState, Status};
+pub use instance::{RunConfig, Started};
+pub use spec::ProcessOptions;

@@ -1,0 +1,82 @@
+//! The OCI runtime's typed errors.
+
+use std::path::PathBuf;
+
+use crate::error::RuntimeError;
+
+/// Errors of the runc-compatible runtime (bundles, state, lifecycle).
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("invalid container id {0:?} (letters, digits, _ + - . only)")]
+    BadId(String),
+    #[error("container {0} already exists")]
+    Exists(String),
+    #[error("container {0} does not exist")]
+    NotFound(String),
+    #[error("bundle {0}: no config.json (make one with `crx-runc spec`)")]
+    NoConfig(PathBuf),
+    #[error("bundle {path}: config.json is not a valid OCI runtime spec")]
+    BadConfig {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("bundle {0}: rootfs {1} is not a directory")]
+    NoRootfs(PathBuf, PathBuf),
+    #[error("bundle: config.json has no process")]
+    NoProcess,
+    #[error("bundle: mount {dest}: unknown mount type {typ:?}")]
+    UnknownMountType { dest: String, typ: String },
+    #[error("process.terminal is true: give --console-socket (the pty master is sent there)")]
+    NoConsoleSocket,
+    #[error("--console-socket is given but process.terminal is false")]
+    ConsoleWithoutTerminal,
+    #[error("the container's terminal")]
+    Tty(#[from] crate::tty::TtyError),
+    #[error("container {id} is {status}: {what}")]
+    WrongState {
+        id: String,
+        status: String,
+        what: &'static str,
+    },
+    #[error("{what} hook {path} failed: {reason}")]
+    Hook {
+        what: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error(
+        "container {id}: the monitor process exited before the container was created: {reason}"
+    )]
+    MonitorFailed { id: String, reason: String },
+    #[error("container {id}: monitor: {reason}")]
+    Monitor { id: String, reason: String },
+    #[error("{path}: too long for a Unix socket path (at most 107 bytes): use a shorter --root")]
+    SocketPathTooLong { path: PathBuf },
+    #[error("sharing {dir} with the VM (virtio-fs)")]
+    Share {
+        dir: PathBuf,
+        #[source]
+        source: crate::virtiofs::VirtiofsError,
+    },
+    #[error("{path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state file {path} is corrupt")]
+    CorruptState {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// `Io` for `path`.
+pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> OciError {
+    let path = path.into();
+    move |source| OciError::Io { path, source }
+}

@@ -1,0 +1,194 @@
+//! Extra processes in a running container (`crx-runc exec`).
+
+use std::path::Path;
+
+use crx_proto::{Request, StreamKind};
+use serde_json::Value;
+
+use super::container::ContainerDir;
+use super::error::OciError;
+use super::lifecycle::saved_spec;
+use super::state::Status;
+use crate::agent::Agent;
+use crate::instance;
+use crate::tty;
+
+/// What `exec` changes in the container's process when no `--process` file is given.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    pub args: Vec<String>,
+    /// `KEY=VALUE`, replacing the container's KEY.
+    pub env: Vec<String>,
+    pub cwd: Option<String>,
+    pub user: Option<(u32, Option<u32>)>,
+    pub additional_gids: Vec<u32>,
+    /// A terminal (`-t`).
+    pub terminal: bool,
+}
+
+/// The process of an exec: the container's own (env, cwd, user, capabilities...) with
+/// `opts` applied, without a terminal.
+pub fn process_from(spec: &Value, opts: &ExecOptions) -> Value {
+    let mut p = spec["process"].clone();
+    if !p.is_object() {
+        p = serde_json::json!({"cwd": "/", "user": {"uid": 0, "gid": 0}});
+    }
+    p["args"] = serde_json::json!(opts.args);
+    p["terminal"] = opts.terminal.into();
+    if !opts.env.is_empty() {
+        let mut env: Vec<String> = p["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        for e in &opts.env {
+            let key = e.split('=').next().unwrap_or_default();
+            env.retain(|x| x.split('=').next() != Some(key));
+            env.push(e.clone());
+        }
+        p["env"] = serde_json::json!(env);
+    }
+    if let Some(cwd) = &opts.cwd {
+        p["cwd"] = cwd.clone().into();
+    }
+    if let Some((uid, gid)) = opts.user {
+        p["user"]["uid"] = uid.into();
+        p["user"]["gid"] = gid.unwrap_or(uid).into();
+    }
+    if !opts.additional_gids.is_empty() {
+        p["user"]["additionalGids"] = serde_json::json!(opts.additional_gids);
+    }
+    p
+}
+
+/// The process for `opts` in container `id` (from its saved spec).
+pub fn default_process(root: &Path, id: &str, opts: &ExecOptions) -> Result<Value, OciError> {
+    let c = ContainerDir::open(root, id)?;
+    Ok(process_from(&saved_spec(&c)?, opts))
+}
+
+/// Runs `process` in the running container `id`, its stdio being ours (stdin copied until
+/// its end), or with `process.terminal` a host pty whose master goes to the socket `console`,
+/// and returns its exit code (`128 + N` when killed by signal N). `on_started(agent, id,
+/// exec_id)` is called once it runs.
+pub fn exec(
+    root: &Path,
+    id: &str,
+    process: Value,
+    console: Option<&Path>,
+    on_started: impl FnOnce(&Agent, &str, &str),
+) -> Result<i32, OciError> {
+    let c = ContainerDir::open(root, id)?;
+    let rec = c.load()?;
+    if rec.status() != Status::Running {
+        return Err(OciError::WrongState {
+            id: id.to_owned(),
+            status: rec.status().to_string(),
+            what: "exec needs a running container",
+        });
+    }
+    let terminal = process["terminal"].as_bool() == Some(true);
+    if terminal && console.is_none() {
+        return Err(OciError::NoConsoleSocket);
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let exec_id = format!("exec-{}-{nanos:x}", std::process::id());
+    let agent = Agent::new(c.vsock_path());
+    let mut control = agent.control()?;
+    if let (true, Some(console)) = (terminal, console) {
+        let stream = agent.open_stream(id, Some(&exec_id), StreamKind::Pty)?;
+        control
+            .call(Request::Exec {
+                id: id.to_owned(),
+                exec_id: exec_id.clone(),
+                process,
+            })
+            .map_err(crate::RuntimeError::from)?;
+        let pair = tty::open_pty()?;
+        tty::send_console(console, &pair.master, tty::PTMX_NAME)?;
+        drop(pair.master);
+        on_started(&agent, id, &exec_id);
+        let dup = |fd: &std::os::fd::OwnedFd| {
+            fd.try_clone()
+                .map_err(|source| crate::RuntimeError::Stream {
+                    what: "the console's pty".into(),
+                    source,
+                })
+        };
+        let (input, output) = (dup(&pair.slave)?, dup(&pair.slave)?);
+        let resize = tty::agent_resizer(agent.clone(), id.to_owned(), Some(exec_id.clone()));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tty::pump(Some(input), output, stream, Some(pair.slave), resize);
+            let _ = done_tx.send(());
+        });
+        let code = match control
+            .call(Request::Wait {
+                id: id.to_owned(),
+                exec_id: Some(exec_id),
+            })
+            .map_err(crate::RuntimeError::from)?
+        {
+            crx_proto::Response::Exited(s) => s.code,
+            other => {
+                return Err(
+                    crate::RuntimeError::from(crx_proto::ClientError::Unexpected(Box::new(other)))
+                        .into(),
+                )
+            }
+        };
+        let _ = done_rx.recv_timeout(std::time::Duration::from_secs(2));
+        return Ok(code);
+    }
+    let stdio = instance::open_stdio(&agent, id, Some(&exec_id))?;
+    control
+        .call(Request::Exec {
+            id: id.to_owned(),
+            exec_id: exec_id.clone(),
+            process,
+        })
+        .map_err(crate::RuntimeError::from)?;
+    on_started(&agent, id, &exec_id);
+    Ok(instance::pump_and_wait(
+        &mut control,
+        id,
+        Some(&exec_id),
+        stdio,
+        true,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn exec_process_keeps_the_containers_and_applies_options() {
+        let spec = json!({"process": {"args": ["sh"], "env": ["PATH=/bin", "A=1"], "cwd": "/",
+            "user": {"uid": 0, "gid": 0}, "terminal": true, "capabilities": {"bounding": ["CAP_KILL"]}}});
+        let p = process_from(
+            &spec,
+            &ExecOptions {
+                args: vec!["ls".into()],
+                env: vec!["A=2".into(), "B=3".into()],
+                cwd: Some("/tmp".into()),
+                user: Some((5, None)),
+                additional_gids: vec![7],
+                terminal: false,
+            },
+        );
+        assert_eq!(p["args"], json!(["ls"]));
+        assert_eq!(p["env"], json!(["PATH=/bin", "A=2", "B=3"]));
+        assert_eq!(p["cwd"], "/tmp");
+        assert_eq!(
+            p["user"],
+            json!({"uid": 5, "gid": 5, "additionalGids": [7]})
+        );
+        assert_eq!(p["terminal"], false);
+        assert_eq!(p["capabilities"]["bounding"], json!(["CAP_KILL"]));
+    }
+}

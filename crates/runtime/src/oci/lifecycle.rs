@@ -1,0 +1,338 @@
+//! The OCI lifecycle over containers under a root: create, start, kill, delete, pause,
+//! resume, and the agent queries (processes, stats).
+
+use std::io;
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use crx_proto::{ContainerStats, Request, Response};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::bundle::Bundle;
+use super::cgroup;
+use super::container::{ContainerDir, Lock};
+use super::error::{io as io_err, OciError};
+use super::hooks::{self, HookKind};
+use super::monitor;
+use super::state::{Phase, Record, Status};
+use crate::agent::Agent;
+use crate::home::pid_alive;
+use crate::instance::wait_gone;
+
+/// A created container: its record and its monitor (a child of the caller).
+#[derive(Debug)]
+pub struct Created {
+    pub dir: ContainerDir,
+    pub record: Record,
+    pub monitor: Child,
+}
+
+/// Creates container `id` from the bundle in `bundle_dir` (with `process.terminal`, its pty
+/// master goes to the socket `console`): checks the bundle, makes the
+/// container's directory, starts the monitor with `spawn_monitor` (which boots the VM and
+/// creates the container in it), waits until it is created, then runs the `prestart` and
+/// `createRuntime` hooks. On any error nothing is left: the monitor and VM are killed and the
+/// directory removed.
+pub fn create(
+    root: &Path,
+    id: &str,
+    bundle_dir: &Path,
+    console: Option<&Path>,
+    spawn_monitor: impl FnOnce(&ContainerDir) -> io::Result<Child>,
+) -> Result<Created, OciError> {
+    let bundle = Bundle::load(bundle_dir)?;
+    match (bundle.terminal(), console) {
+        (true, None) => return Err(OciError::NoConsoleSocket),
+        (false, Some(_)) => return Err(OciError::ConsoleWithoutTerminal),
+        _ => {}
+    }
+    let (c, _lock) = ContainerDir::create(root, id)?;
+    let mut child = None;
+    let result = create_in(&c, &bundle, spawn_monitor, &mut child);
+    match result {
+        Ok(record) => Ok(Created {
+            dir: c,
+            record,
+            monitor: child.expect("spawned"),
+        }),
+        Err(e) => {
+            if let Some(mut m) = child {
+                let _ = m.kill();
+                let _ = m.wait();
+            }
+            destroy(&c, c.record().ok().flatten().as_ref());
+            if let Some(dir) = cgroup::host_dir(&bundle.spec) {
+                cgroup::remove(&dir);
+            }
+            let _ = c.remove();
+            Err(e)
+        }
+    }
+}
+
+fn create_in(
+    c: &ContainerDir,
+    bundle: &Bundle,
+    spawn_monitor: impl FnOnce(&ContainerDir) -> io::Result<Child>,
+    child: &mut Option<Child>,
+) -> Result<Record, OciError> {
+    let text = serde_json::to_vec_pretty(&bundle.spec).expect("json");
+    let cfg = c.config_path();
+    std::fs::write(&cfg, text).map_err(io_err(&cfg))?;
+    let rec = Record::new(
+        &c.id,
+        &bundle.dir,
+        &bundle.rootfs,
+        bundle.annotations.clone(),
+    );
+    c.save(&rec)?;
+    let m = child.insert(spawn_monitor(c).map_err(|e| OciError::MonitorFailed {
+        id: c.id.clone(),
+        reason: format!("starting it: {e}"),
+    })?);
+    let rec = loop {
+        let rec = c.load()?;
+        match rec.phase {
+            Phase::Created => break rec,
+            Phase::Failed => {
+                return Err(OciError::MonitorFailed {
+                    id: c.id.clone(),
+                    reason: rec.error.unwrap_or_default(),
+                })
+            }
+            _ => {}
+        }
+        if let Ok(Some(st)) = m.try_wait() {
+            let rec = c.load()?;
+            return Err(OciError::MonitorFailed {
+                id: c.id.clone(),
+                reason: rec.error.unwrap_or_else(|| st.to_string()),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let state = rec.oci_state();
+    hooks::run(&bundle.spec, HookKind::Prestart, &state)?;
+    hooks::run(&bundle.spec, HookKind::CreateRuntime, &state)?;
+    Ok(rec)
+}
+
+/// Kills what runs for `c` (the VMM, then the monitor) and waits until it is gone.
+fn destroy(c: &ContainerDir, rec: Option<&Record>) {
+    let Some(rec) = rec else { return };
+    if let Some(pid) = rec.vmm_pid.filter(|p| pid_alive(*p) && rec.monitor_alive()) {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        wait_gone(pid, Duration::from_secs(5));
+    }
+    if rec.monitor_alive() {
+        if let Some(pid) = rec.monitor_pid {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            wait_gone(pid, Duration::from_secs(5));
+        }
+    }
+    let _ = c;
+}
+
+/// The container `id`, locked, and its record, whose status must be one of `ok`.
+fn locked(
+    root: &Path,
+    id: &str,
+    ok: &[Status],
+    what: &'static str,
+) -> Result<(ContainerDir, Lock, Record), OciError> {
+    let c = ContainerDir::open(root, id)?;
+    let lock = c.lock()?;
+    let rec = c.load()?;
+    let status = rec.status();
+    if !ok.contains(&status) {
+        return Err(OciError::WrongState {
+            id: id.to_owned(),
+            status: status.to_string(),
+            what,
+        });
+    }
+    Ok((c, lock, rec))
+}
+
+/// Starts a created container, then runs the `poststart` hooks; a failing hook is returned
+/// as a warning (`Ok(Some)`), as the spec says.
+pub fn start(root: &Path, id: &str) -> Result<Option<OciError>, OciError> {
+    let (c, _lock, _) = locked(
+        root,
+        id,
+        &[Status::Created],
+        "only a created container starts",
+    )?;
+    monitor::request(&c, "start")?;
+    let rec = c.load()?;
+    let spec = saved_spec(&c)?;
+    Ok(hooks::run(&spec, HookKind::Poststart, &rec.oci_state()).err())
+}
+
+/// Pauses (freezes) a running container.
+pub fn pause(root: &Path, id: &str) -> Result<(), OciError> {
+    let (c, _lock, _) = locked(
+        root,
+        id,
+        &[Status::Running],
+        "only a running container pauses",
+    )?;
+    monitor::request(&c, "pause")
+}
+
+/// Resumes a paused container.
+pub fn resume(root: &Path, id: &str) -> Result<(), OciError> {
+    let (c, _lock, _) = locked(
+        root,
+        id,
+        &[Status::Paused],
+        "only a paused container resumes",
+    )?;
+    monitor::request(&c, "resume")
+}
+
+const LIVE: &[Status] = &[Status::Created, Status::Running, Status::Paused];
+
+/// Sends `signal` to the container's init (`all`: every process of the container).
+pub fn signal(root: &Path, id: &str, signal: i32, all: bool) -> Result<(), OciError> {
+    let c = ContainerDir::open(root, id)?;
+    let rec = c.load()?;
+    let status = rec.status();
+    if !LIVE.contains(&status) {
+        return Err(OciError::WrongState {
+            id: id.to_owned(),
+            status: status.to_string(),
+            what: "container not running",
+        });
+    }
+    agent_call(
+        &c,
+        Request::Signal {
+            id: id.to_owned(),
+            exec_id: None,
+            signal,
+            all,
+        },
+    )?;
+    Ok(())
+}
+
+/// Deletes container `id`: a stopped or created one, or (with `force`) any; the VM is torn
+/// down, the `poststop` hooks run, and the directory goes. A failing hook is returned as a
+/// warning. With `force`, a missing container is not an error.
+pub fn delete(root: &Path, id: &str, force: bool) -> Result<Option<OciError>, OciError> {
+    let c = match ContainerDir::open(root, id) {
+        Ok(c) => c,
+        Err(OciError::NotFound(_)) if force => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let _lock = match c.lock() {
+        Ok(l) => l,
+        Err(OciError::NotFound(_)) if force => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let rec = c.record()?;
+    if let Some(r) = &rec {
+        let status = r.status();
+        if !force && matches!(status, Status::Running | Status::Paused) {
+            return Err(OciError::WrongState {
+                id: id.to_owned(),
+                status: status.to_string(),
+                what: "stop it first or use delete --force",
+            });
+        }
+    }
+    destroy(&c, rec.as_ref());
+    let warning = match (&rec, saved_spec(&c)) {
+        (Some(r), Ok(spec)) => {
+            let mut state = r.oci_state();
+            state["status"] = "stopped".into();
+            state["pid"] = 0.into();
+            hooks::run(&spec, HookKind::Poststop, &state).err()
+        }
+        _ => None,
+    };
+    if let Some(dir) = saved_spec(&c).ok().as_ref().and_then(cgroup::host_dir) {
+        cgroup::remove(&dir);
+    }
+    c.remove()?;
+    Ok(warning)
+}
+
+/// The OCI state of `id` (a directory that `create` left without a record, because it was
+/// killed, is `stopped`).
+pub fn state(root: &Path, id: &str) -> Result<serde_json::Value, OciError> {
+    let c = ContainerDir::open(root, id)?;
+    Ok(match c.record()? {
+        Some(r) => r.oci_state(),
+        None => serde_json::json!({
+            "ociVersion": super::state::OCI_VERSION, "id": id, "status": "stopped", "pid": 0,
+            "bundle": "", "annotations": {},
+        }),
+    })
+}
+
+/// The guest pids of the container's processes.
+pub fn processes(root: &Path, id: &str) -> Result<Vec<i32>, OciError> {
+    let c = ContainerDir::open(root, id)?;
+    match agent_call(&c, Request::ListProcesses { id: id.to_owned() })? {
+        Response::Processes { pids } => Ok(pids),
+        other => Err(unexpected(&c, other)),
+    }
+}
+
+/// The container's resource usage.
+pub fn stats(root: &Path, id: &str) -> Result<ContainerStats, OciError> {
+    let c = ContainerDir::open(root, id)?;
+    match agent_call(&c, Request::Stats { id: id.to_owned() })? {
+        Response::Stats(s) => Ok(s),
+        other => Err(unexpected(&c, other)),
+    }
+}
+
+/// The spec as `create` saved it.
+pub fn saved_spec(c: &ContainerDir) -> Result<serde_json::Value, OciError> {
+    let path = c.config_path();
+    let text = std::fs::read(&path).map_err(io_err(&path))?;
+    serde_json::from_slice(&text).map_err(|source| OciError::CorruptState { path, source })
+}
+
+/// The agent of a container whose VM runs.
+pub fn agent(c: &ContainerDir) -> Result<Agent, OciError> {
+    let rec = c.load()?;
+    let status = rec.status();
+    if !LIVE.contains(&status) {
+        return Err(OciError::WrongState {
+            id: c.id.clone(),
+            status: status.to_string(),
+            what: "its VM is not running",
+        });
+    }
+    Ok(Agent::new(c.vsock_path()))
+}
+
+fn agent_call(c: &ContainerDir, req: Request) -> Result<Response, OciError> {
+    let mut ctl = agent(c)?.control()?;
+    Ok(ctl.call(req).map_err(crate::RuntimeError::from)?)
+}
+
+fn unexpected(c: &ContainerDir, r: Response) -> OciError {
+    OciError::Monitor {
+        id: c.id.clone(),
+        reason: format!("unexpected agent answer {r:?}"),
+    }
+}
+
+/// Polls until `f` is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}

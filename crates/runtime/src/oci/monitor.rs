@@ -1,0 +1,366 @@
+//! The monitor: the host process that stands for a container (its pid is the OCI `pid`). It
+//! holds the VMM as its child and the container's stdio (its own fds 0, 1 and 2, given to
+//! `create`, copied to and from the agent's streams), serves `start`, `pause` and `resume` on
+//! `monitor.sock`, records each change in `state.json` (after `create`'s first record it is the
+//! only writer), and exits with the container's status once it has shut the VM down.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crx_proto::{ExitStatus, Request, Response, StreamKind};
+
+use super::bundle::{guest_spec, vm_size};
+use super::cgroup;
+use super::container::ContainerDir;
+use super::error::{io, OciError};
+use super::rootfs::{self, Shares};
+use super::state::{Phase, Record};
+use crate::agent::{Agent, Control};
+use crate::home::process_start_time;
+use crate::instance::{self, Stdio};
+use crate::paths;
+use crate::tty;
+use crate::vm::VmConfig;
+use crate::RuntimeError;
+
+/// How the container's process is attached: its stdio streams (copied with our fds 0, 1, 2),
+/// or its terminal (relayed with the slave of a host pty whose master went to the console
+/// socket).
+#[derive(Debug)]
+enum Attach {
+    Stdio(Stdio),
+    Pty { stream: UnixStream, slave: OwnedFd },
+}
+
+/// A monitor whose container is created (not started).
+#[derive(Debug)]
+pub struct Monitor {
+    c: ContainerDir,
+    record: Arc<Mutex<Record>>,
+    vmm: Child,
+    agent: Agent,
+    control: Control,
+    attach: Option<Attach>,
+    /// The virtiofsd daemons (killed when dropped, after the VM).
+    shares: Shares,
+    left_out: Vec<String>,
+}
+
+/// What [`boot_vm`] gives.
+struct Booted {
+    agent: Agent,
+    control: Control,
+    attach: Attach,
+    shares: Shares,
+    left_out: Vec<String>,
+}
+
+fn lock(r: &Mutex<Record>) -> MutexGuard<'_, Record> {
+    r.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Monitor {
+    /// Records this process as the monitor of `c`, boots the VM and creates the container.
+    /// On error the record says `failed` with the reason, and the VMM is killed.
+    /// With `process.terminal`, the pty master is sent to the socket `console` (runc's way).
+    pub fn boot(c: ContainerDir, console: Option<&Path>) -> Result<Monitor, OciError> {
+        let mut rec = c.load()?;
+        let me = std::process::id();
+        rec.monitor_pid = Some(me);
+        rec.monitor_start = process_start_time(me);
+        c.save(&rec)?;
+        let mut vmm: Option<Child> = None;
+        match boot_vm(&c, &mut rec, &mut vmm, console) {
+            Ok(Booted {
+                agent,
+                control,
+                attach,
+                shares,
+                left_out,
+            }) => Ok(Monitor {
+                c,
+                record: Arc::new(Mutex::new(rec)),
+                vmm: vmm.expect("spawned"),
+                agent,
+                control,
+                attach: Some(attach),
+                shares,
+                left_out,
+            }),
+            Err(e) => {
+                if let Some(mut v) = vmm {
+                    let _ = v.kill();
+                    let _ = v.wait();
+                }
+                rec.phase = Phase::Failed;
+                rec.error = Some(chain(&e));
+                let _ = c.save(&rec);
+                Err(e)
+            }
+        }
+    }
+
+    /// The container's agent (to forward signals to it).
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    /// The destinations of bind mounts that could not be shared (single files).
+    pub fn left_out(&self) -> &[String] {
+        &self.left_out
+    }
+
+    pub fn id(&self) -> &str {
+        &self.c.id
+    }
+
+    /// Copies the container's stdio, waits for it to exit, records the status, shuts the VM
+    /// down and returns the status.
+    pub fn wait(mut self) -> Result<ExitStatus, OciError> {
+        let id = self.c.id.clone();
+        let waited = match self.attach.take().expect("attached") {
+            Attach::Stdio(stdio) => {
+                instance::pump_and_wait(&mut self.control, &id, None, stdio, true)
+            }
+            Attach::Pty { stream, slave } => self.relay_pty(stream, slave),
+        };
+        // The agent keeps the status: a second wait returns it whole (code and signal).
+        let status = waited.map(|code| {
+            match self.control.call(Request::Wait {
+                id: id.clone(),
+                exec_id: None,
+            }) {
+                Ok(Response::Exited(s)) => s,
+                _ => ExitStatus { code, signal: None },
+            }
+        });
+        {
+            let mut r = lock(&self.record);
+            r.phase = Phase::Stopped;
+            if let Ok(s) = &status {
+                r.exit_code = Some(s.code);
+                r.exit_signal = s.signal;
+            }
+            let _ = self.c.save(&r);
+        }
+        instance::shutdown(&self.agent, self.vmm.id(), Duration::from_secs(10));
+        let _ = self.vmm.wait();
+        for (_, d) in self.shares.drain(..) {
+            d.stop(Duration::from_secs(2));
+        }
+        let _ = std::fs::remove_file(self.c.monitor_socket());
+        Ok(status?)
+    }
+}
+
+impl Monitor {
+    /// Relays the terminal until the process exits; its exit code.
+    fn relay_pty(&mut self, stream: UnixStream, slave: OwnedFd) -> Result<i32, RuntimeError> {
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone().map_err(|source| RuntimeError::Stream {
+                what: "the console's pty".into(),
+                source,
+            })
+        };
+        let (input, output) = (dup(&slave)?, dup(&slave)?);
+        let resize = tty::agent_resizer(self.agent.clone(), self.c.id.clone(), None);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tty::pump(Some(input), output, stream, Some(slave), resize);
+            let _ = done_tx.send(());
+        });
+        let code = match self.control.call(Request::Wait {
+            id: self.c.id.clone(),
+            exec_id: None,
+        })? {
+            Response::Exited(s) => s.code,
+            other => return Err(crx_proto::ClientError::Unexpected(Box::new(other)).into()),
+        };
+        let _ = done_rx.recv_timeout(Duration::from_secs(2));
+        Ok(code)
+    }
+}
+
+fn boot_vm(
+    c: &ContainerDir,
+    rec: &mut Record,
+    vmm_out: &mut Option<Child>,
+    console: Option<&Path>,
+) -> Result<Booted, OciError> {
+    let path = c.config_path();
+    let text = std::fs::read(&path).map_err(io(&path))?;
+    let spec: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|source| OciError::CorruptState { path, source })?;
+    if let Some(dir) = cgroup::host_dir(&spec) {
+        // Before any child: the VMM and virtiofsd are born in it.
+        cgroup::join(&dir, std::process::id())?;
+    }
+    let mut gspec = guest_spec(&spec);
+    let delivery = rootfs::deliver(&rec.rootfs, &mut gspec, c)?;
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let (memory_mib, vcpus) = vm_size(&spec, host_cpus);
+    let mut vm = VmConfig {
+        vmm: paths::find_vmm()?,
+        boot: paths::find_boot_files()?,
+        memory_mib,
+        vcpus,
+        disk: PathBuf::new(),
+        vsock_uds: c.vsock_path(),
+        console: c.console_path(),
+        vmm_log: c.vmm_log(),
+        die_with_parent: true,
+        boot_timer: false,
+        fs: Vec::new(),
+    };
+    for (tag, d) in &delivery.shares {
+        vm.add_fs(tag.clone(), d.socket());
+    }
+    let vmm = vmm_out.insert(vm.spawn()?);
+    rec.vmm_pid = Some(vmm.id());
+    c.save(rec)?;
+    let agent = Agent::new(c.vsock_path());
+    let mut control =
+        agent.wait_ready(instance::agent_timeout(), &vm.vmm_log, &vm.console, || {
+            matches!(vmm.try_wait(), Ok(None))
+        })?;
+    let terminal = gspec["process"]["terminal"].as_bool().unwrap_or(false);
+    let stream = if terminal {
+        Some(agent.open_stream(&c.id, None, StreamKind::Pty)?)
+    } else {
+        None
+    };
+    let stdio = match stream {
+        Some(_) => None,
+        None => Some(instance::open_stdio(&agent, &c.id, None)?),
+    };
+    control
+        .call(Request::CreateContainer {
+            id: c.id.clone(),
+            spec: gspec,
+            rootfs: delivery.rootfs,
+        })
+        .map_err(crate::RuntimeError::from)?;
+    let attach = match (stream, stdio) {
+        (Some(stream), _) => {
+            let console = console.ok_or(OciError::NoConsoleSocket)?;
+            let pair = tty::open_pty()?;
+            tty::send_console(console, &pair.master, tty::PTMX_NAME)?;
+            Attach::Pty {
+                stream,
+                slave: pair.slave,
+            }
+        }
+        (None, Some(stdio)) => Attach::Stdio(stdio),
+        (None, None) => unreachable!("one of them is opened"),
+    };
+    Ok(Booted {
+        agent,
+        control,
+        attach,
+        shares: delivery.shares,
+        left_out: delivery.left_out,
+    })
+}
+
+impl Monitor {
+    /// Serves `monitor.sock` on a thread and records the container as created.
+    pub fn serve(&self) -> Result<(), OciError> {
+        let path = self.c.monitor_socket();
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).map_err(io(&path))?;
+        let (c, record, agent) = (self.c.clone(), self.record.clone(), self.agent.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let _ = answer(conn, &c, &record, &agent);
+            }
+        });
+        let mut r = lock(&self.record);
+        r.phase = Phase::Created;
+        self.c.save(&r)
+    }
+}
+
+fn answer(
+    conn: UnixStream,
+    c: &ContainerDir,
+    record: &Mutex<Record>,
+    agent: &Agent,
+) -> std::io::Result<()> {
+    let mut line = String::new();
+    BufReader::new(&conn).take_line(&mut line)?;
+    let reply = match apply(line.trim(), c, record, agent) {
+        Ok(()) => "ok\n".to_owned(),
+        Err(e) => format!("error: {}\n", e.replace('\n', " ")),
+    };
+    (&conn).write_all(reply.as_bytes())
+}
+
+/// Carries out one command and records it (under the record's lock, so that an exit seen
+/// meanwhile is not overwritten).
+fn apply(cmd: &str, c: &ContainerDir, record: &Mutex<Record>, agent: &Agent) -> Result<(), String> {
+    let mut r = lock(record);
+    let id = c.id.clone();
+    let (from, to, req) = match cmd {
+        "start" => (Phase::Created, Phase::Running, Request::Start { id }),
+        "pause" => (Phase::Running, Phase::Paused, Request::Pause { id }),
+        "resume" => (Phase::Paused, Phase::Running, Request::Resume { id }),
+        other => return Err(format!("unknown command {other:?}")),
+    };
+    if r.phase != from {
+        return Err(format!("container is {:?}, not {from:?}", r.phase).to_lowercase());
+    }
+    agent
+        .control()
+        .and_then(|mut ctl| ctl.call(req).map_err(Into::into))
+        .map_err(|e| chain(&e))?;
+    r.phase = to;
+    c.save(&r).map_err(|e| chain(&e))
+}
+
+trait TakeLine {
+    fn take_line(self, buf: &mut String) -> std::io::Result<usize>;
+}
+
+impl<R: std::io::Read> TakeLine for BufReader<R> {
+    fn take_line(self, buf: &mut String) -> std::io::Result<usize> {
+        std::io::Read::take(self, 256).read_line(buf)
+    }
+}
+
+/// Asks the monitor of `c` to carry out `cmd` (`start`, `pause`, `resume`).
+pub fn request(c: &ContainerDir, cmd: &str) -> Result<(), OciError> {
+    let err = |reason: String| OciError::Monitor {
+        id: c.id.clone(),
+        reason,
+    };
+    let mut s = UnixStream::connect(c.monitor_socket())
+        .map_err(|e| err(format!("not reachable ({e}): the container is not running")))?;
+    s.write_all(format!("{cmd}\n").as_bytes())
+        .map_err(|e| err(e.to_string()))?;
+    let mut line = String::new();
+    BufReader::new(&s)
+        .read_line(&mut line)
+        .map_err(|e| err(e.to_string()))?;
+    match line.trim() {
+        "ok" => Ok(()),
+        "" => Err(err(format!("no answer to {cmd} (the monitor exited)"))),
+        other => Err(err(other.trim_start_matches("error: ").to_owned())),
+    }
+}
+
+/// An error and its sources, `: `-separated, on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s.replace('\n', " ")
+}

@@ -1,0 +1,230 @@
+//! Containers on host directories shared over virtio-fs, through the runtime's API: one
+//! `virtiofs::Daemon` per directory, `VmConfig::add_fs`, no disk, the agent mounting
+//! `Rootfs::virtiofs` (Direct and ReadOnly) and libcontainer mounting extra shares given as
+//! `virtiofs_mount` entries of the spec.
+//!
+//! Runs inside the nested lab (`cargo xtask lab -- target/debug/deps/lab_virtiofs-HASH lab_`)
+//! with the boot files of `cargo xtask boot`, `target/debug/crx-vmm` and virtiofsd
+//! (`cargo xtask virtiofsd`); anything missing is a failure, never a skip.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crx_proto::{virtiofs_mount, ExitStatus, Request, Response, Rootfs, StreamKind, WritableLayer};
+use crx_runtime::agent::Agent;
+use crx_runtime::paths;
+use crx_runtime::virtiofs::Daemon;
+use crx_runtime::vm::VmConfig;
+
+const BOOT: Duration = Duration::from_secs(180);
+
+fn busybox_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    for d in ["proc", "dev", "sys", "tmp", "etc", "vol", "rovol"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("/bin/busybox (busybox-static)");
+    for a in ["sh", "echo", "cat", "touch", "ls"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+}
+
+fn spec(cmd: &str, readonly: bool, mounts: &[serde_json::Value]) -> serde_json::Value {
+    let mut m = vec![
+        serde_json::json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        serde_json::json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                           "options": ["nosuid", "mode=755", "size=65536k"]}),
+    ];
+    m.extend(mounts.iter().cloned());
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"terminal": false, "user": {"uid": 0, "gid": 0},
+                    "args": ["/bin/sh", "-c", cmd], "env": ["PATH=/bin"], "cwd": "/"},
+        "root": {"path": "rootfs", "readonly": readonly},
+        "hostname": "ctr",
+        "mounts": m,
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]}
+    })
+}
+
+/// Creates, starts and waits for container `id`; returns its stdout and exit code.
+fn run(agent: &Agent, id: &str, rootfs: Rootfs, spec: serde_json::Value) -> (String, i32) {
+    let mut c = agent.control().unwrap();
+    let mut out = agent.open_stream(id, None, StreamKind::Stdout).unwrap();
+    let t = Instant::now();
+    let r = c
+        .call(Request::CreateContainer {
+            id: id.into(),
+            spec,
+            rootfs,
+        })
+        .unwrap();
+    assert_eq!(r, Response::Ok, "create {id}");
+    assert_eq!(
+        c.call(Request::Start { id: id.into() }).unwrap(),
+        Response::Ok
+    );
+    let code = match c
+        .call(Request::Wait {
+            id: id.into(),
+            exec_id: None,
+        })
+        .unwrap()
+    {
+        Response::Exited(ExitStatus { code, .. }) => code,
+        other => panic!("wait {id}: {other:?}"),
+    };
+    let mut text = String::new();
+    out.read_to_string(&mut text).unwrap();
+    eprintln!("{id}: create -> exit {:?}\n{text}", t.elapsed());
+    c.call(Request::Remove {
+        id: id.into(),
+        force: false,
+    })
+    .unwrap();
+    (text, code)
+}
+
+#[test]
+fn lab_containers_on_virtiofs_shares() {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "/dev/kvm is missing: run inside the nested lab"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (root, rootro, vol, rovol) = (
+        t.join("root"),
+        t.join("rootro"),
+        t.join("vol"),
+        t.join("rovol"),
+    );
+    busybox_tree(&root);
+    busybox_tree(&rootro);
+    std::fs::write(rootro.join("hello"), "ro-root-file\n").unwrap();
+    std::fs::create_dir(&vol).unwrap();
+    std::fs::create_dir(&rovol).unwrap();
+    std::fs::write(vol.join("in.txt"), "volume-from-host\n").unwrap();
+    std::fs::write(rovol.join("keep.txt"), "keep\n").unwrap();
+
+    // One daemon per directory, default options (namespace sandbox as root, cache=auto).
+    let started = Instant::now();
+    let daemons: Vec<(&str, Daemon)> = [
+        ("root", &root, false),
+        ("rootro", &rootro, true),
+        ("vol", &vol, false),
+        ("rovol", &rovol, true),
+    ]
+    .into_iter()
+    .map(|(tag, dir, ro)| {
+        let d = Daemon::spawn(dir, &t.join(format!("{tag}.sock")), ro)
+            .unwrap_or_else(|e| panic!("virtiofsd for {tag}: {e:#}"));
+        (tag, d)
+    })
+    .collect();
+    eprintln!("4 virtiofsd sockets up after {:?}", started.elapsed());
+
+    let mut vm = VmConfig {
+        vmm: paths::find_vmm().unwrap(),
+        boot: paths::find_boot_files().unwrap(),
+        memory_mib: 256,
+        vcpus: 1,
+        disk: PathBuf::new(),
+        vsock_uds: t.join("v.sock"),
+        console: t.join("console.log"),
+        vmm_log: t.join("vmm.log"),
+        die_with_parent: true,
+        boot_timer: false,
+        fs: Vec::new(),
+    };
+    for (tag, d) in &daemons {
+        vm.add_fs(*tag, d.socket());
+    }
+    let mut child = vm.spawn().unwrap();
+    let agent = Agent::new(&vm.vsock_uds);
+    let logs = || {
+        format!(
+            "--- console ---\n{}\n--- vmm ---\n{}",
+            std::fs::read_to_string(&vm.console).unwrap_or_default(),
+            std::fs::read_to_string(&vm.vmm_log).unwrap_or_default()
+        )
+    };
+    let t0 = Instant::now();
+    let ctl = agent.wait_ready(BOOT, &vm.vmm_log, &vm.console, || true);
+    assert!(ctl.is_ok(), "{:?}\n{}", ctl.err(), logs());
+    eprintln!("agent ready after {:?}", t0.elapsed());
+
+    // Writable root written directly, a writable and a read-only extra share.
+    let (out, code) = run(
+        &agent,
+        "c0",
+        Rootfs::virtiofs("root", WritableLayer::Direct),
+        spec(
+            "cat /vol/in.txt; echo from-container > /written-by-container; \
+             echo vol-from-container > /vol/out.txt; \
+             if echo x > /rovol/x 2>/dev/null; then echo ROVOL=writable; else echo ROVOL=refused; fi; \
+             cat /rovol/keep.txt",
+            false,
+            &[
+                virtiofs_mount("vol", "/vol", false),
+                virtiofs_mount("rovol", "/rovol", true),
+            ],
+        ),
+    );
+    assert_eq!(code, 0, "{out}\n{}", logs());
+    assert_eq!(out, "volume-from-host\nROVOL=refused\nkeep\n", "{}", logs());
+    assert_eq!(
+        std::fs::read_to_string(root.join("written-by-container")).unwrap(),
+        "from-container\n",
+        "a write to the writable root lands in the host directory"
+    );
+    assert_eq!(
+        std::fs::read_to_string(vol.join("out.txt")).unwrap(),
+        "vol-from-container\n"
+    );
+    assert!(!rovol.join("x").exists());
+
+    // root.readonly: the root share is mounted read-only, no overlay.
+    let (out, code) = run(
+        &agent,
+        "c1",
+        Rootfs::virtiofs("rootro", WritableLayer::ReadOnly),
+        spec(
+            "cat /hello; if touch /new 2>/dev/null; then echo ROOT=writable; else echo ROOT=refused; fi",
+            true,
+            &[],
+        ),
+    );
+    assert_eq!(code, 0, "{out}\n{}", logs());
+    assert_eq!(out, "ro-root-file\nROOT=refused\n", "{}", logs());
+    assert!(!rootro.join("new").exists());
+
+    assert_eq!(
+        agent.control().unwrap().call(Request::Shutdown).unwrap(),
+        Response::Ok
+    );
+    let end = Instant::now() + Duration::from_secs(60);
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("crx-vmm did not exit after Shutdown\n{}", logs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(st.success(), "crx-vmm: {st}\n{}", logs());
+    // Each virtiofsd exits by itself once its only client, the VMM, is gone.
+    let end = Instant::now() + Duration::from_secs(10);
+    for (tag, mut d) in daemons {
+        while d.is_running() {
+            assert!(
+                Instant::now() < end,
+                "virtiofsd for {tag} still running after the VM exited"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! `crx-vmm-bench`: prints VMM start-up and memory numbers for tiny guests on the host's KVM.
+//! A program, not a test: it asserts nothing about time.
+//!
+//! Usage: `crx-vmm-bench [--runs N] [--vmm PATH]` (default: the `crx-vmm` next to this binary).
+//! `crx-vmm-bench --lab-boot N` (inside the nested lab) runs only section 3.
+//!
+//! 1. Start to first vCPU entry: spawns `crx-vmm` N times with a guest whose first instruction
+//!    writes boot-timer code 1, then resets. Reports the guest-side time (`t=` of that line,
+//!    measured from the VMM's `main`), the host-side time from `spawn()` to reading that line,
+//!    and spawn to exit.
+//! 2. RSS outside guest RAM for an idle VM (from /proc/PID/smaps, with `CRX_VMM_DEBUG=1`
+//!    telling where guest RAM is), and guest-RAM RSS with a 32 MiB initrd copied vs mapped.
+//! 3. `--lab-boot N`: boots `$CRX_GUEST_KERNEL_DIR`'s kernel with a busybox initrd (built with
+//!    the `crx-initrd` next to this binary; its `/init` prints `/proc/uptime` and reboots) N times
+//!    under crx-vmm (vmlinux) and N times under `qemu-system-x86_64 -M microvm,acpi=off -accel
+//!    kvm -cpu host` (bzImage). Prints guest time to init (uptime) and wall time (spawn to exit),
+//!    median/p90 of each and the crx-vmm/QEMU ratio of the medians; also crx-vmm with
+//!    `--copy-boot-files`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use crx_vmm::boot::elf::build_test_elf;
+
+/// `mov $0x440,%dx; mov $1,%al; out %al,(%dx); mov $0xfe,%al; out %al,$0x64; 1: hlt; jmp 1b`
+const FIRST_ENTRY: &[u8] = &[
+    0x66, 0xba, 0x40, 0x04, 0xb0, 0x01, 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd,
+];
+/// `mov $0x440,%dx; mov $3,%al; out %al,(%dx); cli; 1: hlt; jmp 1b`
+const IDLE: &[u8] = &[
+    0x66, 0xba, 0x40, 0x04, 0xb0, 0x03, 0xee, 0xfa, 0xf4, 0xeb, 0xfd,
+];
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn summary(name: &str, mut v: Vec<f64>) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "{name:<44} median {:>9.1} us   p90 {:>9.1} us   (n={})",
+        percentile(&v, 0.5),
+        percentile(&v, 0.9),
+        v.len()
+    );
+}
+
+fn kernel(dir: &Path, name: &str, code: &[u8]) -> Result<PathBuf> {
+    let p = dir.join(name);
+    std::fs::write(&p, build_test_elf(0x100000, &[(0x100000, code)], None))?;
+    Ok(p)
+}
+
+fn first_entry(vmm: &Path, k: &Path, runs: usize) -> Result<()> {
+    let (mut guest, mut line_seen, mut exit) = (vec![], vec![], vec![]);
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        let mut c = Command::new(vmm)
+            .args([
+                "--memory-mib",
+                "64",
+                "--serial",
+                "off",
+                "--boot-timer",
+                "--kernel",
+            ])
+            .arg(k)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut err = BufReader::new(c.stderr.take().context("stderr")?);
+        let mut line = String::new();
+        err.read_line(&mut line)?;
+        let t_line = t0.elapsed();
+        let status = c.wait()?;
+        let t_exit = t0.elapsed();
+        let t: f64 = line
+            .trim()
+            .strip_prefix("boot-timer: code=1 t=")
+            .with_context(|| format!("unexpected line {line:?}"))?
+            .parse()?;
+        if !status.success() {
+            bail!("crx-vmm exited with {status}");
+        }
+        guest.push(t);
+        line_seen.push(t_line.as_secs_f64() * 1e6);
+        exit.push(t_exit.as_secs_f64() * 1e6);
+    }
+    summary("VMM main() -> guest's first instruction", guest);
+    summary("spawn() -> boot-timer line read by parent", line_seen);
+    summary("spawn() -> VMM exit (guest resets at once)", exit);
+    Ok(())
+}
+
+struct Rss {
+    guest_kib: u64,
+    other_kib: u64,
+}
+
+fn smaps_rss(pid: u32, guest: &[(u64, u64)]) -> Result<Rss> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let (mut in_guest, mut r) = (
+        false,
+        Rss {
+            guest_kib: 0,
+            other_kib: 0,
+        },
+    );
+    for l in text.lines() {
+        let first = l.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                in_guest = guest.iter().any(|&(s, e)| a >= s && b <= e);
+                continue;
+            }
+        }
+        if let Some(v) = l.strip_prefix("Rss:") {
+            let kib: u64 = v.trim().trim_end_matches("kB").trim().parse()?;
+            if in_guest {
+                r.guest_kib += kib;
+            } else {
+                r.other_kib += kib;
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Keeps draining the child's stderr so its writes never fail.
+fn drain(mut r: BufReader<std::process::ChildStderr>) {
+    std::thread::spawn(move || std::io::copy(&mut r, &mut std::io::sink()));
+}
+
+fn idle_vm(vmm: &Path, k: &Path, extra: &[&str]) -> Result<(Child, Vec<(u64, u64)>)> {
+    let mut c = Command::new(vmm)
+        .args([
+            "--memory-mib",
+            "128",
+            "--serial",
+            "off",
+            "--boot-timer",
+            "--kernel",
+        ])
+        .arg(k)
+        .args(extra)
+        .env("CRX_VMM_DEBUG", "1")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut err = BufReader::new(c.stderr.take().context("stderr")?);
+    let mut ranges = vec![];
+    loop {
+        let mut line = String::new();
+        if err.read_line(&mut line)? == 0 {
+            bail!("crx-vmm exited early");
+        }
+        if let Some(rest) = line.strip_prefix("guest-ram: host=") {
+            let r = rest.split_whitespace().next().unwrap_or("");
+            let (a, b) = r.split_once('-').context("range")?;
+            let p = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16);
+            ranges.push((p(a)?, p(b)?));
+        }
+        if line.starts_with("boot-timer: code=3") {
+            break;
+        }
+    }
+    drain(err);
+    std::thread::sleep(Duration::from_millis(200));
+    Ok((c, ranges))
+}
+
+fn stop(mut c: Child) -> Result<()> {
+    // SAFETY: kill(2) of our own child process.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let s = c.wait()?;
+    if !s.success() {
+        bail!("crx-vmm did not exit 0 on SIGTERM: {s}");
+    }
+    Ok(())
+}
+
+fn memory(vmm: &Path, k: &Path, dir: &Path) -> Result<()> {
+    let (c, ranges) = idle_vm(vmm, k, &[])?;
+    let r = smaps_rss(c.id(), &ranges)?;
+    stop(c)?;
+    println!(
+        "idle VM, 128 MiB guest: RSS outside guest RAM {:>6} KiB, guest RAM RSS {:>6} KiB",
+        r.other_kib, r.guest_kib
+    );
+    let initrd = dir.join("initrd.bin");
+    let mut f = std::fs::File::create(&initrd)?;
+    let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
+    for _ in 0..32 {
+        f.write_all(&chunk)?;
+    }
+    drop(f);
+    let i = initrd.to_str().context("path")?;
+    for (label, extra) in [
+        ("mapped (default)", vec!["--initrd", i]),
+        (
+            "--copy-boot-files",
+            vec!["--initrd", i, "--copy-boot-files"],
+        ),
+    ] {
+        let (c, ranges) = idle_vm(vmm, k, &extra)?;
+        let r = smaps_rss(c.id(), &ranges)?;
+        stop(c)?;
+        println!(
+            "idle VM + 32 MiB initrd, {label:<18}: guest RAM RSS {:>6} KiB, other {:>6} KiB",
+            r.guest_kib, r.other_kib
+        );
+    }
+    Ok(())
+}
+
+const LAB_INIT: &str =
+    "#!/bin/sh\nmount -t proc proc /proc\necho CRX-UPTIME $(cat /proc/uptime)\nreboot -f\n";
+
+fn median_p90(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    (percentile(&v, 0.5), percentile(&v, 0.9))
+}
+
+/// Runs `cmd` to exit (killed after 120 s); returns (guest uptime at init in ms, wall ms).
+fn lab_boot_once(mut cmd: Command) -> Result<(f64, f64)> {
+    let t0 = Instant::now();
+    let mut c = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawn")?;
+    let out = c.stdout.take().context("stdout")?;
+    let pid = c.id();
+    let watchdog = std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(100));
+            if std::fs::metadata(format!("/proc/{pid}")).is_err() {
+                return;
+            }
+        }
+        // SAFETY: kill(2) on our child's pid; at worst it is already a zombie we still own.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    let mut uptime = None;
+    let mut tail = std::collections::VecDeque::new();
+    for line in BufReader::new(out).lines() {
+        let line = line?;
+        if tail.len() == 30 {
+            tail.pop_front();
+        }
+        tail.push_back(line.clone());
+        if let Some(rest) = line.trim_start_matches('\r').split("CRX-UPTIME ").nth(1) {
+            uptime = rest
+                .split_whitespace()
+                .next()
+                .and_then(|s| s.parse::<f64>().ok());
+        }
+    }
+    let st = c.wait()?;
+    let wall = t0.elapsed().as_secs_f64() * 1e3;
+    let _ = watchdog.join();
+    let Some(up) = uptime else {
+        let tail: Vec<String> = tail.into();
+        bail!(
+            "no CRX-UPTIME line (exit {st}); the console ended with:\n{}",
+            tail.join("\n")
+        );
+    };
+    Ok((up * 1e3, wall))
+}
+
+fn lab_boot(vmm: &Path, runs: usize) -> Result<()> {
+    let kdir = PathBuf::from(
+        std::env::var_os("CRX_GUEST_KERNEL_DIR")
+            .context("CRX_GUEST_KERNEL_DIR is not set: run inside the nested lab")?,
+    );
+    let dir = std::env::temp_dir().join(format!("crx-vmm-lab-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let init = dir.join("init.sh");
+    std::fs::write(&init, LAB_INIT)?;
+    let spec = dir.join("bench.spec");
+    std::fs::write(
+        &spec,
+        format!(
+            "busybox /bin/busybox /bin/busybox\ndir /proc\ndir /dev\nnod /dev/console 0600 c 5 1\nfile /init {} 0755\n",
+            init.display()
+        ),
+    )?;
+    let tool = vmm.with_file_name("crx-initrd");
+    let initrd = dir.join("initrd.cpio");
+    let st = Command::new(&tool)
+        .arg("build")
+        .arg(&spec)
+        .arg("-o")
+        .arg(&initrd)
+        .status()
+        .with_context(|| format!("{} (cargo build -p crx-initrd)", tool.display()))?;
+    if !st.success() {
+        bail!("crx-initrd build failed");
+    }
+    let cmdline = "console=ttyS0 reboot=k panic=-1 pci=off nomodule i8042.noaux i8042.nomux \
+                   i8042.dumbkbd";
+    let (mut crx, mut copy, mut qemu) = ((vec![], vec![]), (vec![], vec![]), (vec![], vec![]));
+    for _ in 0..runs {
+        for (extra, acc) in [(None, &mut crx), (Some("--copy-boot-files"), &mut copy)] {
+            let mut c = Command::new(vmm);
+            c.args(["--memory-mib", "256", "--serial", "stdout", "--kernel"])
+                .arg(kdir.join("vmlinux"))
+                .arg("--initrd")
+                .arg(&initrd)
+                .args(extra);
+            let (g, w) = lab_boot_once(c).context("crx-vmm")?;
+            acc.0.push(g);
+            acc.1.push(w);
+        }
+        let mut q = Command::new("qemu-system-x86_64");
+        q.args([
+            "-M",
+            "microvm,acpi=off",
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "256",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-kernel",
+        ])
+        .arg(kdir.join("bzImage"))
+        .arg("-initrd")
+        .arg(&initrd)
+        .arg("-append")
+        .arg(cmdline.replace("reboot=k", "reboot=t"));
+        let (g, w) = lab_boot_once(q).context("qemu-system-x86_64")?;
+        qemu.0.push(g);
+        qemu.1.push(w);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "lab boot: {} ({runs} runs each, 256 MiB, 1 vCPU)",
+        kdir.display()
+    );
+    for (what, i) in [
+        ("guest time to init (uptime)", 0),
+        ("wall time spawn->exit", 1),
+    ] {
+        let (cv, kv, qv) = if i == 0 {
+            (crx.0.clone(), copy.0.clone(), qemu.0.clone())
+        } else {
+            (crx.1.clone(), copy.1.clone(), qemu.1.clone())
+        };
+        let (cm, c9) = median_p90(cv);
+        let (km, k9) = median_p90(kv);
+        let (qm, q9) = median_p90(qv);
+        println!(
+            "{what:<28} crx-vmm --copy-boot-files median {km:>8.1} ms p90 {k9:>8.1} ms | ratio to QEMU {:.2}",
+            km / qm
+        );
+        println!("{what:<28} crx-vmm median {cm:>8.1} ms p90 {c9:>8.1} ms | QEMU median {qm:>8.1} ms p90 {q9:>8.1} ms | ratio crx-vmm/QEMU {:.2}", cm / qm);
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let mut runs = 20;
+    let mut lab: Option<usize> = None;
+    let mut vmm = std::env::current_exe()?
+        .parent()
+        .context("exe dir")?
+        .join("crx-vmm");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--runs" => runs = args.next().context("--runs N")?.parse()?,
+            "--vmm" => vmm = args.next().context("--vmm PATH")?.into(),
+            "--lab-boot" => lab = Some(args.next().context("--lab-boot N")?.parse()?),
+            _ => bail!("usage: crx-vmm-bench [--runs N] [--vmm PATH] [--lab-boot N]"),
+        }
+    }
+    if let Some(n) = lab {
+        return lab_boot(&vmm, n);
+    }
+    let dir = std::env::temp_dir().join(format!("crx-vmm-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = (|| {
+        let k1 = kernel(&dir, "first-entry", FIRST_ENTRY)?;
+        let k2 = kernel(&dir, "idle", IDLE)?;
+        println!("crx-vmm-bench: {} ({runs} runs)", vmm.display());
+        first_entry(&vmm, &k1, runs)?;
+        memory(&vmm, &k2, &dir)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}

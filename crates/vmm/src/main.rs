@@ -1,0 +1,157 @@
+//! `crx-vmm`: run one microVM in this process.
+//!
+//! Exit status: 0 the guest reset/powered off or the VMM got SIGTERM/SIGINT; 1 setup error
+//! (config, KVM, kernel); 2 usage error; 3 triple fault; 4 KVM internal error (emulation
+//! failure); 5 another vCPU failure.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use crx_vmm::config::{DiskConfig, FsConfig, SerialOutput};
+use crx_vmm::{ConfigOverrides, VmConfig, VmOptions};
+
+/// Run one KVM microVM: direct kernel boot, serial console, i8042 reset, boot timer.
+#[derive(Debug, Parser)]
+#[command(name = "crx-vmm", version)]
+struct Cli {
+    /// TOML VM config file; flags below override its values.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Guest RAM in MiB.
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// Number of vCPUs.
+    #[arg(long)]
+    vcpus: Option<u8>,
+    /// Kernel: ELF vmlinux (PVH entry used when present) or bzImage.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initrd (repeatable; concatenated in order). Replaces the file's list.
+    #[arg(long = "initrd")]
+    initrds: Vec<PathBuf>,
+    /// Kernel command line (replaces the default).
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Arguments appended to the command line for init, e.g. `crxrun=/bin/x`.
+    #[arg(long)]
+    init_args: Option<String>,
+    /// Disk image `PATH` or `PATH:ro` (repeatable). Replaces the file's list.
+    #[arg(long = "disk")]
+    disks: Vec<String>,
+    /// vsock guest CID (3 or more).
+    #[arg(long)]
+    vsock_cid: Option<u32>,
+    /// vsock host Unix socket path.
+    #[arg(long)]
+    vsock_uds: Option<PathBuf>,
+    /// virtio-fs device `TAG=SOCKET` served by a vhost-user backend (e.g. virtiofsd) listening
+    /// on SOCKET (repeatable). Replaces the file's list.
+    #[arg(long = "fs")]
+    fs: Vec<String>,
+    /// Serial console: stdout, off or file:PATH.
+    #[arg(long)]
+    serial: Option<String>,
+    /// Log guest writes to the boot-timer port (0x440) on stderr.
+    #[arg(long, overrides_with = "no_boot_timer")]
+    boot_timer: bool,
+    /// Do not log boot-timer writes.
+    #[arg(long)]
+    no_boot_timer: bool,
+    /// Copy the kernel and initrds into guest RAM instead of mapping them copy-on-write.
+    #[arg(long)]
+    copy_boot_files: bool,
+}
+
+impl Cli {
+    fn overrides(&self) -> anyhow::Result<ConfigOverrides> {
+        Ok(ConfigOverrides {
+            memory_mib: self.memory_mib,
+            vcpus: self.vcpus,
+            kernel: self.kernel.clone(),
+            initrds: self.initrds.clone(),
+            cmdline: self.cmdline.clone(),
+            init_args: self.init_args.clone(),
+            disks: self
+                .disks
+                .iter()
+                .map(|d| DiskConfig::parse_flag(d))
+                .collect(),
+            vsock_cid: self.vsock_cid,
+            vsock_uds: self.vsock_uds.clone(),
+            fs: self
+                .fs
+                .iter()
+                .map(|f| FsConfig::parse_flag(f))
+                .collect::<Result<_, _>>()?,
+            serial: self
+                .serial
+                .as_deref()
+                .map(SerialOutput::parse_flag)
+                .transpose()?,
+            boot_timer: match (self.boot_timer, self.no_boot_timer) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+            copy_boot_files: self.copy_boot_files.then_some(true),
+        })
+    }
+}
+
+fn run(cli: Cli, start: Instant) -> anyhow::Result<ExitCode> {
+    let cfg = VmConfig::load(cli.config.as_deref(), cli.overrides()?)
+        .context("invalid VM configuration")?;
+    let opts = VmOptions {
+        start,
+        handle_signals: true,
+        serial_input: true,
+        ..Default::default()
+    };
+    let report = crx_vmm::run_vm(&cfg, opts).context("cannot run the VM")?;
+    let code = report.exit.exit_code();
+    if !report.exit.is_clean() || std::env::var_os("CRX_VMM_DEBUG").is_some() {
+        log(&format!("crx-vmm: {}", report.exit));
+    }
+    Ok(ExitCode::from(code as u8))
+}
+
+/// Writes a line to stderr; a closed stderr must not turn a clean exit into a panic.
+fn log(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+/// Makes sure fds 0-2 are open (on /dev/null if the parent closed them), so that no file the
+/// VMM opens later (a disk, /dev/kvm) lands on a standard fd and gets console traffic.
+fn ensure_std_fds() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only queries the descriptor flags of `fd`.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            // The lowest free descriptor is `fd` itself; keep it open for the process's life.
+            if let Ok(f) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
+                std::mem::forget(f);
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    ensure_std_fds();
+    crx_vmm::logger::init();
+    let cli = Cli::parse();
+    match run(cli, start) {
+        Ok(code) => code,
+        Err(e) => {
+            log(&format!("crx-vmm: error: {e:#}"));
+            ExitCode::from(1)
+        }
+    }
+}

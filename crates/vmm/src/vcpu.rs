@@ -1,0 +1,206 @@
+//! The vCPU thread: KVM_RUN, dispatch port I/O and MMIO exits to the buses, report why it
+//! stopped.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::Bus;
+use crate::exit::{ExitLatch, VmExit};
+
+const I8042_COMMAND_PORT: u16 = 0x64;
+const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
+
+/// Everything a vCPU thread owns.
+pub struct Vcpu {
+    /// The KVM vCPU.
+    pub fd: VcpuFd,
+    /// Index and APIC id.
+    pub id: u8,
+    /// Port-I/O bus.
+    pub pio: Arc<Bus>,
+    /// MMIO bus.
+    pub mmio: Arc<Bus>,
+    /// Guest memory (to show the faulting instruction on an emulation failure).
+    pub mem: GuestMemoryMmap,
+    /// Set by the VMM to stop the vCPU; checked after every exit.
+    pub stop: Arc<AtomicBool>,
+    /// Where the vCPU reports why the VM should end.
+    pub exit: Arc<ExitLatch>,
+    /// Reports the time of the first KVM_RUN (vCPU 0 only).
+    pub on_first_entry: Option<Box<dyn FnOnce(Instant) + Send>>,
+    /// The i8042 reset eventfd: checked right after a guest write to port 0x64, so a reset
+    /// ends the VM before the guest's next reboot method (e.g. a deliberate triple fault) can
+    /// race the event loop and be reported instead.
+    pub reset_evt: Option<EventFd>,
+    /// KVM_RUN calls and how many returned EINTR/EAGAIN (shown by the debug stop report).
+    pub stats: (u64, u64),
+}
+
+impl Vcpu {
+    /// Runs until the VM stops; the reason (if this vCPU caused it) goes to the exit latch.
+    pub fn run(mut self) {
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                if std::env::var_os("CRX_VMM_DEBUG").is_some() {
+                    self.report_position();
+                }
+                return;
+            }
+            if let Some(f) = self.on_first_entry.take() {
+                f(Instant::now());
+            }
+            self.stats.0 += 1;
+            let reason = match self.fd.run() {
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    self.pio.write(u64::from(port), data);
+                    match &self.reset_evt {
+                        Some(evt) if port == I8042_COMMAND_PORT && evt.read().is_ok() => {
+                            Some(VmExit::GuestReset)
+                        }
+                        _ => None,
+                    }
+                }
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    self.pio.read(u64::from(port), data);
+                    None
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    self.mmio.read(addr, data);
+                    None
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    self.mmio.write(addr, data);
+                    None
+                }
+                Ok(VcpuExit::Shutdown) => Some(VmExit::TripleFault { vcpu: self.id }),
+                Ok(VcpuExit::Hlt) => Some(VmExit::GuestPowerOff),
+                Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                    KVM_SYSTEM_EVENT_RESET => Some(VmExit::GuestReset),
+                    KVM_SYSTEM_EVENT_SHUTDOWN => Some(VmExit::GuestPowerOff),
+                    other => Some(VmExit::VcpuFailed {
+                        vcpu: self.id,
+                        detail: format!("unexpected KVM system event {other}"),
+                    }),
+                },
+                Ok(VcpuExit::InternalError) => Some(self.internal_error()),
+                Ok(VcpuExit::FailEntry(reason, cpu)) => Some(VmExit::VcpuFailed {
+                    vcpu: self.id,
+                    detail: format!(
+                        "KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {reason:#x} on host \
+                         CPU {cpu}"
+                    ),
+                }),
+                Ok(other) => Some(VmExit::VcpuFailed {
+                    vcpu: self.id,
+                    detail: format!("unexpected KVM exit {other:?}"),
+                }),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.stats.1 += 1;
+                    None
+                }
+                Err(e) => Some(VmExit::VcpuFailed {
+                    vcpu: self.id,
+                    detail: format!("KVM_RUN failed: {e}"),
+                }),
+            };
+            if let Some(r) = reason {
+                self.exit.set(r);
+                return;
+            }
+        }
+    }
+
+    fn internal_error(&mut self) -> VmExit {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so KVM filled the `internal`
+        // member of the exit union; it is plain integers.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let suberror = internal.suberror;
+        let ndata = (internal.ndata as usize).min(internal.data.len());
+        let data: Vec<String> = internal.data[..ndata]
+            .iter()
+            .map(|d| format!("{d:#x}"))
+            .collect();
+        let (rip, bytes) = self.code_at_rip();
+        let insn = match &bytes {
+            Some(b) if !b.is_empty() => b
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => "unreadable".to_owned(),
+        };
+        let detail = if suberror == KVM_INTERNAL_ERROR_EMULATION {
+            format!(
+                "emulation failure at RIP {rip:#x}, instruction bytes [{insn}]. This host's KVM \
+                 is emulating guest instructions and does not implement this one: it cannot run \
+                 this guest (use the nested lab, `cargo xtask lab`)"
+            )
+        } else {
+            format!(
+                "RIP {rip:#x}, instruction bytes [{insn}], data [{}]",
+                data.join(", ")
+            )
+        };
+        VmExit::InternalError {
+            vcpu: self.id,
+            suberror,
+            detail,
+        }
+    }
+
+    /// Debug aid (`CRX_VMM_DEBUG=1`): where this vCPU was when the VM was stopped.
+    fn report_position(&self) {
+        let (rip, bytes) = self.code_at_rip();
+        let cr0 = self.fd.get_sregs().map(|s| s.cr0).unwrap_or(0);
+        let _ = writeln!(
+            std::io::stderr(),
+            "vcpu{}: stopped at RIP {rip:#x} (CR0 {cr0:#x}), bytes {:02x?}, {} KVM_RUN calls, {} \
+             interrupted",
+            self.id,
+            bytes.unwrap_or_default(),
+            self.stats.0,
+            self.stats.1
+        );
+    }
+
+    /// RIP and up to 15 bytes at CS:RIP (translated through the guest's page tables).
+    fn code_at_rip(&self) -> (u64, Option<Vec<u8>>) {
+        let Ok(regs) = self.fd.get_regs() else {
+            return (0, None);
+        };
+        let Ok(sregs) = self.fd.get_sregs() else {
+            return (regs.rip, None);
+        };
+        let linear = sregs.cs.base.wrapping_add(regs.rip);
+        let phys = if sregs.cr0 & 0x8000_0000 != 0 {
+            match self.fd.translate_gva(linear) {
+                Ok(t) if t.valid != 0 => t.physical_address,
+                _ => return (regs.rip, None),
+            }
+        } else {
+            linear
+        };
+        let mut out = Vec::new();
+        for i in 0..15u64 {
+            let mut b = [0u8];
+            if self
+                .mem
+                .read_slice(&mut b, GuestAddress(phys.wrapping_add(i)))
+                .is_err()
+            {
+                break;
+            }
+            out.push(b[0]);
+        }
+        (regs.rip, Some(out))
+    }
+}

@@ -1,0 +1,373 @@
+//! virtio-fs end to end, in the nested lab: virtiofsd (built by `cargo xtask virtiofsd`) shares
+//! a host directory, crx-vmm boots the guest kernel with a busybox `/init` that mounts the tag.
+//!
+//! Run inside the lab (`target/debug/xtask lab -- target/debug/deps/lab_virtiofs-HASH lab_
+//! --test-threads 1`). A missing kernel, `/dev/kvm`, busybox or virtiofsd is a failure, never a
+//! skip. One VM at a time (a lock): the lab has two slow emulated cores.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crx_initrd::{parse_spec, WriteOptions};
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+static ONE_VM: Mutex<()> = Mutex::new(());
+
+fn kernel() -> PathBuf {
+    let dir = std::env::var_os("CRX_GUEST_KERNEL_DIR").expect(
+        "CRX_GUEST_KERNEL_DIR is not set: run lab tests inside the nested lab \
+         (`target/debug/xtask lab -- TEST-BINARY lab_`)",
+    );
+    let k = Path::new(&dir).join("vmlinux");
+    assert!(k.is_file(), "{} is missing", k.display());
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "/dev/kvm is missing: run lab tests inside the nested lab"
+    );
+    k
+}
+
+/// `$CRX_VIRTIOFSD`, else the cache entry `cargo xtask virtiofsd` publishes.
+fn virtiofsd() -> PathBuf {
+    if let Some(p) = std::env::var_os("CRX_VIRTIOFSD") {
+        return p.into();
+    }
+    let cache = std::env::var_os("CRX_CACHE").unwrap_or_else(|| "/var/cache/crx".into());
+    let p = Path::new(&cache).join("virtiofsd-1.14.0/bin/virtiofsd");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo xtask virtiofsd` on the host first",
+        p.display()
+    );
+    p
+}
+
+/// A virtiofsd serving `dir` on `socket`, killed when dropped.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(dir: &Path, socket: &Path, cache: &str, readonly: bool, log: PathBuf) -> Daemon {
+        let mut cmd = Command::new(virtiofsd());
+        cmd.arg("--socket-path")
+            .arg(socket)
+            .arg("--shared-dir")
+            .arg(dir)
+            .arg(format!("--cache={cache}"))
+            .args(["--sandbox", "none"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if readonly {
+            cmd.arg("--readonly");
+        }
+        let mut child = cmd.spawn().expect("spawning virtiofsd");
+        let end = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!(
+                    "virtiofsd exited {st}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < end, "virtiofsd made no socket in 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon { child, log }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// busybox plus an `/init` that mounts the basics, runs `body` and reboots.
+fn initrd(dir: &Path, body: &str) -> PathBuf {
+    assert!(
+        Path::new("/bin/busybox").is_file(),
+        "/bin/busybox is missing (apt package busybox-static)"
+    );
+    let script = format!(
+        "#!/bin/sh\n\
+         mount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\n\
+         echo CRX-INIT-START\n{body}\necho CRX-INIT-END\nreboot -f\n"
+    );
+    let init = dir.join("init.sh");
+    std::fs::write(&init, script).unwrap();
+    let spec = format!(
+        "busybox /bin/busybox /bin/busybox\n\
+         dir /proc\ndir /sys\ndir /dev\ndir /tmp\ndir /mnt\n\
+         file /init {} 0755\n",
+        init.display()
+    );
+    let a = parse_spec(&spec, dir, &BTreeMap::new()).expect("initrd spec");
+    let out = dir.join("init.cpio");
+    std::fs::write(&out, a.to_bytes(WriteOptions::default()).unwrap()).unwrap();
+    out
+}
+
+/// crx-vmm with the console in a file, killed when dropped.
+struct Vm {
+    child: Child,
+    console: PathBuf,
+    stderr: PathBuf,
+    started: Instant,
+}
+
+impl Vm {
+    fn spawn(dir: &Path, initrd: &Path, fs: &[(&str, &Path)]) -> Vm {
+        let console = dir.join("console");
+        let stderr = dir.join("vmm.stderr");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_crx-vmm"));
+        cmd.args(["--memory-mib", "256", "--kernel"])
+            .arg(kernel())
+            .arg("--initrd")
+            .arg(initrd)
+            .arg("--serial")
+            .arg(format!("file:{}", console.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        for (tag, socket) in fs {
+            cmd.arg("--fs").arg(format!("{tag}={}", socket.display()));
+        }
+        let started = Instant::now();
+        let child = cmd.spawn().expect("spawning crx-vmm");
+        Vm {
+            child,
+            console,
+            stderr,
+            started,
+        }
+    }
+
+    fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "--- console ---\n{}\n--- crx-vmm stderr ---\n{}",
+            self.console(),
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        )
+    }
+
+    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                eprintln!("VM exited {st} after {:?}", self.started.elapsed());
+                return st;
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("crx-vmm still running after {timeout:?}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_console(&mut self, needle: &str) {
+        let end = Instant::now() + TIMEOUT;
+        while !self.console().contains(needle) {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!("crx-vmm exited ({st}) before {needle:?}\n{}", self.logs());
+            }
+            assert!(
+                Instant::now() < end,
+                "{needle:?} not on the console\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The value printed as `KEY=value` on the console.
+fn value<'a>(out: &'a str, key: &str) -> Option<&'a str> {
+    out.lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix(key))
+}
+
+const GUEST_BODY: &str = r#"
+mkdir -p /mnt/rw /mnt/ro
+mount -t virtiofs rwfs /mnt/rw || echo MOUNT-RW-FAILED
+mount -t virtiofs rofs /mnt/ro || echo MOUNT-RO-FAILED
+echo "HOST-SAYS=$(cat /mnt/rw/from-host.txt)"
+echo guest-wrote-this > /mnt/rw/from-guest.txt
+echo GUEST-WROTE
+ls /mnt/rw/late.txt 2>/dev/null && echo LATE-TOO-EARLY
+echo GUEST-POLLING
+i=0
+while [ ! -f /mnt/rw/late.txt ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done
+echo "LATE=$(cat /mnt/rw/late.txt) polls=$i"
+echo "RO-READ=$(cat /mnt/ro/ro.txt)"
+if echo x > /mnt/ro/new.txt; then echo RO-WRITE=succeeded; else echo RO-WRITE=refused; fi
+if rm /mnt/ro/ro.txt; then echo RO-RM=succeeded; else echo RO-RM=refused; fi
+t0=$(cut -d' ' -f1 /proc/uptime)
+dd if=/dev/zero of=/mnt/rw/big bs=1M count=16 conv=fsync 2>/dev/null || echo DD-WRITE-FAILED
+t1=$(cut -d' ' -f1 /proc/uptime)
+dd if=/mnt/rw/big of=/dev/null bs=1M 2>/dev/null || echo DD-READ-FAILED
+t2=$(cut -d' ' -f1 /proc/uptime)
+dd if=/mnt/rw/big of=/dev/null bs=1M 2>/dev/null || echo DD-READ-FAILED
+t3=$(cut -d' ' -f1 /proc/uptime)
+for f in $(seq 1 100); do echo $f > /mnt/rw/small.$f; done
+t4=$(cut -d' ' -f1 /proc/uptime)
+echo "TIMES=$t0 $t1 $t2 $t3 $t4"
+umount /mnt/rw
+umount /mnt/ro
+"#;
+
+fn secs(s: &str) -> f64 {
+    s.parse().unwrap_or(f64::NAN)
+}
+
+/// Both directions, live, with a read-only share beside it; prints the measured times.
+fn shares_live(cache: &str) {
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let (rw, ro) = (tmp.path().join("rw"), tmp.path().join("ro"));
+    std::fs::create_dir(&rw).unwrap();
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::write(rw.join("from-host.txt"), "hello-from-host\n").unwrap();
+    std::fs::write(ro.join("ro.txt"), "read-only-content\n").unwrap();
+    let (rw_sock, ro_sock) = (tmp.path().join("rw.sock"), tmp.path().join("ro.sock"));
+    let _d1 = Daemon::spawn(&rw, &rw_sock, cache, false, tmp.path().join("rw.log"));
+    let _d2 = Daemon::spawn(&ro, &ro_sock, cache, true, tmp.path().join("ro.log"));
+    let initrd = initrd(tmp.path(), GUEST_BODY);
+    let mut vm = Vm::spawn(
+        tmp.path(),
+        &initrd,
+        &[("rwfs", &rw_sock), ("rofs", &ro_sock)],
+    );
+    vm.wait_console("GUEST-WROTE");
+    // The guest's write is on the host while the VM runs.
+    assert_eq!(
+        std::fs::read_to_string(rw.join("from-guest.txt")).unwrap_or_default(),
+        "guest-wrote-this\n",
+        "{}",
+        vm.logs()
+    );
+    // A file the host writes now shows up in the running guest, which has already looked it
+    // up (and failed) and is polling for it.
+    vm.wait_console("GUEST-POLLING");
+    std::thread::sleep(Duration::from_millis(300));
+    let written = Instant::now();
+    std::fs::write(rw.join("late.txt"), "host-late\n").unwrap();
+    vm.wait_console("LATE=");
+    let seen = written.elapsed();
+    let st = vm.wait(TIMEOUT);
+    let out = vm.console();
+    eprintln!("{out}");
+    assert_eq!(st.code(), Some(0), "{}", vm.logs());
+    assert!(!out.contains("MOUNT-"), "a mount failed\n{out}");
+    assert_eq!(value(&out, "HOST-SAYS="), Some("hello-from-host"), "{out}");
+    assert!(!out.contains("LATE-TOO-EARLY"), "{out}");
+    let polls: u32 = value(&out, "LATE=host-late polls=")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the guest never saw the host's late write\n{out}"));
+    assert!(
+        polls > 0,
+        "the guest found the file before the host wrote it\n{out}"
+    );
+    assert_eq!(value(&out, "RO-READ="), Some("read-only-content"), "{out}");
+    assert_eq!(value(&out, "RO-WRITE="), Some("refused"), "{out}");
+    assert_eq!(value(&out, "RO-RM="), Some("refused"), "{out}");
+    assert!(!ro.join("new.txt").exists());
+    assert!(ro.join("ro.txt").exists());
+    assert!(!out.contains("DD-"), "{out}");
+    assert_eq!(std::fs::metadata(rw.join("big")).unwrap().len(), 16 << 20);
+    assert_eq!(
+        std::fs::read_to_string(rw.join("small.100")).unwrap(),
+        "100\n"
+    );
+    let t: Vec<f64> = value(&out, "TIMES=")
+        .expect("TIMES")
+        .split(' ')
+        .map(secs)
+        .collect();
+    eprintln!(
+        "virtio-fs cache={cache}: host write seen by the guest after {:?}; \
+         16 MiB write+fsync {:.2} s, read {:.2} s, read again {:.2} s, 100 small files {:.2} s",
+        seen,
+        t[1] - t[0],
+        t[2] - t[1],
+        t[3] - t[2],
+        t[4] - t[3]
+    );
+}
+
+#[test]
+fn lab_virtiofs_shares_live_both_ways_cache_auto() {
+    shares_live("auto");
+}
+
+#[test]
+fn lab_virtiofs_shares_live_both_ways_cache_never() {
+    shares_live("never");
+}
+
+/// A backend killed under a mounted share: the guest's access blocks, but the VMM neither
+/// hangs nor panics: it still stops cleanly on SIGTERM.
+#[test]
+fn lab_virtiofs_backend_killed_vmm_still_stops() {
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("f"), "x\n").unwrap();
+    let sock = tmp.path().join("fs.sock");
+    let mut daemon = Daemon::spawn(&shared, &sock, "never", false, tmp.path().join("d.log"));
+    let body = "mkdir -p /mnt/s\nmount -t virtiofs s /mnt/s && echo \"MOUNTED=$(cat /mnt/s/f)\"\n\
+                while [ ! -e /dev/null.stop ]; do sleep 1; cat /mnt/s/f >/dev/null & done";
+    let initrd = initrd(tmp.path(), body);
+    let mut vm = Vm::spawn(tmp.path(), &initrd, &[("s", &sock)]);
+    vm.wait_console("MOUNTED=x");
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        vm.child.try_wait().unwrap().is_none(),
+        "crx-vmm died with its backend\n{}",
+        vm.logs()
+    );
+    let sent = Instant::now();
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped (checked above).
+    let rc = unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let st = vm.wait(Duration::from_secs(30));
+    eprintln!(
+        "SIGTERM -> exit after {:?}; virtiofsd log: {}",
+        sent.elapsed(),
+        std::fs::read_to_string(&daemon.log).unwrap_or_default()
+    );
+    assert_eq!(st.code(), Some(0), "{}", vm.logs());
+    let stderr = std::fs::read_to_string(&vm.stderr).unwrap_or_default();
+    assert_eq!(
+        stderr
+            .matches("the vhost-user backend closed its socket")
+            .count(),
+        1,
+        "the hang-up is logged once\n{}",
+        vm.logs()
+    );
+}

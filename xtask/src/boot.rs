@@ -1,0 +1,89 @@
+//! The boot artefacts `crx` finds by itself: `$CRX_CACHE/boot/vmlinux` (the guest kernel) and
+//! `$CRX_CACHE/boot/base.cpio` (the base initrd holding a static crx-init). `boot` is a symlink
+//! to a directory keyed by its contents, swapped atomically, so a reader never sees half of it.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::kernel::{self, Flavor};
+use crate::{cache, cmd, workspace_root};
+
+/// The (static-pie) guest target: a `--target` build keeps `+crt-static` away from the host's
+/// proc-macros and build scripts.
+const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+pub fn dir() -> PathBuf {
+    cache::root().join("boot")
+}
+
+/// Builds the guest kernel, a static crx-init and the base initrd, and publishes them.
+pub fn ensure() -> Result<PathBuf> {
+    let kernel = kernel::ensure(Flavor::Guest)?;
+    let init = build_static_init()?;
+    let initrd_tool = build_initrd_tool()?;
+
+    let root = cache::root();
+    let scratch = cache::staging_dir(&root.join("boot-build"))?;
+    let base = scratch.join("base.cpio");
+    cmd::run(
+        Command::new(&initrd_tool)
+            .arg("base")
+            .arg("--init")
+            .arg(&init)
+            .arg("-o")
+            .arg(&base),
+    )?;
+    let base_bytes = fs::read(&base)?;
+    let key = cache::key([kernel.dir.to_string_lossy().as_bytes(), &base_bytes]);
+    let dest = root.join(format!("boot-{key}"));
+    if !dest.exists() {
+        let staging = cache::staging_dir(&dest)?;
+        fs::rename(&base, staging.join("base.cpio"))?;
+        symlink(&kernel.vmlinux, staging.join("vmlinux"))?;
+        symlink(&kernel.bzimage, staging.join("bzImage"))?;
+        cache::publish(&staging, &dest)?;
+    }
+    fs::remove_dir_all(&scratch)?;
+    let link = dir();
+    let tmp = root.join(format!("boot.{}.tmp", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    symlink(dest.file_name().context("boot dir name")?, &tmp)?;
+    fs::rename(&tmp, &link).with_context(|| format!("publishing {}", link.display()))?;
+    Ok(link)
+}
+
+fn build_static_init() -> Result<PathBuf> {
+    cmd::run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(workspace_root())
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "-p",
+                "crx-init",
+                "--target",
+                GUEST_TARGET,
+            ])
+            .env("RUSTFLAGS", "-C target-feature=+crt-static"),
+    )?;
+    Ok(static_init())
+}
+
+/// Where `cargo xtask boot` leaves the static crx-init.
+pub fn static_init() -> PathBuf {
+    workspace_root().join(format!("target/{GUEST_TARGET}/release/crx-init"))
+}
+
+fn build_initrd_tool() -> Result<PathBuf> {
+    cmd::run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(workspace_root())
+            .args(["build", "--quiet", "-p", "crx-initrd"]),
+    )?;
+    Ok(workspace_root().join("target/debug/crx-initrd"))
+}

@@ -1,0 +1,414 @@
+//! The nested KVM lab: a Linux host with KVM, booted under QEMU's software CPU (TCG, which
+//! emulates AMD SVM), whose own /dev/kvm boots Linux guests in seconds. See
+//! docs/adr/0001-nested-lab.md.
+//!
+//! Exit paths: QEMU is started with PR_SET_PDEATHSIG(SIGKILL), so it dies with this process
+//! whatever kills it; a timeout kills it explicitly. The lab creates no temp files or sockets
+//! on the host: the command travels on the kernel command line, output and exit status come
+//! back on the serial console, and the root image is opened with `snapshot=on`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd::shell_quote;
+use crate::kernel::{self, Flavor};
+use crate::{apt, cache, rootfs, workspace_root};
+
+const BEGIN: &str = "CRX-LAB-BEGIN";
+const EXIT: &str = "CRX-LAB-EXIT ";
+/// x86 Linux's limit on the kernel command line, the terminating NUL included.
+const COMMAND_LINE_SIZE: usize = 2048;
+
+/// QEMU's microvm without defaults, its console on stdio, exiting on reboot (ACPI off: QEMU
+/// then names its virtio-mmio devices on the kernel command line).
+pub const MICROVM: [&str; 9] = [
+    "-M",
+    "microvm,acpi=off",
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    "-no-reboot",
+    "-serial",
+    "stdio",
+];
+
+/// Exit status when the lab itself failed (did not boot, timed out, no KVM).
+pub const LAB_FAILED: i32 = 125;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub timeout: Duration,
+    /// Host directories mounted at the same path inside (the workspace and cache always are).
+    pub shares: Vec<PathBuf>,
+    /// Environment for the command.
+    pub env: Vec<(String, String)>,
+    /// Working directory of the command (default: the caller's).
+    pub cwd: Option<PathBuf>,
+    /// Check the lab host's /dev/kvm before running the command.
+    pub kvm_probe: bool,
+    /// Print the lab host's boot log too.
+    pub verbose: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            memory_mib: 4096,
+            cpus: 2,
+            timeout: Duration::from_secs(1800),
+            shares: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            kvm_probe: true,
+            verbose: false,
+        }
+    }
+}
+
+/// Boots the lab, runs `command` (argv) as root inside, streams its output to stdout, and
+/// returns its exit status (or [`LAB_FAILED`]).
+pub fn run(command: &[String], opts: &Options) -> Result<i32> {
+    if command.is_empty() {
+        bail!("no command given to run in the lab");
+    }
+    apt::ensure(&["qemu-system-x86"])?;
+    let kernel = kernel::ensure(Flavor::Lab)?;
+    let root = rootfs::ensure()?;
+    let mut opts = opts.clone();
+    opts.env.splice(0..0, lab_env()?);
+    let mut qemu = qemu_command(&kernel.bzimage, &root, &script(command, &opts)?, &opts)?;
+    let started = Instant::now();
+    let child = spawn(&mut qemu)?;
+    supervise(child, started, &opts)
+}
+
+/// What every command in the lab finds in its environment: where the cache and the guest
+/// kernel are (tests of other crates boot it), and that it runs in the lab.
+fn lab_env() -> Result<Vec<(String, String)>> {
+    let guest = kernel::locate(Flavor::Guest)?;
+    Ok(vec![
+        ("CRX_IN_LAB".into(), "1".into()),
+        (
+            "CRX_CACHE".into(),
+            cache::root().to_string_lossy().into_owned(),
+        ),
+        ("CRX_LINUX_SOURCE_VERSION".into(), kernel::source_version()?),
+        (
+            "CRX_GUEST_KERNEL_DIR".into(),
+            guest.dir.to_string_lossy().into_owned(),
+        ),
+    ])
+}
+
+/// The shell script run inside: environment, working directory, then the command.
+fn script(command: &[String], opts: &Options) -> Result<String> {
+    let cwd = match &opts.cwd {
+        Some(d) => d.clone(),
+        None => std::env::current_dir()?,
+    };
+    let mut s = String::new();
+    for (k, v) in &opts.env {
+        s.push_str(&format!("export {k}={}\n", shell_quote(v)));
+    }
+    s.push_str(&format!(
+        "cd {} || exit 125\n",
+        shell_quote(&cwd.to_string_lossy())
+    ));
+    let argv: Vec<String> = command.iter().map(|a| shell_quote(a)).collect();
+    s.push_str(&argv.join(" "));
+    s.push('\n');
+    Ok(s)
+}
+
+fn shares(opts: &Options) -> Vec<PathBuf> {
+    let mut dirs = vec![workspace_root(), cache::root()];
+    for d in &opts.shares {
+        if !dirs.contains(d) {
+            dirs.push(d.clone());
+        }
+    }
+    dirs
+}
+
+fn qemu_command(bzimage: &Path, root: &Path, script: &str, opts: &Options) -> Result<Command> {
+    let encoded = base64(script.as_bytes());
+    let probe = if opts.kvm_probe {
+        std::env::current_exe()?.to_string_lossy().into_owned()
+    } else {
+        "-".into()
+    };
+    let mut share_args = Vec::new();
+    let mut share_param = Vec::new();
+    for (i, dir) in shares(opts).iter().enumerate() {
+        let dir = dir.to_string_lossy();
+        if dir.contains([',', ' ', ':']) {
+            bail!("cannot share {dir} with the lab: its path contains ',', ':' or a space");
+        }
+        share_args.push(format!(
+            "-fsdev local,id=fs{i},path={dir},security_model=none"
+        ));
+        share_args.push(format!(
+            "-device virtio-9p-device,fsdev=fs{i},mount_tag=share{i}"
+        ));
+        share_param.push(format!("share{i}:{dir}"));
+    }
+    let quiet = if opts.verbose {
+        ""
+    } else {
+        " quiet loglevel=1"
+    };
+    let append = format!(
+        "console=ttyS0 reboot=t panic=-1 root=/dev/vda rw rootfstype=ext4 init=/sbin/crx-lab-init{quiet}{} \
+         crxlab.shares={} crxlab.probe={probe} crxlab.cmd={encoded}",
+        tsc_params(),
+        share_param.join(",")
+    );
+    // QEMU's microvm appends one `virtio_mmio.device=...` (under 48 bytes) per device; what
+    // passes x86's 2048-byte limit is cut off, and the devices at the end silently vanish.
+    let devices = 1 + shares(opts).len();
+    let room = COMMAND_LINE_SIZE - 1 - 48 * devices;
+    if append.len() > room {
+        bail!(
+            "the command is too long for the lab's kernel command line ({} bytes, room for {room}); \
+             put it in a script under the workspace and run that",
+            append.len()
+        );
+    }
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(MICROVM)
+        .args(["-accel", "tcg,thread=multi", "-cpu", "max"])
+        .args([
+            "-smp",
+            &opts.cpus.to_string(),
+            "-m",
+            &format!("{}M", opts.memory_mib),
+        ])
+        .arg("-kernel")
+        .arg(bzimage)
+        .args(["-append", &append])
+        .arg("-drive")
+        .arg(format!(
+            "id=root,file={},format=raw,if=none,snapshot=on",
+            root.display()
+        ))
+        .args(["-device", "virtio-blk-device,drive=root"]);
+    for a in share_args {
+        let (flag, value) = a.split_once(' ').unwrap_or((&a, ""));
+        c.args([flag, value]);
+    }
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    Ok(c)
+}
+
+/// Under TCG the lab's TSC ticks at the host's TSC rate. Telling the lab kernel that rate
+/// matters: on a loaded host its own TSC calibration against the (emulated) PIT fails, it
+/// marks the TSC unstable, and then its KVM never runs a nested guest's first instruction.
+fn tsc_params() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let mhz = cpuinfo.lines().find_map(|l| {
+        l.strip_prefix("cpu MHz")?
+            .split(':')
+            .nth(1)?
+            .trim()
+            .parse::<f64>()
+            .ok()
+    });
+    match mhz {
+        Some(mhz) if mhz > 0.0 => format!(" tsc_early_khz={} tsc=reliable", (mhz * 1000.0) as u64),
+        _ => String::new(),
+    }
+}
+
+fn spawn(qemu: &mut Command) -> Result<Child> {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec and only makes the
+    // async-signal-safe prctl(2) and getppid(2) calls.
+    unsafe {
+        qemu.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl: then nobody would stop QEMU.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("parent exited"));
+            }
+            Ok(())
+        });
+    }
+    qemu.spawn().context("starting qemu-system-x86_64")
+}
+
+enum Event {
+    Line(Vec<u8>),
+    Eof,
+}
+
+fn supervise(mut child: Child, started: Instant, opts: &Options) -> Result<i32> {
+    let stdout = child.stdout.take().context("qemu has no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        loop {
+            let mut line = Vec::new();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if tx.send(Event::Line(line)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(Event::Eof);
+    });
+
+    let deadline = started + opts.timeout;
+    let mut boot_log = Vec::new();
+    let mut begun = false;
+    let mut status = None;
+    let out = std::io::stdout();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Event::Line(raw)) => {
+                let line = String::from_utf8_lossy(&raw);
+                let line = line.trim_end_matches(['\n', '\r']);
+                if !begun {
+                    if line.contains(BEGIN) {
+                        begun = true;
+                        eprintln!(
+                            "crx-lab: lab host up in {:.1}s",
+                            started.elapsed().as_secs_f64()
+                        );
+                    } else if opts.verbose {
+                        eprintln!("{line}");
+                    } else {
+                        boot_log.push(line.to_string());
+                    }
+                    if line.starts_with("crx-lab:") {
+                        eprintln!("{line}");
+                    }
+                    continue;
+                }
+                if status.is_some() {
+                    // The lab host shutting down after the command.
+                    if opts.verbose {
+                        eprintln!("{line}");
+                    }
+                    continue;
+                }
+                if let Some(pos) = line.find(EXIT) {
+                    let mut o = out.lock();
+                    if pos > 0 {
+                        let _ = writeln!(o, "{}", &line[..pos]);
+                    }
+                    status = line[pos + EXIT.len()..].trim().parse::<i32>().ok();
+                    continue;
+                }
+                let mut o = out.lock();
+                let _ = writeln!(o, "{line}");
+                let _ = o.flush();
+            }
+            Ok(Event::Eof) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                eprintln!(
+                    "crx-lab: timed out after {}s; the lab was stopped",
+                    opts.timeout.as_secs()
+                );
+                return Ok(LAB_FAILED);
+            }
+        }
+    }
+    let qemu_status = child.wait().context("waiting for qemu")?;
+    match status {
+        Some(code) => {
+            eprintln!(
+                "crx-lab: command exited with {code} ({:.1}s in all)",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(code)
+        }
+        None => {
+            for line in &boot_log {
+                eprintln!("{line}");
+            }
+            eprintln!("crx-lab: the lab ended without running the command to completion (qemu: {qemu_status})");
+            Ok(LAB_FAILED)
+        }
+    }
+}
+
+/// Standard base64 (the lab decodes it with coreutils' `base64 -d`).
+fn base64(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_coreutils() {
+        for input in [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "abcd",
+            "cd '/x y' && echo \"$HOME\"\n",
+        ] {
+            let out = Command::new("base64")
+                .arg("-w0")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            out.stdin
+                .as_ref()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+            let out = out.wait_with_output().unwrap();
+            assert_eq!(
+                base64(input.as_bytes()),
+                String::from_utf8(out.stdout).unwrap(),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_command_longer_than_the_kernel_command_line_is_refused() {
+        let opts = Options::default();
+        let long = "x".repeat(1500);
+        let err = qemu_command(Path::new("bz"), Path::new("root"), &long, &opts).unwrap_err();
+        assert!(err.to_string().contains("too long"), "{err}");
+        assert!(qemu_command(Path::new("bz"), Path::new("root"), "true", &opts).is_ok());
+    }
+
+    #[test]
+    fn script_quotes_arguments_and_sets_env() {
+        let opts = Options {
+            env: vec![("K".into(), "a b".into())],
+            cwd: Some("/w".into()),
+            ..Options::default()
+        };
+        let s = script(&["echo".into(), "x y".into()], &opts).unwrap();
+        assert_eq!(s, "export K='a b'\ncd /w || exit 125\necho 'x y'\n");
+    }
+}

@@ -1,0 +1,188 @@
+//! The test tiers, run in order by `cargo xtask test` (the README's test command):
+//!
+//! 1. unit: every test whose name contains none of `kvm_`, `lab_`, `labhost_`; no KVM.
+//! 2. host KVM: tests named `kvm_*` (tiny hand-made guests) on this host's /dev/kvm.
+//! 3. lab: the lab's own tests (`labhost_*`, on the host, booting the lab), then every
+//!    `kvm_*` and `lab_*` test run *inside* the nested lab, on its /dev/kvm.
+//!
+//! A tier that cannot run fails with the reason; nothing is skipped.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::kernel::{self, Flavor};
+use crate::{apt, boot, cmd, kvm, lab, rootfs, workspace_root};
+
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// Run only these tiers (1 = unit, 2 = host KVM, 3 = lab); repeatable. Default: all.
+    #[arg(long)]
+    pub tier: Vec<u8>,
+    /// Time limit for the lab run, in seconds.
+    #[arg(long, default_value_t = 2400)]
+    pub lab_timeout: u64,
+}
+
+const NON_UNIT: [&str; 3] = ["kvm_", "lab_", "labhost_"];
+
+pub fn run(args: &TestArgs) -> Result<i32> {
+    let tiers = if args.tier.is_empty() {
+        vec![1, 2, 3]
+    } else {
+        args.tier.clone()
+    };
+    apt::ensure_project_packages()?;
+    let mut results = Vec::new();
+    for tier in tiers {
+        let started = Instant::now();
+        eprintln!("\n==== tier {tier}: {} ====", title(tier)?);
+        let outcome = match tier {
+            1 => tier1(),
+            2 => tier2(),
+            3 => tier3(args),
+            _ => unreachable!(),
+        };
+        let passed = match outcome {
+            Ok(passed) => passed,
+            Err(e) => {
+                eprintln!("tier {tier} could not run: {e:#}");
+                false
+            }
+        };
+        eprintln!(
+            "==== tier {tier}: {} in {:.0}s ====",
+            if passed { "PASSED" } else { "FAILED" },
+            started.elapsed().as_secs_f64()
+        );
+        results.push((tier, passed));
+    }
+    let failed = results.iter().filter(|(_, p)| !p).count();
+    eprintln!();
+    for (tier, passed) in &results {
+        eprintln!(
+            "tier {tier} ({}): {}",
+            title(*tier)?,
+            if *passed { "passed" } else { "FAILED" }
+        );
+    }
+    println!("tiers: {} passed, {failed} failed", results.len() - failed);
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+fn title(tier: u8) -> Result<&'static str> {
+    Ok(match tier {
+        1 => "unit tests, no KVM",
+        2 => "tiny guests on this host's /dev/kvm",
+        3 => "nested KVM lab",
+        _ => bail!("there is no tier {tier} (tiers are 1, 2 and 3)"),
+    })
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+fn status_ok(c: &mut Command) -> Result<bool> {
+    Ok(c.status()
+        .with_context(|| format!("starting {}", cmd::describe(c)))?
+        .success())
+}
+
+fn tier1() -> Result<bool> {
+    let mut c = cargo();
+    c.args(["test", "--workspace", "--"]);
+    for p in NON_UNIT {
+        c.args(["--skip", p]);
+    }
+    status_ok(&mut c)
+}
+
+fn tier2() -> Result<bool> {
+    kvm::probe().context("tier 2 needs this host's /dev/kvm")?;
+    status_ok(cargo().args(["test", "--workspace", "--", "kvm_", "--skip", "labhost_"]))
+}
+
+fn tier3(args: &TestArgs) -> Result<bool> {
+    kernel::ensure(Flavor::Guest)?;
+    kernel::ensure(Flavor::Lab)?;
+    rootfs::ensure()?;
+    crate::virtiofsd::ensure()?;
+    let boot = boot::ensure()?;
+    let host_tests = cargo()
+        .args(["test", "--workspace", "--", "labhost_"])
+        .env("CRX_GUEST_KERNEL", boot.join("bzImage"))
+        .env("CRX_INIT_STATIC", boot::static_init())
+        .status()?;
+    if !host_tests.success() {
+        return Ok(false);
+    }
+    let binaries = lab_test_binaries()?;
+    if binaries.is_empty() {
+        bail!("no test named kvm_* or lab_* was found to run in the lab");
+    }
+    let mut script = String::from("set -e\n");
+    for (dir, exe) in &binaries {
+        script.push_str(&format!(
+            "echo '--- {}'\n(cd {} && {} kvm_ lab_ --skip labhost_)\n",
+            exe.file_name().unwrap_or_default().to_string_lossy(),
+            cmd::shell_quote(&dir.to_string_lossy()),
+            cmd::shell_quote(&exe.to_string_lossy()),
+        ));
+    }
+    let opts = lab::Options {
+        timeout: Duration::from_secs(args.lab_timeout),
+        env: vec![("RUST_BACKTRACE".into(), "1".into())],
+        cwd: Some(workspace_root()),
+        ..lab::Options::default()
+    };
+    // The script goes in a file of the (shared) build directory: the lab's kernel command
+    // line, which carries the command, holds only about 2 KiB.
+    let dir = workspace_root().join("target").join("crx-lab");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("tier3.sh");
+    std::fs::write(&file, script)?;
+    let code = lab::run(&["sh".into(), file.to_string_lossy().into_owned()], &opts)?;
+    Ok(code == 0)
+}
+
+/// Test executables (with their package directories) that hold `kvm_*` or `lab_*` tests.
+fn lab_test_binaries() -> Result<Vec<(PathBuf, PathBuf)>> {
+    let out =
+        cmd::output(cargo().args(["test", "--workspace", "--no-run", "--message-format=json"]))?;
+    let mut found = BTreeMap::new();
+    for line in out.lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" || msg["profile"]["test"] != true {
+            continue;
+        }
+        let (Some(exe), Some(manifest)) =
+            (msg["executable"].as_str(), msg["manifest_path"].as_str())
+        else {
+            continue;
+        };
+        let exe = PathBuf::from(exe);
+        let list = cmd::output(Command::new(&exe).args(["--list", "--format", "terse"]))?;
+        let wanted = list
+            .lines()
+            .filter_map(|l| l.strip_suffix(": test"))
+            .any(|name| {
+                (name.contains("kvm_") || name.contains("lab_")) && !name.contains("labhost_")
+            });
+        if wanted {
+            let dir = PathBuf::from(manifest)
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            found.insert(exe, dir);
+        }
+    }
+    Ok(found.into_iter().map(|(exe, dir)| (dir, exe)).collect())
+}
