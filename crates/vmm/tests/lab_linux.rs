@@ -346,6 +346,25 @@ fn connect_port(uds: &Path, port: u32) -> std::io::Result<UnixStream> {
     Ok(s)
 }
 
+/// The first connection on `listener`, or a panic with the VM's logs once `limit` has passed
+/// (a guest that never boots must fail the test, not hang the tier).
+fn accept_within(listener: &UnixListener, limit: Duration, vm: &Vm) -> UnixStream {
+    listener.set_nonblocking(true).unwrap();
+    let end = Instant::now() + limit;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                return s;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("no guest connection within {limit:?}: {e}\n{}", vm.logs()),
+        }
+    }
+}
+
 #[test]
 fn lab_vsock_echo_both_directions() {
     const SIZE: usize = 6 << 20;
@@ -369,9 +388,8 @@ fn lab_vsock_echo_both_directions() {
     let sum = fnv1a(&payload);
 
     // Guest to host: the guest's connection to port 6000 arrives on `<uds>_6000`.
-    host_listener.set_nonblocking(false).unwrap();
+    let s = accept_within(&host_listener, BOOT_TIMEOUT, &vm);
     let t = Instant::now();
-    let (s, _) = host_listener.accept().unwrap();
     let back = echo_round_trip(s, &payload);
     assert_eq!(back.len(), SIZE, "guest->host echo length\n{}", vm.logs());
     assert_eq!(fnv1a(&back), sum, "guest->host echo checksum");
