@@ -10,60 +10,21 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::guest_boot::{ms, percentile};
-use crate::{boot, cmd, lab, virtiofsd, workspace_root};
+use crate::{bench_lab, cmd, virtiofsd, workspace_root};
 
-/// Builds release `crx-runc` and `crx-vmm`, the boot artefacts and virtiofsd, then runs
-/// [`inner`] in the lab.
+/// Builds what the benchmark runs, and virtiofsd, then runs [`inner`] in the lab.
 pub fn outer(runs: usize) -> Result<i32> {
-    cmd::run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(workspace_root())
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "crx",
-                "-p",
-                "crx-vmm",
-            ]),
-    )?;
-    let boot_dir = boot::ensure()?;
     let virtiofsd = virtiofsd::ensure()?;
-    let exe = std::env::current_exe()?.to_string_lossy().into_owned();
-    let cmd = [
-        exe,
-        "bench".into(),
-        "oci".into(),
-        "--inner".into(),
-        format!("--runs={runs}"),
-    ];
-    let opts = lab::Options {
-        env: vec![
-            (
-                "CRX_BOOT_DIR".into(),
-                boot_dir.to_string_lossy().into_owned(),
-            ),
-            (
-                "CRX_VIRTIOFSD".into(),
-                virtiofsd.to_string_lossy().into_owned(),
-            ),
-        ],
-        ..lab::Options::default()
-    };
-    lab::run(&cmd, &opts)
+    let env = vec![(
+        "CRX_VIRTIOFSD".into(),
+        virtiofsd.to_string_lossy().into_owned(),
+    )];
+    bench_lab::outer("oci", runs, env)
 }
 
 /// The part that runs inside the lab.
 pub fn inner(runs: usize) -> Result<()> {
-    if runs == 0 {
-        bail!("--runs must be at least 1");
-    }
-    let work = std::env::temp_dir().join(format!("crx-bench-oci-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
-    let result = measure(&work, runs);
-    let _ = std::fs::remove_dir_all(&work);
-    result
+    bench_lab::in_scratch("oci", runs, |work| measure(work, runs))
 }
 
 fn measure(work: &Path, runs: usize) -> Result<()> {

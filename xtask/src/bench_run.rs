@@ -16,53 +16,17 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::guest_boot::{ms, percentile};
-use crate::{boot, cmd, lab, workspace_root};
+use crate::{bench_lab, cmd, workspace_root};
 
 /// Builds what the benchmark runs and runs [`inner`] in the lab.
 pub fn outer(runs: usize) -> Result<i32> {
-    cmd::run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(workspace_root())
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "crx",
-                "-p",
-                "crx-vmm",
-            ]),
-    )?;
-    let boot_dir = boot::ensure()?;
-    let exe = std::env::current_exe()?.to_string_lossy().into_owned();
-    let cmd = [
-        exe,
-        "bench".into(),
-        "run".into(),
-        "--inner".into(),
-        format!("--runs={runs}"),
-    ];
-    let opts = lab::Options {
-        env: vec![(
-            "CRX_BOOT_DIR".into(),
-            boot_dir.to_string_lossy().into_owned(),
-        )],
-        ..lab::Options::default()
-    };
-    lab::run(&cmd, &opts)
+    bench_lab::outer("run", runs, Vec::new())
 }
 
 /// The part that runs inside the lab.
 pub fn inner(runs: usize) -> Result<()> {
-    if runs == 0 {
-        bail!("--runs must be at least 1");
-    }
     let crx = workspace_root().join("target/release/crx");
-    let work = std::env::temp_dir().join(format!("crx-bench-run-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
-    let result = measure(&crx, &work, runs);
-    let _ = std::fs::remove_dir_all(&work);
-    result
+    bench_lab::in_scratch("run", runs, |work| measure(&crx, work, runs))
 }
 
 fn measure(crx: &Path, work: &Path, runs: usize) -> Result<()> {

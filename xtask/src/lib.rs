@@ -2,6 +2,7 @@
 //! nested KVM lab, and the test tiers. `cargo xtask --help` lists the commands.
 
 pub mod apt;
+pub mod bench_lab;
 pub mod bench_oci;
 pub mod bench_run;
 pub mod bench_vmm;

@@ -1,0 +1,61 @@
+//! What the benchmarks that run in the lab (`bench run`, `bench oci`) share: the outer half
+//! that builds and starts them, and the inner half's scratch directory.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+use crate::{boot, cmd, lab, workspace_root};
+
+/// Builds release `crx` and `crx-vmm` and the boot artefacts, then runs
+/// `xtask bench NAME --inner --runs=RUNS` in the lab with `CRX_BOOT_DIR` and `env` set.
+pub fn outer(name: &str, runs: usize, mut env: Vec<(String, String)>) -> Result<i32> {
+    cmd::run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(workspace_root())
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "crx",
+                "-p",
+                "crx-vmm",
+            ]),
+    )?;
+    let boot_dir = boot::ensure()?;
+    env.push((
+        "CRX_BOOT_DIR".into(),
+        boot_dir.to_string_lossy().into_owned(),
+    ));
+    let exe = std::env::current_exe()?.to_string_lossy().into_owned();
+    let cmd = [
+        exe,
+        "bench".into(),
+        name.into(),
+        "--inner".into(),
+        format!("--runs={runs}"),
+    ];
+    let opts = lab::Options {
+        env,
+        ..lab::Options::default()
+    };
+    lab::run(&cmd, &opts)
+}
+
+/// Runs `measure` in a fresh scratch directory named after the benchmark, removed after.
+pub fn in_scratch(
+    name: &str,
+    runs: usize,
+    measure: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let work = std::env::temp_dir().join(format!("crx-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = measure(&work);
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
