@@ -89,23 +89,41 @@ fn lifecycle(bin: &Path, root: &Path, bundle: &Path, id: &str) -> Result<Duratio
     Ok(started.elapsed())
 }
 
+/// Runs `bin --root ROOT ARGS` and returns its stdout. Its stderr goes to a file, not a pipe:
+/// `create` leaves processes behind (the container's init, crx-runc's monitor) that inherit
+/// stdio, so waiting for a pipe's end would wait for the container.
 fn runtime(bin: &Path, root: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(bin)
-        .arg("--root")
+    let log = root.with_extension("stderr");
+    let mut c = Command::new(bin);
+    c.arg("--root")
         .arg(root)
         .args(args)
         .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
-    if !out.status.success() {
+        .stderr(std::fs::File::create(&log)?);
+    let (status, stdout) = if args.first() == Some(&"state") {
+        let out = c
+            .output()
+            .with_context(|| format!("running {}", bin.display()))?;
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    } else {
+        let status = c
+            .stdout(Stdio::null())
+            .status()
+            .with_context(|| format!("running {}", bin.display()))?;
+        (status, String::new())
+    };
+    if !status.success() {
         bail!(
             "{} {}: {}",
             bin.display(),
             args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+            std::fs::read_to_string(&log).unwrap_or_default().trim()
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(stdout)
 }
 
 /// An OCI bundle whose rootfs is the lab's busybox-static, running `args`.
