@@ -1,4 +1,4 @@
-//! What the benchmarks that run in the lab (`bench run`, `bench oci`) share: the outer half
+//! What the lab benchmarks share: a release build (also `bench vmm`'s), the outer half
 //! that builds and starts them, and the inner half's scratch directory.
 
 use std::path::Path;
@@ -11,19 +11,7 @@ use crate::{boot, cmd, lab, workspace_root};
 /// Builds release `crx` and `crx-vmm` and the boot artefacts, then runs
 /// `xtask bench NAME --inner --runs=RUNS` in the lab with `CRX_BOOT_DIR` and `env` set.
 pub fn outer(name: &str, runs: usize, mut env: Vec<(String, String)>) -> Result<i32> {
-    cmd::run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(workspace_root())
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "crx",
-                "-p",
-                "crx-vmm",
-            ]),
-    )?;
+    build_release(&["crx", "crx-vmm"])?;
     let boot_dir = boot::ensure()?;
     env.push((
         "CRX_BOOT_DIR".into(),
@@ -42,6 +30,17 @@ pub fn outer(name: &str, runs: usize, mut env: Vec<(String, String)>) -> Result<
         ..lab::Options::default()
     };
     lab::run(&cmd, &opts)
+}
+
+/// `cargo build --release` of `packages`.
+pub fn build_release(packages: &[&str]) -> Result<()> {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root())
+        .args(["build", "--release", "--quiet"]);
+    for p in packages {
+        c.args(["-p", p]);
+    }
+    cmd::run(&mut c)
 }
 
 /// Runs `measure` in a fresh scratch directory named after the benchmark, removed after.

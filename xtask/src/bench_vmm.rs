@@ -7,22 +7,10 @@ use std::process::Command;
 use anyhow::Result;
 
 use crate::kernel::{self, Flavor};
-use crate::{cmd, lab, workspace_root};
+use crate::{bench_lab, cmd, lab, workspace_root};
 
 pub fn run(runs: usize) -> Result<i32> {
-    cmd::run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(workspace_root())
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "crx-vmm",
-                "-p",
-                "crx-initrd",
-            ]),
-    )?;
+    bench_lab::build_release(&["crx-vmm", "crx-initrd"])?;
     kernel::ensure(Flavor::Guest)?;
     let bench = workspace_root().join("target/release/crx-vmm-bench");
     println!("== on this host's /dev/kvm (tiny guests)");
