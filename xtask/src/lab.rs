@@ -31,7 +31,8 @@ const COMMAND_LINE_SIZE: usize = 2048;
 /// state and the VMLOAD of the host state: the lab kernel then faults on every per-CPU access
 /// ("BUG: TASK stack guard page was hit ... Comm: vcpu0", sometimes a panic) and the guest
 /// hangs. Measured: with NPT, 1 to 2 such oopses per run of the 8 `lab_linux` tests (8 VMs at
-/// once); with `kvm_amd.npt=0`, none in 3 runs, at the same speed. See docs/adr/0001.
+/// once); with `kvm_amd.npt=0`, none in 3 runs, at the same speed, but still now and then in
+/// a full tier 3 (which then retries, see tiers.rs). See docs/adr/0001.
 const LAB_KVM_PARAMS: &str = "kvm_amd.npt=0";
 
 /// QEMU's microvm without defaults, its console on stdio, exiting on reboot (ACPI off: QEMU
