@@ -6,58 +6,13 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use crx_proto::*;
 
-/// Kills the agent if the test fails before it exits by itself.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(sock: &Path) -> Agent {
-    let script = format!(
-        "mount --make-rprivate / && \
-         {{ [ \"$(stat -fc %T /sys/fs/cgroup)\" = cgroup2fs ] || \
-           mount -t cgroup2 cgroup2 /sys/fs/cgroup; }} && \
-         mount -t tmpfs tmpfs /run && exec {} --agent --listen unix:{}",
-        env!("CARGO_BIN_EXE_crx-init"),
-        sock.display()
-    );
-    let child = Command::new("unshare")
-        .args(["-m", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn unshare (util-linux) for crx-init");
-    let mut agent = Agent(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while UnixStream::connect(sock).is_err() {
-        if let Some(st) = agent.0.try_wait().unwrap() {
-            panic!("the agent exited before listening: {st} (root and unshare -m needed)");
-        }
-        assert!(Instant::now() < deadline, "agent did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    agent
-}
-
-fn connect(sock: &Path) -> UnixStream {
-    let s = UnixStream::connect(sock).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s
-}
-
-fn client(sock: &Path) -> Client<UnixStream> {
-    Client::handshake(connect(sock)).unwrap()
-}
+mod common;
+use common::*;
 
 /// A pty stream connection for `id` (or its exec), accepted by the agent.
 fn pty_stream(sock: &Path, id: &str, exec_id: Option<&str>) -> UnixStream {
@@ -92,33 +47,6 @@ fn read_to_end(s: &mut UnixStream, got: &mut String) {
     got.push_str(&String::from_utf8_lossy(&v));
 }
 
-/// A busybox tree (static `/bin/busybox` and applet links) in `dir/rootfs`.
-fn busybox_tree(dir: &Path) -> PathBuf {
-    assert!(
-        Path::new("/bin/busybox").is_file(),
-        "/bin/busybox is missing (apt package busybox-static)"
-    );
-    let root = dir.join("rootfs");
-    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for a in ["sh", "echo", "cat", "sleep", "tty", "stty"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
-    }
-    root
-}
-
-fn process(cmd: &str, terminal: bool) -> serde_json::Value {
-    serde_json::json!({
-        "terminal": terminal,
-        "user": {"uid": 0, "gid": 0},
-        "args": ["/bin/sh", "-c", cmd],
-        "env": ["PATH=/bin", "TERM=xterm"],
-        "cwd": "/"
-    })
-}
-
 fn spec(cmd: &str) -> serde_json::Value {
     serde_json::json!({
         "ociVersion": "1.0.2",
@@ -136,19 +64,12 @@ fn spec(cmd: &str) -> serde_json::Value {
     })
 }
 
-fn exited(r: Response) -> i32 {
-    match r {
-        Response::Exited(st) => st.code,
-        other => panic!("expected an exit, got {other:?}"),
-    }
-}
-
 #[test]
 fn terminals_for_init_and_exec_resize_and_hang_up() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("agent.sock");
     let root = busybox_tree(dir.path());
-    let mut agent = start(&sock);
+    let agent = start(&sock);
     let id = format!("pty{}", std::process::id());
     let rootfs = Rootfs {
         device: root.display().to_string(),
@@ -260,15 +181,5 @@ fn terminals_for_init_and_exec_resize_and_hang_up() {
     })
     .unwrap();
 
-    assert_eq!(c.call(Request::Shutdown).unwrap(), Response::Ok);
-    drop(c);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(st) = agent.0.try_wait().unwrap() {
-            assert!(st.success(), "agent exit: {st}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "agent did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    shut_down(agent, c);
 }

@@ -270,6 +270,21 @@ fn lab_oci_lifecycle() {
     assert_eq!(ev["type"], "stats");
     assert!(ev["data"]["pids"]["current"].as_u64().unwrap() >= 1, "{ev}");
 
+    // update: new limits in the guest's cgroup, seen in the next stats.
+    let u = lab.runc(&["update", "--memory", "67108864", "--pids-limit", "32", "c1"]);
+    assert_eq!(code(&u), 0, "update: {}", text(&u.stderr));
+    let res = lab.dir.path().join("resources.json");
+    fs::write(&res, r#"{"pids": {"limit": 48}}"#).unwrap();
+    let u = lab.runc(&["update", "--resources", res.to_str().unwrap(), "c1"]);
+    assert_eq!(code(&u), 0, "update -r: {}", text(&u.stderr));
+    let ev = lab.runc(&["events", "--stats", "c1"]);
+    let ev: Value = serde_json::from_slice(&ev.stdout).unwrap();
+    assert_eq!(ev["data"]["memory"]["usage"]["limit"], 67108864, "{ev}");
+    assert_eq!(ev["data"]["pids"]["limit"], 48, "{ev}");
+    fs::write(&res, "[1]").unwrap();
+    let u = lab.runc(&["update", "--resources", res.to_str().unwrap(), "c1"]);
+    assert_eq!(code(&u), 1, "a bad resources file is refused");
+
     // pause: no output while frozen; resume.
     assert_eq!(code(&lab.runc(&["pause", "c1"])), 0);
     assert_eq!(lab.state("c1")["status"], "paused");
@@ -373,8 +388,9 @@ fn lab_oci_sigkill_and_force_delete() {
     assert_eq!(text(&lab.runc(&["list", "-q"]).stdout), "");
 }
 
-/// virtio-fs: a bind-mounted host directory written on both sides while the container runs;
-/// a read-only bind mount and `root.readonly` refuse writes.
+/// virtio-fs: a bind-mounted host directory and a bind-mounted single file written on both
+/// sides while the container runs; read-only bind mounts (directory and file) and
+/// `root.readonly` refuse writes; delete leaves no host mount behind.
 #[test]
 fn lab_oci_bind_mount_and_readonly_root() {
     let lab = Lab::new();
@@ -383,17 +399,25 @@ fn lab_oci_bind_mount_and_readonly_root() {
     fs::create_dir_all(&data).unwrap();
     fs::create_dir_all(&ro).unwrap();
     fs::write(data.join("from-host"), "hello-host\n").unwrap();
-    let script = "cat /data/from-host; echo guest > /data/from-guest; \
+    let single = lab.dir.path().join("single");
+    let single_ro = lab.dir.path().join("single-ro");
+    fs::write(&single, "file-host\n").unwrap();
+    fs::write(&single_ro, "ro-file\n").unwrap();
+    let script = "cat /data/from-host; cat /etc/single; echo file-guest >> /etc/single; \
+        cat /etc/single-ro; echo x >> /etc/single-ro 2>/dev/null && echo file-writable || echo file-ro; \
+        echo guest > /data/from-guest; \
         touch /x 2>/dev/null && echo root-writable || echo root-ro; \
         touch /ro/x 2>/dev/null && echo bind-writable || echo bind-ro; \
-        while [ ! -e /data/go ]; do sleep 0.1; done; cat /data/go";
+        while [ ! -e /data/go ]; do sleep 0.1; done; cat /data/go; sleep 1.5; cat /etc/single";
     let b = lab.bundle(
         "b4",
         &["sh", "-c", script],
         json!({"root": {"path": "rootfs", "readonly": true}, "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/data", "type": "bind", "source": data, "options": ["rbind", "rw"]},
-            {"destination": "/ro", "type": "bind", "source": ro, "options": ["rbind", "ro"]}
+            {"destination": "/ro", "type": "bind", "source": ro, "options": ["rbind", "ro"]},
+            {"destination": "/etc/single", "type": "bind", "source": single, "options": ["rbind", "rw"]},
+            {"destination": "/etc/single-ro", "type": "bind", "source": single_ro, "options": ["rbind", "ro"]}
         ]}),
     );
     let out = lab.dir.path().join("out4");
@@ -408,14 +432,27 @@ fn lab_oci_bind_mount_and_readonly_root() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert_eq!(
+        fs::read_to_string(&single).unwrap(),
+        "file-host\nfile-guest\n"
+    );
+    let mut f = fs::OpenOptions::new().append(true).open(&single).unwrap();
+    std::io::Write::write_all(&mut f, b"file-late\n").unwrap();
     fs::write(data.join("go"), "host-late\n").unwrap();
     assert_eq!(wait_child(pid), WaitStatus::Exited(Pid::from_raw(pid), 0));
     assert_eq!(
         fs::read_to_string(&out).unwrap(),
-        "hello-host\nroot-ro\nbind-ro\nhost-late\n"
+        "hello-host\nfile-host\nro-file\nfile-ro\nroot-ro\nbind-ro\nhost-late\n\
+         file-host\nfile-guest\nfile-late\n"
     );
     assert!(!b.join("rootfs/x").exists() && !ro.join("x").exists());
+    assert_eq!(fs::read_to_string(&single_ro).unwrap(), "ro-file\n");
     assert_eq!(code(&lab.runc(&["delete", "v1"])), 0);
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains("/v1/files/"),
+        "host bind mounts left: {mounts}"
+    );
 }
 
 /// Reads `master` on a thread until it fails (the last slave closed); chunks on the channel.

@@ -73,6 +73,12 @@ pub enum Request {
     Resume { id: String },
     /// Resource usage; answered by `Stats`.
     Stats { id: String },
+    /// Change a container's cgroup limits: `resources` is an OCI `linux.resources` object
+    /// (what it names changes, the rest stays). Added after version 1 as a new value only.
+    Update {
+        id: String,
+        resources: serde_json::Value,
+    },
     /// Delete a stopped container (`force`: kill it first).
     Remove {
         id: String,
@@ -155,6 +161,40 @@ pub fn virtiofs_mount(tag: &str, destination: &str, read_only: bool) -> serde_js
     })
 }
 
+/// Where the agent mounts a virtio-fs share whose *files* are bind-mounted into containers:
+/// `SHARES_DIR/TAG` (virtio-fs shares directories only, so a host that binds single files
+/// puts them in one directory it shares; see [`share_file_mount`]).
+pub const SHARES_DIR: &str = "/run/crx/shares";
+
+/// An OCI `mounts[]` entry that bind-mounts `file` of the virtio-fs share `tag` at
+/// `destination` in the container: how a bind mount of a single host file (`/etc/hosts`)
+/// reaches a container. The agent mounts the share at [`SHARES_DIR`]`/TAG` before
+/// libcontainer makes the bind mount. `tag` and `file` are single path components.
+pub fn share_file_mount(
+    tag: &str,
+    file: &str,
+    destination: &str,
+    read_only: bool,
+) -> serde_json::Value {
+    let mut options = vec!["rbind", if read_only { "ro" } else { "rw" }];
+    options.extend(["nosuid", "nodev"]);
+    serde_json::json!({
+        "destination": destination,
+        "type": "bind",
+        "source": format!("{SHARES_DIR}/{tag}/{file}"),
+        "options": options,
+    })
+}
+
+/// The share tag a mount entry's `source` names under [`SHARES_DIR`], if it is a
+/// [`share_file_mount`] (a single, plain path component after the directory).
+pub fn shared_file_tag(source: &str) -> Option<&str> {
+    let rest = source.strip_prefix(SHARES_DIR)?.strip_prefix('/')?;
+    let (tag, file) = rest.split_once('/')?;
+    let plain = |c: &str| !c.is_empty() && c != "." && c != ".." && !c.contains('/');
+    (plain(tag) && plain(file)).then_some(tag)
+}
+
 /// The agent's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -190,6 +230,12 @@ pub struct ContainerStats {
     pub cpu_usage_ns: u64,
     pub memory_bytes: u64,
     pub pids: u64,
+    /// `memory.max` (None: no limit). Added after version 1 (absent: None).
+    #[serde(default)]
+    pub memory_limit_bytes: Option<u64>,
+    /// `pids.max` (None: no limit). Added after version 1 (absent: None).
+    #[serde(default)]
+    pub pids_limit: Option<u64>,
 }
 
 /// A typed error from the agent.

@@ -60,3 +60,28 @@ fn virtiofs_mount_entry_for_the_spec() {
         json!("rw")
     );
 }
+
+#[test]
+fn shared_file_mount_entries() {
+    let m = share_file_mount("files", "f0", "/etc/hosts", true);
+    assert_eq!(
+        m,
+        json!({"destination": "/etc/hosts", "type": "bind",
+               "source": "/run/crx/shares/files/f0",
+               "options": ["rbind", "ro", "nosuid", "nodev"]})
+    );
+    assert_eq!(
+        shared_file_tag(m["source"].as_str().unwrap()),
+        Some("files")
+    );
+    for bad in [
+        "/run/crx/shares/files",
+        "/run/crx/shares/../x/f",
+        "/run/crx/shares/files/a/b",
+        "/run/crx/sharesx/t/f",
+        "/etc/hosts",
+        "/run/crx/shares/t/..",
+    ] {
+        assert_eq!(shared_file_tag(bad), None, "{bad}");
+    }
+}

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use crx_proto::{
-    decode, read_frame, write_message, AgentError, ContainerStats, ErrorKind, ExitStatus, Request,
-    Response, ResponseFrame, Rootfs, StreamKind,
+    decode, read_frame, write_message, AgentError, ErrorKind, ExitStatus, Request, Response,
+    ResponseFrame, Rootfs, StreamKind,
 };
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
@@ -353,7 +353,12 @@ impl Helper {
             }
             Request::Stats { id } => {
                 ctr!(id);
-                Response::Stats(cgroup_stats(&id))
+                Response::Stats(super::resources::stats(&cgroup_dir(&id)))
+            }
+            Request::Update { id, resources } => {
+                ctr!(id);
+                super::resources::update(&id, &resources)?;
+                Response::Ok
             }
             Request::Remove { id, force } => {
                 let c = ctr!(id);
@@ -401,6 +406,7 @@ impl Helper {
         let stdin_dup = stdin_dup(&stdio);
         let built = (|| -> Result<Container> {
             let root = rootfs::mount_rootfs(&dir, r)?;
+            rootfs::mount_file_shares(spec)?;
             let bundle = bundle::write_bundle(&dir, id, spec, &root)?;
             // Streams the host attached replace the helper's own stdio (the console).
             let b = stdio.apply(ContainerBuilder::new(id.to_string(), SyscallType::Linux));
@@ -447,6 +453,21 @@ impl Helper {
     /// unmounted so a disk layer is left clean once the agent syncs.
     fn remove_all(&mut self) {
         let ids: Vec<String> = self.containers.keys().cloned().collect();
+        // A grace period, as `docker stop`: SIGTERM to every process, then SIGKILL to what is
+        // left after SHUTDOWN_GRACE (an emptied cgroup ends the wait early).
+        for c in self.containers.values_mut() {
+            if let Ok(term) = Signal::try_from(libc::SIGTERM) {
+                let _ = c.container.kill(term, true);
+            }
+        }
+        let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+        while std::time::Instant::now() < deadline
+            && ids
+                .iter()
+                .any(|id| cgroup_pids(id).is_ok_and(|p| !p.is_empty()))
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         for id in ids {
             let Some(mut c) = self.containers.remove(&id) else {
                 continue;
@@ -519,6 +540,9 @@ fn stdin_dup(stdio: &Stdio) -> Option<OwnedFd> {
 }
 
 /// The container's cgroup (bundle::write_bundle sets `cgroupsPath` to `/crx/ID`).
+/// How long `Shutdown` lets containers end after SIGTERM before it SIGKILLs them.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn cgroup_dir(id: &str) -> PathBuf {
     Path::new("/sys/fs/cgroup/crx").join(id)
 }
@@ -527,21 +551,6 @@ fn cgroup_pids(id: &str) -> Result<Vec<i32>> {
     let p = cgroup_dir(id).join("cgroup.procs");
     let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
     Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
-}
-
-fn cgroup_stats(id: &str) -> ContainerStats {
-    let dir = cgroup_dir(id);
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-    let num = |f: &str| read(f).trim().parse().unwrap_or(0);
-    let cpu_usec: u64 = read("cpu.stat")
-        .lines()
-        .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok())
-        .unwrap_or(0);
-    ContainerStats {
-        cpu_usage_ns: cpu_usec * 1000,
-        memory_bytes: num("memory.current"),
-        pids: num("pids.current"),
-    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod bundle;
 pub mod fdpass;
 pub mod forward;
 pub mod helper;
+pub mod resources;
 pub mod rootfs;
 
 /// Where per-container mounts and bundles live in the guest.

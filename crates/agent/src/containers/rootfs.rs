@@ -17,8 +17,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use crx_proto::{Rootfs, WritableLayer};
+use crx_proto::{shared_file_tag, Rootfs, WritableLayer, SHARES_DIR};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use serde_json::Value;
 
 /// Mounts `r` under `dir` and returns the container's root directory.
 pub fn mount_rootfs(dir: &Path, r: &Rootfs) -> Result<PathBuf> {
@@ -91,6 +92,36 @@ fn mount_source(r: &Rootfs, target: &Path, read_only: bool) -> Result<()> {
 }
 
 /// Unmounts what [`mount_rootfs`] mounted (lazily, ignoring what is not mounted) and removes `dir`.
+/// Mounts every virtio-fs share whose files `spec` bind-mounts (`crx_proto::share_file_mount`)
+/// at `SHARES_DIR/TAG`, once per VM: the shares belong to the VM, not to one container.
+pub fn mount_file_shares(spec: &Value) -> Result<()> {
+    let sources = spec["mounts"].as_array().into_iter().flatten();
+    let sources = sources.filter(|m| m["type"] == "bind");
+    for tag in sources.filter_map(|m| shared_file_tag(m["source"].as_str()?)) {
+        let dir = Path::new(SHARES_DIR).join(tag);
+        mkdir(&dir)?;
+        if is_mount_point(&dir)? {
+            continue;
+        }
+        do_mount(
+            Some(Path::new(tag)),
+            &dir,
+            Some("virtiofs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether `dir` is on another file system than its parent.
+fn is_mount_point(dir: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: &Path| fs::metadata(p).map(|m| m.dev());
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    Ok(dev(dir).with_context(|| format!("stat {}", dir.display()))? != dev(parent)?)
+}
+
 pub fn unmount_rootfs(dir: &Path) {
     for sub in ["rootfs", "rw", "lower"] {
         let _ = umount2(&dir.join(sub), MntFlags::MNT_DETACH);

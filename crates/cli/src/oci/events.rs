@@ -15,8 +15,8 @@ pub fn run(root: &Path, a: liboci_cli::Events) -> Result<i32> {
             "id": a.container_id,
             "data": {
                 "cpu": {"usage": {"total": s.cpu_usage_ns}},
-                "memory": {"usage": {"usage": s.memory_bytes}},
-                "pids": {"current": s.pids},
+                "memory": {"usage": {"usage": s.memory_bytes, "limit": s.memory_limit_bytes}},
+                "pids": {"current": s.pids, "limit": s.pids_limit},
             },
         });
         println!("{event}");

@@ -24,6 +24,7 @@ mod signals;
 mod spec;
 mod start;
 mod state;
+mod update;
 
 /// The default state root (runc's is /run/runc).
 pub const DEFAULT_ROOT: &str = "/run/crx-runc";
@@ -62,6 +63,8 @@ enum Command {
     Pause(liboci_cli::Pause),
     /// Thaw a paused container.
     Resume(liboci_cli::Resume),
+    /// Change a running container's resource limits (its cgroup in the guest).
+    Update(liboci_cli::Update),
     /// Resource usage of a container (`--stats`: once).
     Events(liboci_cli::Events),
     /// What this runtime supports, as JSON.
@@ -97,6 +100,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::List(a) => list::run(root, a),
         Command::Pause(a) => pause::run(root, a),
         Command::Resume(a) => resume::run(root, a),
+        Command::Update(a) => update::run(root, a),
         Command::Events(a) => events::run(root, a),
         Command::Features(_) => features::run(),
         Command::Spec(a) => spec::run(a),

@@ -63,6 +63,10 @@ pub fn all_requests() -> Vec<Request> {
         Request::Pause { id: id() },
         Request::Resume { id: id() },
         Request::Stats { id: id() },
+        Request::Update {
+            id: id(),
+            resources: serde_json::json!({"memory": {"limit": 67108864}, "pids": {"limit": 64}}),
+        },
         Request::Remove {
             id: id(),
             force: false,
@@ -85,6 +89,8 @@ pub fn all_responses() -> Vec<Response> {
             cpu_usage_ns: 5,
             memory_bytes: 6,
             pids: 2,
+            memory_limit_bytes: Some(1 << 26),
+            pids_limit: None,
         }),
         Response::Error(AgentError::new(ErrorKind::NotFound, "no container c9")),
     ]

@@ -151,6 +151,7 @@ impl ContainerDir {
 
     /// Removes the directory and everything in it.
     pub fn remove(&self) -> Result<(), OciError> {
+        super::rootfs::unbind_files(&self.dir);
         match fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

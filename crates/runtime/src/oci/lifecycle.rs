@@ -292,6 +292,26 @@ pub fn stats(root: &Path, id: &str) -> Result<ContainerStats, OciError> {
     }
 }
 
+/// Applies new cgroup limits (an OCI `linux.resources` object) to a live container.
+pub fn update(root: &Path, id: &str, resources: serde_json::Value) -> Result<(), OciError> {
+    let (c, _lock, _) = locked(
+        root,
+        id,
+        LIVE,
+        "a stopped container has no limits to update",
+    )?;
+    match agent_call(
+        &c,
+        Request::Update {
+            id: id.to_owned(),
+            resources,
+        },
+    )? {
+        Response::Ok => Ok(()),
+        other => Err(unexpected(&c, other)),
+    }
+}
+
 /// The spec as `create` saved it.
 pub fn saved_spec(c: &ContainerDir) -> Result<serde_json::Value, OciError> {
     let path = c.config_path();
