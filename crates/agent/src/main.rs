@@ -30,7 +30,7 @@ usage: crx-init                                (as PID 1: reads crxrun=/crxarg=/
        crx-init --run PROG [ARG]...            (run PROG like system-VM mode, print its status line, exit with it)
        crx-init --call unix:PATH [--stdin|--stdout|--stderr ID[/EXEC]=FILE]... REQUEST...
                                                (open stdio streams, send JSON requests (or @FILE), print the responses)
-       crx-init --container-helper             (internal: the agent's single-threaded container helper)";
+       crx-init --container-helper [--restarted] (internal: the agent's single-threaded container helper)";
 
 fn main() -> ExitCode {
     // Before any thread exists, so that every thread inherits it (see reaper).

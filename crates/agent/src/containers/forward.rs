@@ -2,7 +2,9 @@
 //!
 //! Requests from all sessions share the helper's socket; each gets a fresh id and a channel, and
 //! a demux thread routes the helper's responses back by id. If the helper dies every pending
-//! and later request gets an `internal` error.
+//! request gets an `internal` error, and the next request starts a new helper (started with
+//! `--restarted`: it kills what is left of the old helper's containers, which it cannot
+//! manage, so their ids can be used again).
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -38,11 +40,17 @@ pub struct HelperFrame {
 
 type Pending = Arc<Mutex<HashMap<u64, Sender<Response>>>>;
 
-/// Handle to a running container helper.
+/// Handle to the container helper, restarted when it has died.
 pub struct Forwarder {
+    reaper: Reaper,
+    link: Mutex<Arc<Link>>,
+    next: AtomicU64,
+}
+
+/// One running helper: its socket, its pending calls, and whether it still runs.
+struct Link {
     writer: Mutex<UnixStream>,
     pending: Pending,
-    next: AtomicU64,
     alive: Arc<AtomicBool>,
 }
 
@@ -51,40 +59,25 @@ fn internal(msg: &str) -> Response {
 }
 
 impl Forwarder {
-    /// Starts `/proc/self/exe --container-helper` and the demux thread.
+    /// Starts `/proc/self/exe --container-helper` and its demux thread.
     pub fn spawn(reaper: &Reaper) -> Result<Forwarder> {
-        let (ours, theirs) = UnixStream::pair().context("socketpair")?;
-        let mut cmd = Command::new("/proc/self/exe");
-        cmd.arg("--container-helper")
-            .stdin(Stdio::from(OwnedFd::from(theirs)));
-        reaper
-            .spawn(&mut cmd)
-            .context("starting the container helper")?;
-        let pending: Pending = Arc::default();
-        let alive = Arc::new(AtomicBool::new(true));
-        let mut reader = ours.try_clone().context("socket")?;
-        let (p2, a2) = (pending.clone(), alive.clone());
-        std::thread::Builder::new()
-            .name("helper-demux".into())
-            .spawn(move || {
-                while let Ok(Some(f)) = read_message::<ResponseFrame, _>(&mut reader) {
-                    let tx = p2.lock().unwrap_or_else(|e| e.into_inner()).remove(&f.id);
-                    if let Some(tx) = tx {
-                        let _ = tx.send(f.response);
-                    }
-                }
-                eprintln!("crx-init: the container helper exited");
-                a2.store(false, Ordering::SeqCst);
-                // Dropping the senders fails every pending call.
-                p2.lock().unwrap_or_else(|e| e.into_inner()).clear();
-            })
-            .context("starting the helper demux thread")?;
         Ok(Forwarder {
-            writer: Mutex::new(ours),
-            pending,
+            reaper: reaper.clone(),
+            link: Mutex::new(Arc::new(Link::spawn(reaper, false)?)),
             next: AtomicU64::new(1),
-            alive,
         })
+    }
+
+    /// The running helper, started anew if the last one died.
+    fn link(&self) -> Result<Arc<Link>, Response> {
+        let mut link = self.link.lock().unwrap_or_else(|e| e.into_inner());
+        if !link.alive.load(Ordering::SeqCst) {
+            eprintln!("crx-init: restarting the container helper");
+            let fresh = Link::spawn(&self.reaper, true)
+                .map_err(|e| internal(&format!("restarting the container helper: {e:#}")))?;
+            *link = Arc::new(fresh);
+        }
+        Ok(link.clone())
     }
 
     /// Forwards one request (with the stdio stream descriptors of the process it starts) and
@@ -101,12 +94,13 @@ impl Forwarder {
         stdio: Vec<(StreamKind, OwnedFd)>,
         console_socket: Option<PathBuf>,
     ) -> Response {
-        if !self.alive.load(Ordering::SeqCst) {
-            return internal("the container helper is not running");
-        }
+        let link = match self.link() {
+            Ok(l) => l,
+            Err(r) => return r,
+        };
         let id = self.next.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = channel();
-        self.pending
+        link.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
@@ -122,13 +116,13 @@ impl Forwarder {
             .and_then(|payload| {
                 let mut buf = (payload.len() as u32).to_be_bytes().to_vec();
                 buf.extend(payload);
-                let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+                let mut w = link.writer.lock().unwrap_or_else(|e| e.into_inner());
                 write_with_fds(&mut w, &buf, &fds).map_err(|e| e.to_string())
             });
         // Our copies of the stream descriptors are no longer needed (the helper has its own).
         drop(fds);
         if let Err(e) = sent {
-            self.pending
+            link.pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
@@ -136,5 +130,56 @@ impl Forwarder {
         }
         rx.recv()
             .unwrap_or_else(|_| internal("the container helper exited"))
+    }
+}
+
+impl Link {
+    fn spawn(reaper: &Reaper, restarted: bool) -> Result<Link> {
+        let (ours, theirs) = UnixStream::pair().context("socketpair")?;
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg("--container-helper")
+            .stdin(Stdio::from(OwnedFd::from(theirs)));
+        if restarted {
+            cmd.arg("--restarted");
+        }
+        let pid = reaper
+            .spawn(&mut cmd)
+            .context("starting the container helper")?;
+        let pending: Pending = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        let mut reader = ours.try_clone().context("socket")?;
+        // Its exit, not the socket's end (which a descendant could still hold), marks it dead.
+        let (watch, socket) = (reaper.clone(), ours.try_clone().context("socket")?);
+        let (p3, a3) = (pending.clone(), alive.clone());
+        std::thread::Builder::new()
+            .name("helper-watch".into())
+            .spawn(move || {
+                let st = watch.wait(pid);
+                eprintln!("crx-init: the container helper exited ({st:?})");
+                a3.store(false, Ordering::SeqCst);
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+                p3.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            })
+            .context("starting the helper watch thread")?;
+        let (p2, a2) = (pending.clone(), alive.clone());
+        std::thread::Builder::new()
+            .name("helper-demux".into())
+            .spawn(move || {
+                while let Ok(Some(f)) = read_message::<ResponseFrame, _>(&mut reader) {
+                    let tx = p2.lock().unwrap_or_else(|e| e.into_inner()).remove(&f.id);
+                    if let Some(tx) = tx {
+                        let _ = tx.send(f.response);
+                    }
+                }
+                a2.store(false, Ordering::SeqCst);
+                // Dropping the senders fails every pending call.
+                p2.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            })
+            .context("starting the helper demux thread")?;
+        Ok(Link {
+            writer: Mutex::new(ours),
+            pending,
+            alive,
+        })
     }
 }

@@ -42,7 +42,13 @@ struct Stdio {
 impl Stdio {
     /// Gives the streams (or the console socket) to a builder.
     fn apply(self, mut b: ContainerBuilder) -> ContainerBuilder {
-        if let Some(fd) = self.stdin {
+        // Without a stdin stream the process reads /dev/null: the helper's own stdin is its
+        // socket to the agent, which a container must never hold (it could forge replies).
+        let null = || std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
+        if let Some(fd) = self
+            .stdin
+            .or_else(|| self.console_socket.is_none().then(null).flatten())
+        {
             b = b.with_stdin(fd);
         }
         if let Some(fd) = self.stdout {
@@ -103,6 +109,9 @@ pub fn main() -> Result<()> {
     mask.add(NixSignal::SIGCHLD);
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .context("signalfd")?;
+    if std::env::args().any(|a| a == "--restarted") {
+        clean_up_leftovers();
+    }
     let mut h = Helper {
         out: sock.try_clone().context("socket")?,
         containers: HashMap::new(),
@@ -540,6 +549,23 @@ fn stdin_dup(stdio: &Stdio) -> Option<OwnedFd> {
 }
 
 /// The container's cgroup (bundle::write_bundle sets `cgroupsPath` to `/crx/ID`).
+/// After a restart: kills and forgets what the dead helper left (its containers' processes,
+/// mounts and libcontainer state), which this helper cannot manage.
+fn clean_up_leftovers() {
+    if let Ok(cgroups) = std::fs::read_dir("/sys/fs/cgroup/crx") {
+        for c in cgroups.flatten() {
+            let _ = std::fs::write(c.path().join("cgroup.kill"), "1");
+        }
+    }
+    if let Ok(dirs) = std::fs::read_dir(CONTAINERS_DIR) {
+        for d in dirs.flatten() {
+            rootfs::unmount_rootfs(&d.path());
+        }
+    }
+    let _ = std::fs::remove_dir_all(STATE_DIR);
+    eprintln!("crx-init: the container helper restarted: earlier containers were killed");
+}
+
 /// How long `Shutdown` lets containers end after SIGTERM before it SIGKILLs them.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
