@@ -33,7 +33,7 @@ pub fn write_bundle(
     let Some(linux) = linux.as_object_mut() else {
         bail!("spec.linux is not an object");
     };
-    linux.insert("cgroupsPath".into(), json!(format!("/crx/{id}")));
+    linux.insert("cgroupsPath".into(), json!(super::cgroup_path(id)));
     if let Some(process) = obj.get_mut("process").and_then(Value::as_object_mut) {
         let env = process.entry("env").or_insert_with(|| json!([]));
         if let Some(env) = env.as_array_mut() {

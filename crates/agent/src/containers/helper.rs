@@ -27,7 +27,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 
 use super::fdpass::FdReader;
 use super::forward::HelperFrame;
-use super::{bundle, rootfs, CONTAINERS_DIR, STATE_DIR};
+use super::{bundle, cgroup_path, rootfs, CGROUP_PARENT, CGROUP_ROOT, CONTAINERS_DIR, STATE_DIR};
 
 /// Stdio descriptors that came with a request, or the console socket of a process with a
 /// terminal (libcontainer makes the pty in the container and sends the master there).
@@ -548,11 +548,10 @@ fn stdin_dup(stdio: &Stdio) -> Option<OwnedFd> {
     stdio.stdin.as_ref().and_then(|fd| fd.try_clone().ok())
 }
 
-/// The container's cgroup (bundle::write_bundle sets `cgroupsPath` to `/crx/ID`).
 /// After a restart: kills and forgets what the dead helper left (its containers' processes,
 /// mounts and libcontainer state), which this helper cannot manage.
 fn clean_up_leftovers() {
-    if let Ok(cgroups) = std::fs::read_dir("/sys/fs/cgroup/crx") {
+    if let Ok(cgroups) = std::fs::read_dir(format!("{CGROUP_ROOT}{CGROUP_PARENT}")) {
         for c in cgroups.flatten() {
             let _ = std::fs::write(c.path().join("cgroup.kill"), "1");
         }
@@ -569,8 +568,9 @@ fn clean_up_leftovers() {
 /// How long `Shutdown` lets containers end after SIGTERM before it SIGKILLs them.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The container's cgroup directory (bundle::write_bundle sets its `cgroupsPath`).
 fn cgroup_dir(id: &str) -> PathBuf {
-    Path::new("/sys/fs/cgroup/crx").join(id)
+    Path::new(CGROUP_ROOT).join(cgroup_path(id).trim_start_matches('/'))
 }
 
 fn cgroup_pids(id: &str) -> Result<Vec<i32>> {

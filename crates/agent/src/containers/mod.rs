@@ -17,5 +17,15 @@ pub mod rootfs;
 
 /// Where per-container mounts and bundles live in the guest.
 pub const CONTAINERS_DIR: &str = "/run/crx/containers";
+/// The cgroup (v2) under which every container gets `ID` (its `cgroupsPath` is `/crx/ID`).
+pub const CGROUP_PARENT: &str = "/crx";
+/// Where the guest mounts cgroup2; [`CGROUP_PARENT`] lies under it.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Container `id`'s cgroup path, as libcontainer and libcgroups take it.
+pub fn cgroup_path(id: &str) -> String {
+    format!("{CGROUP_PARENT}/{id}")
+}
+
 /// libcontainer's state directory.
 pub const STATE_DIR: &str = "/run/crx/state";

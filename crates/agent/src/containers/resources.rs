@@ -13,7 +13,7 @@ pub fn update(id: &str, resources: &serde_json::Value) -> Result<()> {
     let resources: LinuxResources =
         serde_json::from_value(resources.clone()).context("linux.resources does not parse")?;
     let manager = create_cgroup_manager(CgroupConfig {
-        cgroup_path: format!("/crx/{id}").into(),
+        cgroup_path: super::cgroup_path(id).into(),
         systemd_cgroup: false,
         container_name: id.to_owned(),
     })

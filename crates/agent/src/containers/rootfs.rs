@@ -91,7 +91,6 @@ fn mount_source(r: &Rootfs, target: &Path, read_only: bool) -> Result<()> {
     do_mount(Some(device), target, Some(&r.fs_type), ro, None)
 }
 
-/// Unmounts what [`mount_rootfs`] mounted (lazily, ignoring what is not mounted) and removes `dir`.
 /// Mounts every virtio-fs share whose files `spec` bind-mounts (`crx_proto::share_file_mount`)
 /// at `SHARES_DIR/TAG`, once per VM: the shares belong to the VM, not to one container.
 pub fn mount_file_shares(spec: &Value) -> Result<()> {
@@ -122,6 +121,7 @@ fn is_mount_point(dir: &Path) -> Result<bool> {
     Ok(dev(dir).with_context(|| format!("stat {}", dir.display()))? != dev(parent)?)
 }
 
+/// Unmounts what [`mount_rootfs`] mounted (lazily, ignoring what is not mounted) and removes `dir`.
 pub fn unmount_rootfs(dir: &Path) {
     for sub in ["rootfs", "rw", "lower"] {
         let _ = umount2(&dir.join(sub), MntFlags::MNT_DETACH);

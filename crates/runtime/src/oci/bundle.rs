@@ -220,7 +220,7 @@ pub fn features() -> Value {
         "annotations": {
             "io.crx.isolation": "microvm (one KVM VM per container)",
             "io.crx.rootfs": "the bundle's rootfs directory shared live over virtio-fs",
-            "io.crx.bind-mounts": "directories shared live over virtio-fs; single files left out with a warning",
+            "io.crx.bind-mounts": "directories and single files shared live over virtio-fs; missing sources left out with a warning",
             "io.crx.seccomp": "applied in the guest to the container's process; not yet to exec'd processes",
             "io.crx.terminal": "the guest's pty relayed through a host pty whose master goes to --console-socket",
             "io.crx.hooks.createContainer": "unsupported",
