@@ -1,7 +1,8 @@
 //! Host tier: the OCI spec's `linux.seccomp` is enforced (libcontainer with libseccomp, linked
 //! statically into crx-init) for the container's process, and a container without a profile is
-//! not filtered. (Exec'd processes are not filtered yet: libcontainer 0.7's tenant builder drops
-//! `linux.seccomp`; see crates/agent/README.md.) crx-init runs as an ordinary root process (tests/common).
+//! not filtered. Exec'd processes are filtered by the container's profile too (libcontainer 0.7's
+//! tenant builder drops `linux.seccomp`; the agent installs it itself, see
+//! containers/exec_seccomp.rs). crx-init runs as an ordinary root process (tests/common).
 
 use crx_proto::*;
 use serde_json::json;
@@ -102,6 +103,75 @@ fn seccomp_profiles_filter_the_container() {
     );
     assert_eq!(c.call(Request::Ping).unwrap(), Response::Pong);
     for id in [open, denied, killed] {
+        c.call(Request::Remove { id, force: true }).unwrap();
+    }
+    drop(w);
+    shut_down(agent, c);
+}
+
+#[test]
+fn exec_processes_get_the_container_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let root = busybox_tree(dir.path());
+    let agent = start(&sock);
+    let mut c = client(&sock);
+    let mut w = client(&sock);
+    let pid = std::process::id();
+    let rootfs = || Rootfs {
+        device: root.display().to_string(),
+        fs_type: "none".into(),
+        writable: WritableLayer::Tmpfs { size_bytes: None },
+    };
+    let filtered = format!("xsec{pid}");
+    let open = format!("xopen{pid}");
+    for (id, profile) in [(&filtered, Some(profile())), (&open, None)] {
+        c.call(Request::CreateContainer {
+            id: id.clone(),
+            spec: spec("sleep 1000", profile),
+            rootfs: rootfs(),
+        })
+        .unwrap();
+        c.call(Request::Start { id: id.clone() }).unwrap();
+    }
+    let exec = |c: &mut Client<_>, w: &mut Client<_>, id: &str, exec_id: &str, process| {
+        c.call(Request::Exec {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            process,
+        })
+        .unwrap();
+        exited(
+            w.call(Request::Wait {
+                id: id.into(),
+                exec_id: Some(exec_id.into()),
+            })
+            .unwrap(),
+        )
+    };
+    let mkdir = "mkdir /tmp/e || exit 42";
+    // Root with every capability (CAP_SYS_ADMIN): filtered, no_new_privs left unset.
+    let nnp_unset = "mkdir /tmp/e 2>/dev/null && exit 1; grep -q 'NoNewPrivs:.0' /proc/self/status || exit 3; exit 42";
+    assert_eq!(
+        exec(&mut c, &mut w, &filtered, "e1", process(nnp_unset, false)),
+        42
+    );
+    // Without CAP_SYS_ADMIN and without noNewPrivileges: still filtered (no_new_privs set first).
+    let mut no_admin = process(mkdir, false);
+    let caps = json!(["CAP_KILL", "CAP_CHOWN"]);
+    no_admin["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps});
+    assert_eq!(exec(&mut c, &mut w, &filtered, "e2", no_admin), 42);
+    // A kill rule kills the exec'd process.
+    let mut hostname = process("", false);
+    hostname["args"] = json!(["/bin/hostname", "x"]);
+    assert_eq!(
+        exec(&mut c, &mut w, &filtered, "e3", hostname),
+        128 + libc::SIGSYS
+    );
+    // The container without a profile: its exec'd process is not filtered.
+    assert_eq!(exec(&mut c, &mut w, &open, "e1", process(mkdir, false)), 0);
+
+    for id in [filtered, open] {
         c.call(Request::Remove { id, force: true }).unwrap();
     }
     drop(w);

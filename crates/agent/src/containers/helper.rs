@@ -27,7 +27,10 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 
 use super::fdpass::FdReader;
 use super::forward::HelperFrame;
-use super::{bundle, cgroup_path, rootfs, CGROUP_PARENT, CGROUP_ROOT, CONTAINERS_DIR, STATE_DIR};
+use super::{
+    bundle, cgroup_path, exec_seccomp, rootfs, CGROUP_PARENT, CGROUP_ROOT, CONTAINERS_DIR,
+    STATE_DIR,
+};
 
 /// Stdio descriptors that came with a request, or the console socket of a process with a
 /// terminal (libcontainer makes the pty in the container and sends the master there).
@@ -523,7 +526,11 @@ impl Helper {
         }
         let path = bundle::write_process(&c.dir, exec_id, process)?;
         let stdin_dup = stdin_dup(&stdio);
-        let b = stdio.apply(ContainerBuilder::new(id.to_string(), SyscallType::Linux));
+        let mut b = stdio.apply(ContainerBuilder::new(id.to_string(), SyscallType::Linux));
+        let config = c.dir.join("bundle/config.json");
+        if let Some(profile) = exec_seccomp::container_profile(&config)? {
+            b = b.with_executor(exec_seccomp::SeccompExecutor { profile });
+        }
         let pid = b
             .with_root_path(STATE_DIR)?
             .as_tenant()

@@ -8,6 +8,7 @@
 //! and it reaps them to answer `Wait`. See docs/adr/0004-agent-containers.md.
 
 pub mod bundle;
+pub mod exec_seccomp;
 #[allow(unsafe_code)]
 pub mod fdpass;
 pub mod forward;

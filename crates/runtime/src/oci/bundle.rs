@@ -221,7 +221,7 @@ pub fn features() -> Value {
             "io.crx.isolation": "microvm (one KVM VM per container)",
             "io.crx.rootfs": "the bundle's rootfs directory shared live over virtio-fs",
             "io.crx.bind-mounts": "directories and single files shared live over virtio-fs; missing sources left out with a warning",
-            "io.crx.seccomp": "applied in the guest to the container's process; not yet to exec'd processes",
+            "io.crx.seccomp": "applied in the guest to the container's process and to exec'd processes (which get no_new_privs when they hold neither it nor CAP_SYS_ADMIN)",
             "io.crx.terminal": "the guest's pty relayed through a host pty whose master goes to --console-socket",
             "io.crx.hooks.createContainer": "unsupported",
             "io.crx.hooks.startContainer": "unsupported",
