@@ -1,7 +1,8 @@
 //! `cargo xtask bench oci`: `create` + `start` + `delete` of a container running `true`
 //! through `crx-runc`, next to Debian's `runc` and `crun` on the same bundle, alternating, in
-//! the lab; then the host memory (PSS) of what stays alive for one idle `crx-runc` container
-//! (monitor, crx-vmm, virtiofsd), split into guest RAM and the rest.
+//! the lab; then the host memory (PSS) of what stays alive for an idle `crx-runc` container
+//! (monitor, crx-vmm, virtiofsd), split into guest RAM and the rest: one alone, and the
+//! average of several side by side.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -149,40 +150,88 @@ fn bundle(work: &Path, args: &[&str]) -> Result<PathBuf> {
     Ok(bundle)
 }
 
-/// PSS of the host processes of one idle crx-runc container (`sleep`), in KiB.
+/// How many idle containers run side by side for the per-container average.
+const SIDE_BY_SIDE: usize = 4;
+
+/// PSS of the host processes of idle crx-runc containers (`sleep`), in KiB: one container alone
+/// (every shared page of the binaries charged to it), broken down by process, mapping kind and
+/// the largest mappings; then [`SIDE_BY_SIDE`] containers at once, whose average is what each
+/// costs on a host that runs many (the binaries' pages are shared through the page cache).
 fn idle_memory(crx_runc: &Path, work: &Path) -> Result<()> {
     let bundle = bundle(work, &["/bin/sleep", "1000"])?;
     let root = work.join("root-idle");
-    let id = "idle";
-    runtime(
-        crx_runc,
-        &root,
-        &["create", "--bundle", &bundle.to_string_lossy(), id],
-    )?;
-    runtime(crx_runc, &root, &["start", id])?;
-    std::thread::sleep(Duration::from_secs(3));
-    let state: serde_json::Value =
-        serde_json::from_str(&runtime(crx_runc, &root, &["state", id])?)?;
-    let monitor = state["pid"].as_u64().context("state has no pid")? as u32;
-    let pids = tree(monitor);
+    let ids: Vec<String> = (0..SIDE_BY_SIDE).map(|i| format!("idle{i}")).collect();
+    let monitor = start_idle(crx_runc, &root, &bundle, &ids[0])?;
     println!("host memory of one idle crx-runc container (PSS, KiB):");
-    let (mut rest, mut ram) = (0, 0);
-    for pid in &pids {
-        let (r, g) = pss(*pid)?;
+    let mut total = Usage::default();
+    for pid in tree(monitor) {
+        let u = pss(pid)?;
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         println!(
-            "  {:<16} pid {pid:>6}: outside guest RAM {r:>7}, guest RAM {g:>7}",
-            comm.trim()
+            "  {:<16} pid {pid:>6}: outside guest RAM {:>6} (files {:>6}, anonymous {:>6}), guest RAM {:>7}",
+            comm.trim(),
+            u.files + u.anon,
+            u.files,
+            u.anon,
+            u.ram
         );
-        rest += r;
-        ram += g;
+        for (kb, name) in &u.largest {
+            println!("      {kb:>6}  {name}");
+        }
+        total.add(&u);
     }
     println!(
-        "  total: outside guest RAM {rest} KiB ({:.1} MiB), guest RAM {ram} KiB",
-        rest as f64 / 1024.0
+        "  total: outside guest RAM {} KiB ({:.1} MiB; files {}, anonymous {}), guest RAM {} KiB",
+        total.files + total.anon,
+        (total.files + total.anon) as f64 / 1024.0,
+        total.files,
+        total.anon,
+        total.ram
     );
-    runtime(crx_runc, &root, &["delete", "--force", id])?;
+    let mut monitors = vec![monitor];
+    for id in &ids[1..] {
+        monitors.push(start_idle(crx_runc, &root, &bundle, id)?);
+    }
+    let mut all = Usage::default();
+    for m in &monitors {
+        for pid in tree(*m) {
+            all.add(&pss(pid)?);
+        }
+    }
+    let n = SIDE_BY_SIDE as u64;
+    println!(
+        "{SIDE_BY_SIDE} idle crx-runc containers at once: outside guest RAM {} KiB in all, \
+         {} KiB ({:.1} MiB) per container (files {}, anonymous {})",
+        all.files + all.anon,
+        (all.files + all.anon) / n,
+        (all.files + all.anon) as f64 / n as f64 / 1024.0,
+        all.files / n,
+        all.anon / n
+    );
+    // What each container past the first adds (the first paid for the binaries' pages).
+    let (alone, together) = (total.files + total.anon, all.files + all.anon);
+    println!(
+        "  each container after the first adds {} KiB ({:.1} MiB)",
+        together.saturating_sub(alone) / (n - 1),
+        together.saturating_sub(alone) as f64 / (n - 1) as f64 / 1024.0
+    );
+    for id in &ids {
+        runtime(crx_runc, &root, &["delete", "--force", id])?;
+    }
     Ok(())
+}
+
+/// Creates and starts idle container `id`; returns its monitor's pid once it has settled.
+fn start_idle(crx_runc: &Path, root: &Path, bundle: &Path, id: &str) -> Result<u32> {
+    runtime(
+        crx_runc,
+        root,
+        &["create", "--bundle", &bundle.to_string_lossy(), id],
+    )?;
+    runtime(crx_runc, root, &["start", id])?;
+    std::thread::sleep(Duration::from_secs(3));
+    let state: serde_json::Value = serde_json::from_str(&runtime(crx_runc, root, &["state", id])?)?;
+    Ok(state["pid"].as_u64().context("state has no pid")? as u32)
 }
 
 /// `root` and its descendants.
@@ -210,26 +259,62 @@ fn tree(root: u32) -> Vec<u32> {
     out
 }
 
-/// (PSS outside guest RAM, PSS of guest RAM) of `pid` in KiB, from /proc/PID/smaps: guest RAM
-/// is the `crx-guest-ram` memfd (crx-vmm and virtiofsd map it).
-fn pss(pid: u32) -> Result<(u64, u64)> {
+/// One process's PSS in KiB, from /proc/PID/smaps.
+#[derive(Debug, Default)]
+struct Usage {
+    /// Mappings of files other than guest RAM: binaries and libraries, mostly shared.
+    files: u64,
+    /// Anonymous mappings: heap, stacks, private copies.
+    anon: u64,
+    /// The guest RAM memfd (`crx-guest-ram`, mapped by crx-vmm and virtiofsd).
+    ram: u64,
+    /// The largest mappings outside guest RAM: (KiB, name), largest first.
+    largest: Vec<(u64, String)>,
+}
+
+impl Usage {
+    fn add(&mut self, o: &Usage) {
+        self.files += o.files;
+        self.anon += o.anon;
+        self.ram += o.ram;
+    }
+}
+
+fn pss(pid: u32) -> Result<Usage> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
         .with_context(|| format!("/proc/{pid}/smaps"))?;
-    let (mut rest, mut ram) = (0, 0);
-    let mut in_ram = false;
+    let mut u = Usage::default();
+    let mut mappings: Vec<(u64, String)> = Vec::new();
+    let mut name = String::new();
     for line in smaps.lines() {
         if let Some(kb) = line.strip_prefix("Pss:") {
             let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
-            if in_ram {
-                ram += kb;
+            if name.contains("crx-guest-ram") {
+                u.ram += kb;
+                continue;
+            }
+            if name.starts_with('/') {
+                u.files += kb;
             } else {
-                rest += kb;
+                u.anon += kb;
+            }
+            match mappings.iter_mut().find(|(_, n)| *n == name) {
+                Some(m) => m.0 += kb,
+                None => mappings.push((kb, name.clone())),
             }
         } else if looks_like_header(line) {
-            in_ram = line.contains("crx-guest-ram");
+            let path = line.split_whitespace().nth(5).unwrap_or("");
+            name = if path.is_empty() {
+                "[anon]".into()
+            } else {
+                path.into()
+            };
         }
     }
-    Ok((rest, ram))
+    mappings.sort_by_key(|m| std::cmp::Reverse(m.0));
+    mappings.truncate(4);
+    u.largest = mappings;
+    Ok(u)
 }
 
 /// A mapping header: `start-end perms offset dev inode [path]`.
@@ -258,8 +343,9 @@ mod tests {
 
     #[test]
     fn our_own_pss_is_counted_outside_guest_ram() {
-        let (rest, ram) = pss(std::process::id()).unwrap();
-        assert!(rest > 0);
-        assert_eq!(ram, 0);
+        let u = pss(std::process::id()).unwrap();
+        assert!(u.files > 0 && u.anon > 0);
+        assert_eq!(u.ram, 0);
+        assert!(u.largest.len() <= 4 && u.largest[0].0 >= u.largest.last().unwrap().0);
     }
 }

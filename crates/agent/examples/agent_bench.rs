@@ -9,7 +9,7 @@
 //! /dev/vda) in agent mode:
 //! - guest kernel start -> `Run /init` (the kernel's printk timestamp on the console);
 //! - VMM main -> crx-init start and -> agent ready (boot-timer marks 1 and 2, host clock), and
-//!   their difference;
+//!   their difference, broken down by marks 3 (mounted), 4 (reaper) and 5 (helper started);
 //! - VMM spawn -> handshake answered on the host;
 //! - ping round trips (`--pings`, default 200): median and p90;
 //! - a container `cat /proc/uptime`: create request -> first stdout byte on the host (create
@@ -77,6 +77,15 @@ fn main() {
         "crx-init start -> agent ready (2 - 1)",
         &mut s.init_to_ready,
     );
+    let names = [
+        "  of which: init start -> mounted (3 - 1)",
+        "  mounted -> console, hostname, reaper (4 - 3)",
+        "  -> container helper started (5 - 4)",
+        "  -> vsock listening (2 - 5)",
+    ];
+    for (name, v) in names.iter().zip(s.steps.iter_mut()) {
+        row(name, v);
+    }
     row("host: spawn -> handshake answered", &mut s.handshake);
     row("ping round trip", &mut s.ping);
     row(
@@ -111,6 +120,8 @@ struct Samples {
     mark1: Vec<f64>,
     mark2: Vec<f64>,
     init_to_ready: Vec<f64>,
+    /// crx-init's steps between marks 1 and 2 (boot-timer marks 3, 4, 5).
+    steps: [Vec<f64>; 4],
     handshake: Vec<f64>,
     ping: Vec<f64>,
     first: Vec<f64>,
@@ -186,6 +197,12 @@ fn crx_run(dir: &Path, img: &Path, pings: usize, s: &mut Samples) {
         s.mark1.push(a as f64 / 1e3);
         s.mark2.push(b as f64 / 1e3);
         s.init_to_ready.push((b - a) as f64 / 1e3);
+    }
+    let marks: Option<Vec<u64>> = [1, 3, 4, 5, 2].iter().map(|&m| vm.boot_mark(m)).collect();
+    if let Some(t) = marks {
+        for (i, w) in t.windows(2).enumerate() {
+            s.steps[i].push(w[1].saturating_sub(w[0]) as f64 / 1e3);
+        }
     }
     // `[    2.912345] Run /init as init process`
     if let Some(t) = vm.console_text().lines().find_map(|l| {

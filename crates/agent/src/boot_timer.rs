@@ -1,5 +1,6 @@
 //! The VMM's boot-timer port: crx-init writes one byte to I/O port 0x440 at milestones so the
-//! VMM can time the boot (1: init started, 2: ready — agent listening or program about to run).
+//! VMM can time the boot (1: init started, 2: ready — agent listening or program about to run;
+//! 3, 4 and 5 mark steps between them).
 //!
 //! Two ways, tried in order:
 //! 1. `ioperm(0x440, 1, 1)` then `out` from this thread. Needs CAP_SYS_RAWIO (PID 1 is root with
@@ -16,6 +17,12 @@ pub const PORT: u16 = 0x440;
 pub const INIT_STARTED: u8 = 1;
 /// Written when crx-init is ready (agent listening, or the system-VM program about to run).
 pub const READY: u8 = 2;
+/// Between 1 and 2, for the breakdown: the pseudo filesystems are mounted.
+pub const MOUNTED: u8 = 3;
+/// Console, hostname and the reaper thread are set up.
+pub const REAPING: u8 = 4;
+/// The container helper process is started (agent mode).
+pub const HELPER_STARTED: u8 = 5;
 
 /// Writes `value` to the boot-timer port if any way works; returns which way did.
 pub fn mark(value: u8) -> Option<&'static str> {

@@ -62,6 +62,7 @@ fn pid1_main() -> ! {
     if early.is_none() {
         boot_timer::mark(boot_timer::INIT_STARTED);
     }
+    boot_timer::mark(boot_timer::MOUNTED);
     pid1::ensure_console();
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let cfg = cmdline::parse(&cmdline);
@@ -73,6 +74,7 @@ fn pid1_main() -> ! {
             pid1::power_off();
         }
     };
+    boot_timer::mark(boot_timer::REAPING);
     if let Some(prog) = &cfg.run {
         if boot_timer::mark(boot_timer::READY).is_none() {
             eprintln!("crx-init: boot-timer port 0x440 not writable (no ioperm, no /dev/port)");
@@ -80,10 +82,10 @@ fn pid1_main() -> ! {
         sysvm::run(&reaper, prog, &cfg.args, &cfg.env);
     } else {
         let addr = ListenAddr::Vsock(crx_proto::AGENT_VSOCK_PORT);
-        let ready = || {
-            boot_timer::mark(boot_timer::READY);
+        let marks = |step| {
+            boot_timer::mark(step);
         };
-        if let Err(e) = agent::serve(&addr, &reaper, ready) {
+        if let Err(e) = agent::serve(&addr, &reaper, marks) {
             eprintln!("crx-init: agent: {e:#}");
         }
     }
@@ -106,7 +108,7 @@ fn process_main(args: Vec<String>) -> Result<ExitCode> {
                 }
             }
             let reaper = Reaper::start().context("starting the reaper")?;
-            agent::serve(&addr, &reaper, || {})?;
+            agent::serve(&addr, &reaper, |_| {})?;
             Ok(ExitCode::SUCCESS)
         }
         Some("--container-helper") => {

@@ -169,6 +169,30 @@ fn terminals_for_init_and_exec_resize_and_hang_up() {
     drop(ex2);
     assert_eq!(wait(&mut w, Some("e2")), 128 + 1);
 
+    // close_stdin on a terminal: a pending partial line is delivered, then end-of-file.
+    let mut ex4 = pty_stream(&sock, &id, Some("e4"));
+    c.call(Request::Exec {
+        id: id.clone(),
+        exec_id: "e4".into(),
+        process: process(
+            "stty -echo; echo ready; echo \"n=$(($(wc -c)))\"; exit 6",
+            true,
+        ),
+    })
+    .unwrap();
+    let mut e4out = String::new();
+    read_until(&mut ex4, &mut e4out, "ready");
+    ex4.write_all(b"abc\nde").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    c.call(Request::CloseStdin {
+        id: id.clone(),
+        exec_id: Some("e4".into()),
+    })
+    .unwrap();
+    read_to_end(&mut ex4, &mut e4out);
+    assert!(e4out.contains("n=6"), "{e4out:?}");
+    assert_eq!(wait(&mut w, Some("e4")), 6);
+
     // Input reaches the init through its terminal (echoed by the line discipline).
     init.write_all(b"hello\n").unwrap();
     read_to_end(&mut init, &mut out);

@@ -317,7 +317,8 @@ fn lab_oci_lifecycle() {
     assert_eq!(code(&lab.runc(&["state", "c1"])), 1);
 }
 
-/// `run`: the container's exit code, its stdout ours; hooks on the host with the state on stdin.
+/// `run`: the container's exit code, its stdout ours; hooks on the host with the state on stdin,
+/// `startContainer` in the container (in the guest, from the container's rootfs).
 #[test]
 fn lab_oci_run_exit_code_and_hooks() {
     let lab = Lab::new();
@@ -326,15 +327,23 @@ fn lab_oci_run_exit_code_and_hooks() {
         json!({"path": "/bin/sh", "args": ["sh", "-c",
             format!("echo {name} $(cat) >> {}", log.display())]})
     };
+    // Runs in the container's mount namespace: `/started` is in the container's root.
+    let in_container = json!({"path": "/bin/sh", "env": ["PATH=/bin"], "args": ["sh", "-c",
+        "s=$(cat); case \"$s\" in *'\"r1\"'*) echo started r1 > /started;; esac"]});
     let b = lab.bundle(
         "b2",
-        &["sh", "-c", "echo hello; echo oops >&2; exit 3"],
+        &[
+            "sh",
+            "-c",
+            "cat /started; echo hello; echo oops >&2; exit 3",
+        ],
         json!({"hooks": {"prestart": [hook("prestart")], "createRuntime": [hook("createRuntime")],
+            "startContainer": [in_container],
             "poststart": [hook("poststart")], "poststop": [hook("poststop")]}}),
     );
     let out = lab.runc(&["run", "--bundle", b.to_str().unwrap(), "r1"]);
     assert_eq!(code(&out), 3, "run: {}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "hello\n");
+    assert_eq!(text(&out.stdout), "started r1\nhello\n");
     assert_eq!(text(&out.stderr), "oops\n");
     assert!(!lab.root().join("r1").exists(), "run deletes the container");
     let hooks = fs::read_to_string(&log).unwrap();

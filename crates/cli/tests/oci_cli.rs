@@ -60,7 +60,7 @@ fn refused(root: &Path, out: &Output, want: &str) {
 
 #[test]
 fn bad_bundles_give_one_line_and_leave_nothing() {
-    let cases: [(&str, Option<String>, bool, &str); 6] = [
+    let cases: [(&str, Option<String>, bool, &str); 7] = [
         ("missing config", None, true, "no config.json"),
         (
             "invalid json",
@@ -86,6 +86,13 @@ fn bad_bundles_give_one_line_and_leave_nothing() {
                 {"destination": "/x", "type": "bogusfs", "source": "none"}]}))),
             true,
             "unknown mount type \"bogusfs\"",
+        ),
+        (
+            "createContainer hook",
+            Some(good_config(json!({"hooks": {"createContainer": [
+                {"path": "/usr/bin/true"}]}}))),
+            true,
+            "createContainer hooks are not supported",
         ),
         (
             "terminal",
@@ -189,7 +196,13 @@ fn features_describe_support() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         v["hooks"],
-        json!(["prestart", "createRuntime", "poststart", "poststop"])
+        json!([
+            "prestart",
+            "createRuntime",
+            "startContainer",
+            "poststart",
+            "poststop"
+        ])
     );
     assert!(v["ociVersionMax"].as_str().unwrap().starts_with("1."));
     assert_eq!(v["linux"]["cgroup"]["v2"], true);
@@ -208,6 +221,7 @@ fn missing_containers() {
         &["pause", "nope"],
         &["exec", "nope", "true"],
         &["ps", "nope"],
+        &["checkpoint", "nope"],
     ] {
         let out = runc(&root, args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
@@ -225,6 +239,32 @@ fn missing_containers() {
     );
     let out = runc(&root, &["list", "--format", "json"]);
     assert_eq!(text(&out.stdout).trim(), "[]");
+}
+
+/// `checkpoint`/`restore` (CRIU in runc) are refused with the reason, the container untouched.
+#[test]
+fn checkpoint_and_restore_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    record(&root, "c1", "running", Some(std::process::id()));
+    let before = fs::read(root.join("c1/state.json")).unwrap();
+    let out = runc(&root, &["checkpoint", "--image-path", "/tmp/img", "c1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("checkpoint of c1: not supported"));
+    let out = runc(
+        &root,
+        &[
+            "restore",
+            "--bundle",
+            "/b",
+            "--image-path",
+            "/tmp/img",
+            "c1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("restore of c1: not supported"));
+    assert_eq!(fs::read(root.join("c1/state.json")).unwrap(), before);
 }
 
 /// `--log FILE --log-format json`: errors land in the log as JSON lines (conmon reads them).

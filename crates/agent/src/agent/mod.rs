@@ -15,6 +15,7 @@ use std::sync::{mpsc, Arc};
 
 use anyhow::{Context, Result};
 
+use crate::boot_timer;
 use crate::containers::forward::Forwarder;
 use crate::reaper::Reaper;
 use listener::{ListenAddr, Listener};
@@ -22,9 +23,10 @@ use pty::Ptys;
 use session::{Outcome, Session};
 use streams::Streams;
 
-/// Listens on `addr` and serves connections until one asks for `Shutdown`; `on_ready` runs once
-/// the socket listens. Container requests go to a container helper started here.
-pub fn serve(addr: &ListenAddr, reaper: &Reaper, on_ready: impl FnOnce()) -> Result<()> {
+/// Listens on `addr` and serves connections until one asks for `Shutdown`; `mark` gets
+/// [`boot_timer::HELPER_STARTED`] and, once the socket listens, [`boot_timer::READY`].
+/// Container requests go to a container helper started here.
+pub fn serve(addr: &ListenAddr, reaper: &Reaper, mark: impl Fn(u8)) -> Result<()> {
     let helper = match Forwarder::spawn(reaper) {
         Ok(f) => Some(Arc::new(f)),
         Err(e) => {
@@ -32,11 +34,12 @@ pub fn serve(addr: &ListenAddr, reaper: &Reaper, on_ready: impl FnOnce()) -> Res
             None
         }
     };
+    mark(boot_timer::HELPER_STARTED);
     let streams = Arc::new(Streams::default());
     let ptys = Arc::new(Ptys::default());
     let listener = Listener::bind(addr).with_context(|| format!("listening on {addr}"))?;
     eprintln!("crx-init: agent listening on {addr}");
-    on_ready();
+    mark(boot_timer::READY);
     let (tx, rx) = mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("accept".into())

@@ -51,6 +51,12 @@ impl Ptys {
         }
     }
 
+    /// Whether `(id, exec_id)` has a terminal.
+    pub fn has(&self, id: &str, exec_id: Option<&str>) -> bool {
+        self.lock()
+            .contains_key(&(id.to_string(), exec_id.map(str::to_string)))
+    }
+
     /// Sets the window size of the terminal of `(id, exec_id)`; `false` if it has none.
     pub fn resize(
         &self,
@@ -67,6 +73,28 @@ impl Ptys {
             Some(m) => set_window_size(m.as_raw_fd(), rows, cols).map(|()| true),
             None => Ok(false),
         }
+    }
+
+    /// Closes the input of the terminal of `(id, exec_id)` as far as a terminal can: writes its
+    /// end-of-file character (VEOF, ^D) to the master, twice in canonical mode (the first ends
+    /// a pending partial line, the second reads as end-of-file; one more is harmless, as a
+    /// closed pipe reads end-of-file again), once in raw mode (where the program decides what
+    /// ^D means). `false` if it has no terminal.
+    pub fn end_input(&self, id: &str, exec_id: Option<&str>) -> std::io::Result<bool> {
+        use nix::sys::termios::{tcgetattr, LocalFlags, SpecialCharacterIndices};
+        let master = self
+            .lock()
+            .get(&(id.to_string(), exec_id.map(str::to_string)))
+            .cloned();
+        let Some(m) = master else {
+            return Ok(false);
+        };
+        let t = tcgetattr(m.as_fd())?;
+        let eof = t.control_chars[SpecialCharacterIndices::VEOF as usize];
+        let canonical = t.local_flags.contains(LocalFlags::ICANON);
+        let bytes = if canonical { vec![eof, eof] } else { vec![eof] };
+        nix::unistd::write(m.as_fd(), &bytes)?;
+        Ok(true)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<OwnedFd>>> {

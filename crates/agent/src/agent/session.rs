@@ -7,7 +7,7 @@
 //!
 //! A process whose OCI `process.terminal` is true gets a pty (see [`super::pty`]): the `pty`
 //! stream the host opened for it is relayed with the master by a thread of its own, and
-//! `resize_pty` is answered here.
+//! `resize_pty`, and `close_stdin` of a process with a terminal, are answered here.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -237,6 +237,12 @@ impl<S: Read + Write + AsFd> Session<S> {
                 ),
                 Err(e) => err(ErrorKind::Internal, format!("TIOCSWINSZ: {e}")),
             },
+            Request::CloseStdin { id, exec_id } if self.ptys.has(&id, exec_id.as_deref()) => {
+                match self.ptys.end_input(&id, exec_id.as_deref()) {
+                    Ok(_) => (Response::Ok, None),
+                    Err(e) => err(ErrorKind::Internal, format!("ending terminal input: {e}")),
+                }
+            }
             other => match self.helper.clone() {
                 Some(h) => match &other {
                     Request::CreateContainer { .. } | Request::Exec { .. } => {

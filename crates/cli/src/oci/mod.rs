@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod checkpoint;
 mod console;
 mod create;
 mod delete;
@@ -71,6 +72,10 @@ enum Command {
     Features(liboci_cli::Features),
     /// Write a default config.json.
     Spec(liboci_cli::Spec),
+    /// (refused) Checkpoint a container with CRIU: not possible for a microVM.
+    Checkpoint(liboci_cli::Checkpoint),
+    /// (refused) Restore a checkpointed container.
+    Restore(checkpoint::RestoreArgs),
     /// (internal) The monitor of a container: holds its VM and stdio, exits with its status.
     #[command(name = "__monitor", hide = true)]
     Monitor(monitor::Args),
@@ -104,6 +109,8 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Events(a) => events::run(root, a),
         Command::Features(_) => features::run(),
         Command::Spec(a) => spec::run(a),
+        Command::Checkpoint(a) => checkpoint::checkpoint(root, a),
+        Command::Restore(a) => checkpoint::restore(root, a),
         Command::Monitor(a) => monitor::run(root, a),
         Command::ExecDetached(a) => exec::run_detached(root, a),
     }

@@ -53,7 +53,7 @@ pub struct Bundle {
 
 impl Bundle {
     /// Loads and checks `dir/config.json`: valid OCI spec JSON, a process, a rootfs directory,
-    /// known mount types.
+    /// no `createContainer` hooks, known mount types.
     pub fn load(dir: &Path) -> Result<Bundle, OciError> {
         let dir = std::path::absolute(dir).map_err(io(dir))?;
         let path = dir.join("config.json");
@@ -78,6 +78,12 @@ impl Bundle {
         let rootfs = dir.join(root);
         if !rootfs.is_dir() {
             return Err(OciError::NoRootfs(dir, rootfs));
+        }
+        if spec["hooks"]["createContainer"]
+            .as_array()
+            .is_some_and(|h| !h.is_empty())
+        {
+            return Err(OciError::CreateContainerHooks);
         }
         for m in spec["mounts"].as_array().into_iter().flatten() {
             let typ = m["type"].as_str().unwrap_or("none");
@@ -124,12 +130,17 @@ pub fn is_bind(m: &Value) -> bool {
 
 /// The spec the guest agent gets (its bind mounts are then rewritten by `rootfs::deliver`):
 ///
-/// - hooks are removed: they run on the host (see `hooks`);
+/// - hooks are removed, they run on the host (see `hooks`), except `startContainer`: it runs in
+///   the container (libcontainer, in the guest), its path resolved in the container's rootfs;
 /// - namespaces given by `path` are host namespaces: the container shares the VM's instead.
 pub fn guest_spec(spec: &Value) -> Value {
     let mut spec = spec.clone();
+    let start_container = spec["hooks"].get("startContainer").cloned();
     if let Some(o) = spec.as_object_mut() {
         o.remove("hooks");
+        if let Some(h) = start_container {
+            o.insert("hooks".into(), serde_json::json!({ "startContainer": h }));
+        }
     }
     if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
         ns.retain(|n| n.get("path").is_none_or(|p| p.as_str() == Some("")));
@@ -198,7 +209,7 @@ pub fn features() -> Value {
     serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": super::state::OCI_VERSION,
-        "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
+        "hooks": ["prestart", "createRuntime", "startContainer", "poststart", "poststop"],
         "mountOptions": ["ro", "rw", "nosuid", "nodev", "noexec", "relatime", "strictatime",
             "noatime", "mode", "size", "newinstance", "ptmxmode", "gid", "uid"],
         "linux": {
@@ -223,8 +234,8 @@ pub fn features() -> Value {
             "io.crx.bind-mounts": "directories and single files shared live over virtio-fs; missing sources left out with a warning",
             "io.crx.seccomp": "applied in the guest to the container's process and to exec'd processes (which get no_new_privs when they hold neither it nor CAP_SYS_ADMIN)",
             "io.crx.terminal": "the guest's pty relayed through a host pty whose master goes to --console-socket",
-            "io.crx.hooks.createContainer": "unsupported",
-            "io.crx.hooks.startContainer": "unsupported",
+            "io.crx.hooks": "prestart, createRuntime, poststart and poststop run on the host; startContainer in the container, in the guest",
+            "io.crx.hooks.createContainer": "refused: its path resolves in the runtime's namespace, the host, but it must run in the container's, inside the microVM",
         },
     })
 }
@@ -286,6 +297,13 @@ mod tests {
         let d = bundle(Some(&minimal(m)), true);
         let e = Bundle::load(d.path()).unwrap_err();
         assert!(e.to_string().contains("bogusfs"), "{e}");
+        let h = json!({"hooks": {"createContainer": [{"path": "/usr/bin/nvidia-ctk"}]}});
+        let d = bundle(Some(&minimal(h)), true);
+        let e = Bundle::load(d.path()).unwrap_err();
+        assert!(matches!(e, OciError::CreateContainerHooks), "{e}");
+        let empty = json!({"hooks": {"createContainer": []}});
+        let d = bundle(Some(&minimal(empty)), true);
+        Bundle::load(d.path()).unwrap();
     }
 
     #[test]
@@ -301,6 +319,13 @@ mod tests {
         });
         let g = guest_spec(&spec);
         assert!(g.get("hooks").is_none());
+        let start = json!([{"path": "/bin/hook", "args": ["hook"]}]);
+        let with_start =
+            json!({"hooks": {"poststop": [{"path": "/bin/true"}], "startContainer": start}});
+        assert_eq!(
+            guest_spec(&with_start)["hooks"],
+            json!({"startContainer": start})
+        );
         assert_eq!(g["linux"]["namespaces"], json!([{"type": "pid"}]));
         assert_eq!(g["mounts"], spec["mounts"]);
         assert!(is_bind(&spec["mounts"][1]) && is_bind(&spec["mounts"][2]));

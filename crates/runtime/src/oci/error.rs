@@ -25,6 +25,11 @@ pub enum OciError {
     NoRootfs(PathBuf, PathBuf),
     #[error("bundle: config.json has no process")]
     NoProcess,
+    #[error(
+        "bundle: createContainer hooks are not supported: they would run inside the microVM, \
+         where the host's hook binaries are not"
+    )]
+    CreateContainerHooks,
     #[error("bundle: mount {dest}: unknown mount type {typ:?}")]
     UnknownMountType { dest: String, typ: String },
     #[error("process.terminal is true: give --console-socket (the pty master is sent there)")]
