@@ -1,6 +1,6 @@
 //! The VMM's boot-timer port: crx-init writes one byte to I/O port 0x440 at milestones so the
 //! VMM can time the boot (1: init started, 2: ready — agent listening or program about to run;
-//! 3, 4 and 5 mark steps between them).
+//! 3 and 4 mark steps between them, 5 the container helper started, after 2).
 //!
 //! Two ways, tried in order:
 //! 1. `ioperm(0x440, 1, 1)` then `out` from this thread. Needs CAP_SYS_RAWIO (PID 1 is root with
@@ -21,7 +21,7 @@ pub const READY: u8 = 2;
 pub const MOUNTED: u8 = 3;
 /// Console, hostname and the reaper thread are set up.
 pub const REAPING: u8 = 4;
-/// The container helper process is started (agent mode).
+/// The container helper process is started (agent mode; after [`READY`], from a thread).
 pub const HELPER_STARTED: u8 = 5;
 
 /// Writes `value` to the boot-timer port if any way works; returns which way did.

@@ -24,22 +24,30 @@ use session::{Outcome, Session};
 use streams::Streams;
 
 /// Listens on `addr` and serves connections until one asks for `Shutdown`; `mark` gets
-/// [`boot_timer::HELPER_STARTED`] and, once the socket listens, [`boot_timer::READY`].
-/// Container requests go to a container helper started here.
-pub fn serve(addr: &ListenAddr, reaper: &Reaper, mark: impl Fn(u8)) -> Result<()> {
-    let helper = match Forwarder::spawn(reaper) {
-        Ok(f) => Some(Arc::new(f)),
-        Err(e) => {
-            eprintln!("crx-init: containers unavailable: {e:#}");
-            None
-        }
-    };
-    mark(boot_timer::HELPER_STARTED);
+/// [`boot_timer::READY`] once the socket listens, then [`boot_timer::HELPER_STARTED`] from
+/// the thread that starts the container helper, to which container requests go.
+pub fn serve(
+    addr: &ListenAddr,
+    reaper: &Reaper,
+    mark: impl Fn(u8) + Send + Copy + 'static,
+) -> Result<()> {
+    let forwarder = Arc::new(Forwarder::new(reaper));
+    let helper = Some(forwarder.clone());
     let streams = Arc::new(Streams::default());
     let ptys = Arc::new(Ptys::default());
     let listener = Listener::bind(addr).with_context(|| format!("listening on {addr}"))?;
-    eprintln!("crx-init: agent listening on {addr}");
     mark(boot_timer::READY);
+    eprintln!("crx-init: agent listening on {addr}");
+    // The helper starts while the host connects; a request that needs it first waits.
+    let warming = std::thread::Builder::new()
+        .name("helper-start".into())
+        .spawn(move || {
+            forwarder.warm_up();
+            mark(boot_timer::HELPER_STARTED);
+        });
+    if let Err(e) = warming {
+        eprintln!("crx-init: cannot start the helper-start thread: {e}");
+    }
     let (tx, rx) = mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("accept".into())

@@ -217,7 +217,7 @@ impl<S: Read + Write + AsFd> Session<S> {
             Request::Ping => (Response::Pong, None),
             Request::Shutdown => {
                 // Containers first: the helper kills them and unmounts their layers.
-                if let Some(h) = &self.helper {
+                if let Some(h) = self.helper.as_ref().filter(|h| h.started()) {
                     if let Response::Error(e) = h.call(Request::Shutdown, Vec::new()) {
                         self.log(format_args!("stopping containers: {e}"));
                     }

@@ -1,5 +1,8 @@
 //! The agent's side of the container helper: starts it and forwards requests to it.
 //!
+//! The helper starts on first use, or earlier from [`Forwarder::warm_up`] (the agent calls it
+//! on a thread once it listens, so starting the helper is not on the way to agent ready).
+//!
 //! Requests from all sessions share the helper's socket; each gets a fresh id and a channel, and
 //! a demux thread routes the helper's responses back by id. If the helper dies every pending
 //! request gets an `internal` error, and the next request starts a new helper (started with
@@ -40,10 +43,11 @@ pub struct HelperFrame {
 
 type Pending = Arc<Mutex<HashMap<u64, Sender<Response>>>>;
 
-/// Handle to the container helper, restarted when it has died.
+/// Handle to the container helper, started on first use and restarted when it has died.
 pub struct Forwarder {
     reaper: Reaper,
-    link: Mutex<Arc<Link>>,
+    /// `None` until the first helper starts.
+    link: Mutex<Option<Arc<Link>>>,
     next: AtomicU64,
 }
 
@@ -59,25 +63,43 @@ fn internal(msg: &str) -> Response {
 }
 
 impl Forwarder {
-    /// Starts `/proc/self/exe --container-helper` and its demux thread.
-    pub fn spawn(reaper: &Reaper) -> Result<Forwarder> {
-        Ok(Forwarder {
+    /// A forwarder whose helper (`/proc/self/exe --container-helper`, with its demux thread)
+    /// starts on first use.
+    pub fn new(reaper: &Reaper) -> Forwarder {
+        Forwarder {
             reaper: reaper.clone(),
-            link: Mutex::new(Arc::new(Link::spawn(reaper, false)?)),
+            link: Mutex::new(None),
             next: AtomicU64::new(1),
-        })
+        }
     }
 
-    /// The running helper, started anew if the last one died.
+    /// Starts the helper now if it is not running (a failure is reported and retried on use).
+    pub fn warm_up(&self) {
+        if let Err(Response::Error(e)) = self.link() {
+            eprintln!("crx-init: {e}");
+        }
+    }
+
+    /// Whether a helper was started (it may have died since).
+    pub fn started(&self) -> bool {
+        self.link.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// The running helper: started if none was, started anew if the last one died.
     fn link(&self) -> Result<Arc<Link>, Response> {
         let mut link = self.link.lock().unwrap_or_else(|e| e.into_inner());
-        if !link.alive.load(Ordering::SeqCst) {
-            eprintln!("crx-init: restarting the container helper");
-            let fresh = Link::spawn(&self.reaper, true)
-                .map_err(|e| internal(&format!("restarting the container helper: {e:#}")))?;
-            *link = Arc::new(fresh);
+        match link.as_ref() {
+            Some(l) if l.alive.load(Ordering::SeqCst) => return Ok(l.clone()),
+            Some(_) => eprintln!("crx-init: restarting the container helper"),
+            None => {}
         }
-        Ok(link.clone())
+        let restarted = link.is_some();
+        let fresh = Arc::new(
+            Link::spawn(&self.reaper, restarted)
+                .map_err(|e| internal(&format!("starting the container helper: {e:#}")))?,
+        );
+        *link = Some(fresh.clone());
+        Ok(fresh)
     }
 
     /// Forwards one request (with the stdio stream descriptors of the process it starts) and
