@@ -68,12 +68,7 @@ fn measure(work: &Path, runs: usize) -> Result<()> {
 /// `create`, `start`, wait until `stopped`, `delete`: the wall time of the whole.
 fn lifecycle(bin: &Path, root: &Path, bundle: &Path, id: &str) -> Result<Duration> {
     let started = Instant::now();
-    runtime(
-        bin,
-        root,
-        &["create", "--bundle", &bundle.to_string_lossy(), id],
-    )?;
-    runtime(bin, root, &["start", id])?;
+    create_and_start(bin, root, bundle, id)?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let state = runtime(bin, root, &["state", id])?;
@@ -88,6 +83,17 @@ fn lifecycle(bin: &Path, root: &Path, bundle: &Path, id: &str) -> Result<Duratio
     }
     runtime(bin, root, &["delete", id])?;
     Ok(started.elapsed())
+}
+
+/// `create` then `start` of container `id` from `bundle`.
+fn create_and_start(bin: &Path, root: &Path, bundle: &Path, id: &str) -> Result<()> {
+    runtime(
+        bin,
+        root,
+        &["create", "--bundle", &bundle.to_string_lossy(), id],
+    )?;
+    runtime(bin, root, &["start", id])?;
+    Ok(())
 }
 
 /// Runs `bin --root ROOT ARGS` and returns its stdout. Its stderr goes to a file, not a pipe:
@@ -223,12 +229,7 @@ fn idle_memory(crx_runc: &Path, work: &Path) -> Result<()> {
 
 /// Creates and starts idle container `id`; returns its monitor's pid once it has settled.
 fn start_idle(crx_runc: &Path, root: &Path, bundle: &Path, id: &str) -> Result<u32> {
-    runtime(
-        crx_runc,
-        root,
-        &["create", "--bundle", &bundle.to_string_lossy(), id],
-    )?;
-    runtime(crx_runc, root, &["start", id])?;
+    create_and_start(crx_runc, root, bundle, id)?;
     std::thread::sleep(Duration::from_secs(3));
     let state: serde_json::Value = serde_json::from_str(&runtime(crx_runc, root, &["state", id])?)?;
     Ok(state["pid"].as_u64().context("state has no pid")? as u32)

@@ -71,11 +71,7 @@ fn terminals_for_init_and_exec_resize_and_hang_up() {
     let root = busybox_tree(dir.path());
     let agent = start(&sock);
     let id = format!("pty{}", std::process::id());
-    let rootfs = Rootfs {
-        device: root.display().to_string(),
-        fs_type: "none".into(),
-        writable: WritableLayer::Tmpfs { size_bytes: None },
-    };
+    let rootfs = tree_rootfs(&root);
     let mut c = client(&sock);
 
     // terminal: true without a pty stream: refused, nothing created.

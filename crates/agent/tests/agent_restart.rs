@@ -47,11 +47,7 @@ fn a_dead_helper_is_restarted_and_its_containers_killed() {
                 "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
                 "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}
             }),
-            rootfs: Rootfs {
-                device: root.display().to_string(),
-                fs_type: "none".into(),
-                writable: WritableLayer::Tmpfs { size_bytes: None },
-            },
+            rootfs: tree_rootfs(&root),
         })
     };
     create(&mut c, "sleep 1000").unwrap();

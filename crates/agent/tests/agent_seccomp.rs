@@ -47,16 +47,11 @@ fn seccomp_profiles_filter_the_container() {
     let mut c = client(&sock);
     let mut w = client(&sock);
     let pid = std::process::id();
-    let rootfs = || Rootfs {
-        device: root.display().to_string(),
-        fs_type: "none".into(),
-        writable: WritableLayer::Tmpfs { size_bytes: None },
-    };
     let run = |c: &mut Client<_>, w: &mut Client<_>, id: &str, spec| {
         c.call(Request::CreateContainer {
             id: id.into(),
             spec,
-            rootfs: rootfs(),
+            rootfs: tree_rootfs(&root),
         })
         .unwrap();
         c.call(Request::Start { id: id.into() }).unwrap();
@@ -94,7 +89,7 @@ fn seccomp_profiles_filter_the_container() {
         .call(Request::CreateContainer {
             id: format!("bad{pid}"),
             spec: spec("true", Some(json!({"defaultAction": "SCMP_ACT_BOGUS"}))),
-            rootfs: rootfs(),
+            rootfs: tree_rootfs(&root),
         })
         .unwrap_err();
     assert!(
@@ -118,18 +113,13 @@ fn exec_processes_get_the_container_profile() {
     let mut c = client(&sock);
     let mut w = client(&sock);
     let pid = std::process::id();
-    let rootfs = || Rootfs {
-        device: root.display().to_string(),
-        fs_type: "none".into(),
-        writable: WritableLayer::Tmpfs { size_bytes: None },
-    };
     let filtered = format!("xsec{pid}");
     let open = format!("xopen{pid}");
     for (id, profile) in [(&filtered, Some(profile())), (&open, None)] {
         c.call(Request::CreateContainer {
             id: id.clone(),
             spec: spec("sleep 1000", profile),
-            rootfs: rootfs(),
+            rootfs: tree_rootfs(&root),
         })
         .unwrap();
         c.call(Request::Start { id: id.clone() }).unwrap();

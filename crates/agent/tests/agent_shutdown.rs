@@ -32,11 +32,7 @@ fn shutdown_sends_sigterm_before_sigkill() {
             ],
             "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}
         }),
-        rootfs: Rootfs {
-            device: root.display().to_string(),
-            fs_type: "none".into(),
-            writable: WritableLayer::Tmpfs { size_bytes: None },
-        },
+        rootfs: tree_rootfs(&root),
     })
     .unwrap();
     c.call(Request::Start { id }).unwrap();

@@ -82,7 +82,10 @@ impl Forwarder {
 
     /// Whether a helper was started (it may have died since).
     pub fn started(&self) -> bool {
-        self.link.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+        self.link
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     /// The running helper: started if none was, started anew if the last one died.

@@ -58,6 +58,15 @@ pub fn client(sock: &Path) -> Client<UnixStream> {
     Client::handshake(connect(sock)).unwrap()
 }
 
+/// The rootfs of a container from directory `root` (a [`busybox_tree`]) under a tmpfs layer.
+pub fn tree_rootfs(root: &Path) -> Rootfs {
+    Rootfs {
+        device: root.display().to_string(),
+        fs_type: "none".into(),
+        writable: WritableLayer::Tmpfs { size_bytes: None },
+    }
+}
+
 /// A busybox tree (static `/bin/busybox` and applet links) in `dir/rootfs`.
 pub fn busybox_tree(dir: &Path) -> PathBuf {
     assert!(
