@@ -398,7 +398,8 @@ fn lab_oci_sigkill_and_force_delete() {
 }
 
 /// virtio-fs: a bind-mounted host directory and a bind-mounted single file written on both
-/// sides while the container runs; read-only bind mounts (directory and file) and
+/// sides while the container runs, all binds served by one virtiofsd; read-only bind mounts
+/// (directory and file) and
 /// `root.readonly` refuse writes; delete leaves no host mount behind.
 #[test]
 fn lab_oci_bind_mount_and_readonly_root() {
@@ -432,6 +433,8 @@ fn lab_oci_bind_mount_and_readonly_root() {
     let out = lab.dir.path().join("out4");
     assert!(lab.create(&b, "v1", &out).success());
     let pid = lab.state("v1")["pid"].as_i64().unwrap() as i32;
+    // Two virtiofsd for the rootfs and four binds: `root`, and `binds` for all of them.
+    assert_eq!(children_named(pid, "virtiofsd"), 2);
     assert_eq!(code(&lab.runc(&["start", "v1"])), 0);
     let deadline = Instant::now() + Duration::from_secs(60);
     while fs::read_to_string(data.join("from-guest")).unwrap_or_default() != "guest\n" {
@@ -459,9 +462,26 @@ fn lab_oci_bind_mount_and_readonly_root() {
     assert_eq!(code(&lab.runc(&["delete", "v1"])), 0);
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
-        !mounts.contains("/v1/files/"),
+        !mounts.contains("/v1/binds/"),
         "host bind mounts left: {mounts}"
     );
+}
+
+/// How many children of `pid` are named `comm`.
+fn children_named(pid: i32, comm: &str) -> usize {
+    let stats = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok());
+    stats
+        .filter(|s| {
+            let Some((name, rest)) = s.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
+            else {
+                return false;
+            };
+            name == comm && rest.split_whitespace().nth(1) == Some(&pid.to_string())
+        })
+        .count()
 }
 
 /// Reads `master` on a thread until it fails (the last slave closed); chunks on the channel.

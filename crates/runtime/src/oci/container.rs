@@ -149,9 +149,10 @@ impl ContainerDir {
         r.save(&self.state_path())
     }
 
-    /// Removes the directory and everything in it.
+    /// Removes the directory and everything in it (after its bind mounts, which must go
+    /// first: see [`super::rootfs::unbind_all`]).
     pub fn remove(&self) -> Result<(), OciError> {
-        super::rootfs::unbind_files(&self.dir);
+        super::rootfs::unbind_all(&self.dir)?;
         match fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

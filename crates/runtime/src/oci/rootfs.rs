@@ -1,22 +1,22 @@
 //! How a bundle's rootfs and bind mounts reach the guest: one function, [`deliver`].
 //!
-//! virtio-fs: one virtiofsd per shared host directory (the rootfs as tag `root`, each
-//! bind-mounted directory as `m0`, `m1`...), each a `crx-vmm --fs` device. Writes on either
-//! side are seen on the other; `ro` bind mounts are read-only shares (virtiofsd `--readonly`)
-//! and read-only mounts in the guest; `root.readonly` is applied by libcontainer in the guest
-//! (a read-only remount after the mounts, as runc). The rootfs is mounted as it is (no
-//! overlay: writes land in the bundle, as with runc). Bind mounts of single files (podman's
-//! `/etc/hosts`, Kubernetes' `/dev/termination-log`): virtio-fs shares directories, so each file
-//! is bind-mounted on the host onto `DIR/files/fN` (read-only bind mounts remounted read-only
-//! there, so virtiofsd's writes fail too), `DIR/files` is one more share (tag `files`), and the
-//! guest bind-mounts `fN` from it (`crx_proto::share_file_mount`). Both sides see one inode, as
-//! with runc's bind mount. [`unbind_files`] undoes the host mounts before the state is removed.
+//! virtio-fs, at most two virtiofsd per container, each a `crx-vmm --fs` device: the rootfs
+//! (tag `root`, mounted as it is, no overlay: writes land in the bundle, as with runc;
+//! `root.readonly` is applied by libcontainer in the guest, a read-only remount after the
+//! mounts, as runc), and every bind mount through one staging directory (tag `binds`). Each
+//! bind source, directory or single file (podman's `/etc/hosts`, Kubernetes' volumes and
+//! `/dev/termination-log`), is bind-mounted on the host onto `DIR/binds/dN` or `fN` (`ro`
+//! ones remounted read-only there, so virtiofsd's writes fail too), and the guest bind-mounts
+//! it from the share (`crx_proto::share_file_mount`, read-only for `ro`). Writes on either
+//! side are seen on the other, on one inode as with runc's bind mount; virtiofsd announces
+//! the directories as submounts, so each keeps its own device number in the guest.
+//! [`unbind_all`] undoes the host mounts before the state is removed.
 
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crx_proto::{share_file_mount, virtiofs_mount, Rootfs, WritableLayer};
+use crx_proto::{share_file_mount, Rootfs, WritableLayer};
 use serde_json::Value;
 
 use super::bundle::is_bind;
@@ -52,7 +52,7 @@ pub fn deliver(rootfs: &Path, spec: &mut Value, c: &ContainerDir) -> Result<Deli
     // mounts, as runc does): mount points may still have to be made in the rootfs.
     let mut shares = vec![("root".to_owned(), share("root", rootfs, false)?)];
     let mut left_out = Vec::new();
-    let mut files = 0;
+    let (mut files, mut dirs) = (0, 0);
     if let Some(mounts) = spec["mounts"].as_array_mut() {
         let mut kept = Vec::new();
         for m in mounts.drain(..) {
@@ -67,26 +67,25 @@ pub fn deliver(rootfs: &Path, spec: &mut Value, c: &ContainerDir) -> Result<Deli
                 .into_iter()
                 .flatten()
                 .any(|o| o == "ro");
-            if !src.is_dir() {
-                if !src.exists() {
-                    left_out.push(dest);
-                    continue;
-                }
-                let file = format!("f{files}");
-                bind_file(&src, &c.dir.join(FILES_DIR).join(&file), ro)?;
-                files += 1;
-                kept.push(share_file_mount(FILES_DIR, &file, &dest, ro));
+            if !src.exists() {
+                left_out.push(dest);
                 continue;
             }
-            let tag = format!("m{}", shares.len() - 1);
-            shares.push((tag.clone(), share(&tag, &src, ro)?));
-            kept.push(virtiofs_mount(&tag, &dest, ro));
+            let name = if src.is_dir() {
+                dirs += 1;
+                format!("d{}", dirs - 1)
+            } else {
+                files += 1;
+                format!("f{}", files - 1)
+            };
+            bind(&src, &c.dir.join(BINDS_DIR).join(&name), ro)?;
+            kept.push(share_file_mount(BINDS_DIR, &name, &dest, ro));
         }
         *mounts = kept;
     }
-    if files > 0 {
-        let dir = c.dir.join(FILES_DIR);
-        shares.push((FILES_DIR.to_owned(), share(FILES_DIR, &dir, false)?));
+    if files + dirs > 0 {
+        let dir = c.dir.join(BINDS_DIR);
+        shares.push((BINDS_DIR.to_owned(), share(BINDS_DIR, &dir, false)?));
     }
     Ok(Delivery {
         rootfs: Rootfs::virtiofs("root", WritableLayer::Direct),
@@ -95,15 +94,20 @@ pub fn deliver(rootfs: &Path, spec: &mut Value, c: &ContainerDir) -> Result<Deli
     })
 }
 
-/// The directory in a container's state (and the share tag) for its single-file bind mounts.
-const FILES_DIR: &str = "files";
+/// The directory in a container's state (and the share tag) for its bind mounts.
+const BINDS_DIR: &str = "binds";
 
-/// Bind-mounts the host file `src` onto `target` (made as an empty file), read-only if `ro`.
-fn bind_file(src: &Path, target: &Path, ro: bool) -> Result<(), OciError> {
+/// Bind-mounts the host file or directory `src` (with its submounts) onto `target` (made as
+/// an empty file or directory), read-only if `ro` (the top mount: as runc's `ro` bind).
+fn bind(src: &Path, target: &Path, ro: bool) -> Result<(), OciError> {
     if let Some(dir) = target.parent() {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    std::fs::File::create(target).map_err(io(target))?;
+    if src.is_dir() {
+        std::fs::create_dir(target).map_err(io(target))?;
+    } else {
+        std::fs::File::create(target).map_err(io(target))?;
+    }
     let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
     mount(Some(src), target, None::<&str>, flags, None::<&str>).map_err(|e| io(src)(e.into()))?;
     if ro {
@@ -116,13 +120,80 @@ fn bind_file(src: &Path, target: &Path, ro: bool) -> Result<(), OciError> {
     Ok(())
 }
 
-/// Undoes the host bind mounts of a container's single files (any left by a killed command
-/// too), so that its state directory can be removed.
-pub fn unbind_files(container_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(container_dir.join(FILES_DIR)) else {
-        return;
+/// Undoes the host bind mounts of a container's bind sources (any left by a killed command
+/// too) and removes their mount points, one by one and never recursively: an error, not a
+/// recursive removal, is what a mount that would not go away gets, so that removing the
+/// state directory can never reach into a user's volume.
+pub fn unbind_all(container_dir: &Path) -> Result<(), OciError> {
+    // `files`: single-file binds, as crx-runc kept them before 2026-11-29.
+    for name in [BINDS_DIR, "files"] {
+        unbind_dir(&container_dir.join(name))?;
+    }
+    Ok(())
+}
+
+fn unbind_dir(binds: &Path) -> Result<(), OciError> {
+    let entries = match std::fs::read_dir(binds) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(binds)(e)),
     };
-    for e in entries.flatten() {
-        let _ = umount2(&e.path(), MntFlags::MNT_DETACH);
+    for e in entries {
+        let path = e.map_err(io(binds))?.path();
+        // EINVAL: not (or no longer) a mount point.
+        let _ = umount2(&path, MntFlags::MNT_DETACH);
+        let removed = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir(&path),
+            Ok(_) => std::fs::remove_file(&path),
+            Err(e) => Err(e),
+        };
+        removed.map_err(io(&path))?;
+    }
+    std::fs::remove_dir(binds).map_err(io(binds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs root (bind mounts), as the test tiers run.
+    #[test]
+    fn removing_the_state_never_reaches_into_a_bound_volume() {
+        let t = tempfile::tempdir().unwrap();
+        let (volume, state) = (t.path().join("volume"), t.path().join("state"));
+        std::fs::create_dir_all(volume.join("sub")).unwrap();
+        std::fs::write(volume.join("sub/precious"), "data").unwrap();
+        let file = t.path().join("hosts");
+        std::fs::write(&file, "127.0.0.1 localhost\n").unwrap();
+        bind(&volume, &state.join(BINDS_DIR).join("d0"), false).unwrap();
+        bind(&volume, &state.join(BINDS_DIR).join("d1"), true).unwrap();
+        bind(&file, &state.join(BINDS_DIR).join("f0"), true).unwrap();
+        // The binds are live: written through d0, refused through the read-only d1.
+        std::fs::write(state.join("binds/d0/through"), "x").unwrap();
+        assert!(volume.join("through").exists());
+        assert!(std::fs::write(state.join("binds/d1/nope"), "x").is_err());
+        assert!(std::fs::write(state.join("binds/f0"), "x").is_err());
+
+        unbind_all(&state).unwrap();
+        std::fs::remove_dir_all(&state).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(volume.join("sub/precious")).unwrap(),
+            "data"
+        );
+        assert!(file.exists());
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(&*state.to_string_lossy()), "{mounts}");
+        // Nothing left to undo: fine.
+        unbind_all(&state).unwrap();
+    }
+
+    #[test]
+    fn a_mount_point_that_is_not_empty_is_an_error_not_a_removal() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join(BINDS_DIR).join("d0");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("keep"), "x").unwrap();
+        assert!(unbind_all(t.path()).is_err());
+        assert!(d.join("keep").exists());
     }
 }
