@@ -121,12 +121,35 @@ fn is_mount_point(dir: &Path) -> Result<bool> {
     Ok(dev(dir).with_context(|| format!("stat {}", dir.display()))? != dev(parent)?)
 }
 
-/// Unmounts what [`mount_rootfs`] mounted (lazily, ignoring what is not mounted) and removes `dir`.
+/// The mount points [`mount_rootfs`] makes under a container's directory, outermost first.
+const MOUNT_POINTS: [&str; 3] = ["rootfs", "rw", "lower"];
+
+/// Unmounts what [`mount_rootfs`] mounted (lazily, ignoring what is not mounted) and removes
+/// `dir`. The mount points are removed one by one, never recursively: one still mounted (a
+/// virtio-fs rootfs is the host's bundle directory) is left, with a message, rather than
+/// emptied.
 pub fn unmount_rootfs(dir: &Path) {
-    for sub in ["rootfs", "rw", "lower"] {
+    for sub in MOUNT_POINTS {
         let _ = umount2(&dir.join(sub), MntFlags::MNT_DETACH);
     }
-    let _ = fs::remove_dir_all(dir);
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let mount_point = MOUNT_POINTS.iter().any(|m| e.file_name() == *m);
+        let removed = if mount_point {
+            fs::remove_dir(&path)
+        } else if e.file_type().is_ok_and(|t| t.is_dir()) {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        if let Err(err) = removed {
+            eprintln!("crx-init: removing {}: {err}", path.display());
+        }
+    }
+    let _ = fs::remove_dir(dir);
 }
 
 fn mkdir(p: &Path) -> Result<()> {
@@ -148,4 +171,25 @@ fn do_mount(
             target.display()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unmounting_never_empties_a_mount_point_that_stayed() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("c1");
+        // "rootfs" as if still mounted: not empty. The bundle and a stray file go.
+        std::fs::create_dir_all(dir.join("rootfs/etc")).unwrap();
+        std::fs::write(dir.join("rootfs/etc/passwd"), "root").unwrap();
+        std::fs::create_dir_all(dir.join("bundle")).unwrap();
+        std::fs::write(dir.join("bundle/config.json"), "{}").unwrap();
+        std::fs::create_dir_all(dir.join("rw")).unwrap();
+        super::unmount_rootfs(&dir);
+        assert!(dir.join("rootfs/etc/passwd").exists());
+        assert!(!dir.join("bundle").exists() && !dir.join("rw").exists());
+        std::fs::remove_dir_all(dir.join("rootfs")).unwrap();
+        super::unmount_rootfs(&dir);
+        assert!(!dir.exists());
+    }
 }
