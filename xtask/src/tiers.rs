@@ -22,8 +22,10 @@ pub struct TestArgs {
     /// Run only these tiers (1 = unit, 2 = host KVM, 3 = lab); repeatable. Default: all.
     #[arg(long)]
     pub tier: Vec<u8>,
-    /// Time limit for the lab run, in seconds.
-    #[arg(long, default_value_t = 2400)]
+    /// Time limit for one lab run, in seconds. Shorter than [`RETRY_BEFORE`], so that a lab
+    /// host that wedges (seen once on 2026-11-29: no output for 20 minutes, qemu busy) is
+    /// retried; the tier takes about 15 minutes here.
+    #[arg(long, default_value_t = 1800)]
     pub lab_timeout: u64,
 }
 
