@@ -1,6 +1,11 @@
 //! `cargo xtask crx ARGS...`: build crx and what it boots, make sure the offline busybox image
 //! is in the store, and run `crx ARGS...` — directly where this host's KVM can boot Linux,
 //! else inside the nested lab (saying so).
+//!
+//! It is the README's first command, typed on fresh machines: before it builds anything, the
+//! Debian packages of `.ci/apt-packages` are installed (by `main`, as for every host command;
+//! crx-init links libseccomp statically). virtiofsd is not needed: `crx` shares no host
+//! directory over virtio-fs.
 
 use std::process::Command;
 

@@ -6,6 +6,12 @@
 //! whatever kills it; a timeout kills it explicitly. The lab creates no temp files or sockets
 //! on the host: the command travels on the kernel command line, output and exit status come
 //! back on the serial console, and the root image is opened with `snapshot=on`.
+//!
+//! A wedged lab host (seen now and then: no output for many minutes, QEMU busy) costs
+//! minutes, not the whole time limit: the command's script prints a heartbeat line every
+//! [`HEARTBEAT_EVERY_S`] seconds (the host swallows it), so a console silent for
+//! [`Options::silence`] means the lab host is stuck; QEMU is then killed and the run fails
+//! with [`LAB_FAILED`], which tier 3 retries.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
@@ -22,6 +28,10 @@ use crate::{apt, cache, rootfs, workspace_root};
 
 const BEGIN: &str = "CRX-LAB-BEGIN";
 const EXIT: &str = "CRX-LAB-EXIT ";
+/// The heartbeat line; the host removes it from the output, wherever it lands in a line.
+const HEARTBEAT: &str = "CRX-LAB-ALIVE";
+/// Seconds between heartbeats.
+pub const HEARTBEAT_EVERY_S: u64 = 30;
 /// x86 Linux's limit on the kernel command line, the terminating NUL included.
 const COMMAND_LINE_SIZE: usize = 2048;
 
@@ -57,6 +67,9 @@ pub struct Options {
     pub memory_mib: u32,
     pub cpus: u32,
     pub timeout: Duration,
+    /// A console silent this long (no output, no heartbeat) means the lab host is stuck: it is
+    /// stopped and the run fails with [`LAB_FAILED`]. Several heartbeats long.
+    pub silence: Duration,
     /// Host directories mounted at the same path inside (the workspace and cache always are).
     pub shares: Vec<PathBuf>,
     /// Environment for the command.
@@ -75,6 +88,7 @@ impl Default for Options {
             memory_mib: 4096,
             cpus: 2,
             timeout: Duration::from_secs(1800),
+            silence: Duration::from_secs(6 * HEARTBEAT_EVERY_S),
             shares: Vec::new(),
             env: Vec::new(),
             cwd: None,
@@ -98,7 +112,7 @@ pub fn run(command: &[String], opts: &Options) -> Result<i32> {
     let mut qemu = qemu_command(&kernel.bzimage, &root, &script(command, &opts)?, &opts)?;
     let started = Instant::now();
     let child = spawn(&mut qemu)?;
-    supervise(child, started, &opts)
+    supervise(child, started, &opts, &mut std::io::stdout())
 }
 
 /// What every command in the lab finds in its environment: where the cache and the guest
@@ -125,7 +139,9 @@ fn script(command: &[String], opts: &Options) -> Result<String> {
         Some(d) => d.clone(),
         None => std::env::current_dir()?,
     };
-    let mut s = String::new();
+    // The heartbeat, in the background (on the console, as the command's output is).
+    let mut s =
+        format!("(while sleep {HEARTBEAT_EVERY_S}; do echo {HEARTBEAT}; done) </dev/null &\n");
     for (k, v) in &opts.env {
         s.push_str(&format!("export {k}={}\n", shell_quote(v)));
     }
@@ -264,7 +280,28 @@ enum Event {
     Eof,
 }
 
-fn supervise(mut child: Child, started: Instant, opts: &Options) -> Result<i32> {
+/// Removes the heartbeat from the console's lines. A heartbeat written while the command was
+/// in the middle of a line ends that line early: the line's start is kept in `pending` and
+/// joined to the next line, so the output reads as if no heartbeat had come. `None`: nothing
+/// to print yet.
+fn without_heartbeat(pending: &mut String, line: &str) -> Option<String> {
+    match line.strip_suffix(HEARTBEAT) {
+        Some(start) => {
+            pending.push_str(start);
+            None
+        }
+        None => Some(std::mem::take(pending) + line),
+    }
+}
+
+/// Streams QEMU's console (the command's output) to `out` until the command's exit marker,
+/// the time limit or a silent console.
+fn supervise(
+    mut child: Child,
+    started: Instant,
+    opts: &Options,
+    out: &mut dyn Write,
+) -> Result<i32> {
     let stdout = child.stdout.take().context("qemu has no stdout")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -287,13 +324,18 @@ fn supervise(mut child: Child, started: Instant, opts: &Options) -> Result<i32> 
     let mut boot_log = Vec::new();
     let mut begun = false;
     let mut status = None;
-    let out = std::io::stdout();
+    let mut pending = String::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
+        match rx.recv_timeout(left.min(opts.silence)) {
             Ok(Event::Line(raw)) => {
                 let line = String::from_utf8_lossy(&raw);
-                let line = line.trim_end_matches(['\n', '\r']);
+                let Some(line) =
+                    without_heartbeat(&mut pending, line.trim_end_matches(['\n', '\r']))
+                else {
+                    continue;
+                };
+                let line = line.as_str();
                 if !begun {
                     if line.contains(BEGIN) {
                         begun = true;
@@ -319,26 +361,37 @@ fn supervise(mut child: Child, started: Instant, opts: &Options) -> Result<i32> 
                     continue;
                 }
                 if let Some(pos) = line.find(EXIT) {
-                    let mut o = out.lock();
                     if pos > 0 {
-                        let _ = writeln!(o, "{}", &line[..pos]);
+                        let _ = writeln!(out, "{}", &line[..pos]);
                     }
                     status = line[pos + EXIT.len()..].trim().parse::<i32>().ok();
                     continue;
                 }
-                let mut o = out.lock();
-                let _ = writeln!(o, "{line}");
-                let _ = o.flush();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
             }
             Ok(Event::Eof) => break,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                eprintln!(
-                    "crx-lab: timed out after {}s; the lab was stopped",
-                    opts.timeout.as_secs()
-                );
+                if let Some(code) = status {
+                    eprintln!("crx-lab: command exited with {code}; the lab host did not shut down, it was stopped");
+                    return Ok(code);
+                }
+                if Instant::now() < deadline {
+                    eprintln!(
+                        "crx-lab: THE LAB HOST IS STUCK: no output (not even its heartbeat) for \
+                         {}s after {:.0}s; the lab was stopped",
+                        opts.silence.as_secs(),
+                        started.elapsed().as_secs_f64()
+                    );
+                } else {
+                    eprintln!(
+                        "crx-lab: timed out after {}s; the lab was stopped",
+                        opts.timeout.as_secs()
+                    );
+                }
                 return Ok(LAB_FAILED);
             }
         }
@@ -419,6 +472,76 @@ mod tests {
             ..Options::default()
         };
         let s = script(&["echo".into(), "x y".into()], &opts).unwrap();
-        assert_eq!(s, "export K='a b'\ncd /w || exit 125\necho 'x y'\n");
+        let heartbeat =
+            format!("(while sleep {HEARTBEAT_EVERY_S}; do echo {HEARTBEAT}; done) </dev/null &\n");
+        assert_eq!(
+            s,
+            format!("{heartbeat}export K='a b'\ncd /w || exit 125\necho 'x y'\n")
+        );
+    }
+
+    #[test]
+    fn heartbeats_vanish_from_the_output_even_mid_line() {
+        let mut pending = String::new();
+        let lines = [
+            "test a ... ok",
+            HEARTBEAT,
+            &format!("test b ... {HEARTBEAT}"),
+            "ok",
+            &format!("x{HEARTBEAT}"),
+            HEARTBEAT,
+            "y",
+        ];
+        let out: Vec<String> = lines
+            .iter()
+            .filter_map(|l| without_heartbeat(&mut pending, l))
+            .collect();
+        assert_eq!(out, ["test a ... ok", "test b ... ok", "xy"]);
+    }
+
+    /// A stand-in for QEMU: `sh -c SCRIPT` with its stdout piped, as `spawn` makes it.
+    fn fake_lab(script: &str) -> Child {
+        Command::new("sh")
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_silent_lab_host_is_stopped_as_failed() {
+        let opts = Options {
+            silence: Duration::from_secs(1),
+            ..Options::default()
+        };
+        // Output, then silence; `exec` so that the kill reaches the sleeping process.
+        let child = fake_lab(&format!("echo {BEGIN}; echo working; exec sleep 600"));
+        let pid = child.id();
+        let mut out = Vec::new();
+        let code = supervise(child, Instant::now(), &opts, &mut out).unwrap();
+        assert_eq!(code, LAB_FAILED);
+        assert_eq!(String::from_utf8(out).unwrap(), "working\n");
+        assert!(
+            std::fs::metadata(format!("/proc/{pid}")).is_err(),
+            "the stuck lab was not stopped"
+        );
+    }
+
+    #[test]
+    fn a_lab_that_beats_runs_past_the_silence_limit() {
+        let opts = Options {
+            silence: Duration::from_secs(2),
+            ..Options::default()
+        };
+        // Five seconds without command output, heartbeats every 0.1 s, one mid-line.
+        let child = fake_lab(&format!(
+            "echo {BEGIN}; printf 'test x ... '; i=0; while [ $i -lt 50 ]; do \
+             echo {HEARTBEAT}; sleep 0.1; i=$((i+1)); done; echo ok; echo '{EXIT}3'"
+        ));
+        let mut out = Vec::new();
+        let code = supervise(child, Instant::now(), &opts, &mut out).unwrap();
+        assert_eq!(code, 3);
+        assert_eq!(String::from_utf8(out).unwrap(), "test x ... ok\n");
     }
 }

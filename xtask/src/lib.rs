@@ -16,6 +16,7 @@ pub mod kvm;
 pub mod lab;
 pub mod rootfs;
 pub mod tiers;
+pub mod timed;
 pub mod virtiofsd;
 
 use std::path::PathBuf;

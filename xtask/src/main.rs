@@ -37,6 +37,10 @@ enum Cmd {
         /// Give up (and stop the lab) after this many seconds.
         #[arg(long, default_value_t = 1800)]
         timeout: u64,
+        /// Stop the lab (as stuck) after this many seconds without console output: the lab
+        /// prints a heartbeat every 30 s.
+        #[arg(long, default_value_t = 180)]
+        silence: u64,
         #[arg(long, default_value_t = 4096)]
         memory_mib: u32,
         #[arg(long, default_value_t = 2)]
@@ -75,6 +79,10 @@ enum Cmd {
     },
     /// Run every test tier: unit, host KVM (tiny guests), nested lab.
     Test(xtask::tiers::TestArgs),
+    /// Run one test binary with a time limit, dumping its processes' state if it hangs (tier
+    /// 3 runs each lab test binary so).
+    #[command(hide = true)]
+    Timed(xtask::timed::TimedArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -118,8 +126,25 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected K=V, got {s:?}"))
 }
 
+/// Whether `cmd` runs on this host and may build something: then the Debian packages of
+/// `.ci/apt-packages` are installed first (a fresh machine has none of them: crx-init links
+/// libseccomp statically). Not for the commands that run inside the lab (the lab's root
+/// filesystem has what they need and no package archive).
+fn needs_host_packages(cmd: &Cmd) -> bool {
+    !matches!(
+        cmd,
+        Cmd::KvmProbe | Cmd::Timed(_) | Cmd::Bench { inner: true, .. }
+    )
+}
+
 fn main() {
     let cli = Cli::parse();
+    if needs_host_packages(&cli.command) {
+        if let Err(e) = xtask::apt::ensure_project_packages() {
+            eprintln!("xtask: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
     let result: Result<i32> = match cli.command {
         Cmd::Kernel { flavor } => {
             let flavors = flavor.map_or(vec![Flavor::Guest, Flavor::Lab], |f| vec![f]);
@@ -143,6 +168,7 @@ fn main() {
         }),
         Cmd::Lab {
             timeout,
+            silence,
             memory_mib,
             cpus,
             share,
@@ -155,6 +181,7 @@ fn main() {
                 memory_mib,
                 cpus,
                 timeout: Duration::from_secs(timeout),
+                silence: Duration::from_secs(silence),
                 shares: share,
                 env,
                 cwd: None,
@@ -163,9 +190,8 @@ fn main() {
             };
             lab::run(&command, &opts)
         }
-        Cmd::Deps => xtask::apt::ensure_project_packages()
-            .and_then(|()| xtask::virtiofsd::ensure())
-            .map(|_| 0),
+        // The packages were installed above, as for every host command.
+        Cmd::Deps => xtask::virtiofsd::ensure().map(|_| 0),
         Cmd::Virtiofsd => xtask::virtiofsd::ensure().map(|p| {
             println!("{}", p.display());
             0
@@ -176,12 +202,56 @@ fn main() {
         }),
         Cmd::Bench { what, runs, inner } => bench(what, runs, inner),
         Cmd::Test(args) => xtask::tiers::run(&args),
+        Cmd::Timed(args) => xtask::timed::run(&args),
     };
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("xtask: error: {e:#}");
             std::process::exit(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cmd {
+        Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied()))
+            .unwrap()
+            .command
+    }
+
+    #[test]
+    fn every_host_command_installs_the_project_packages_first() {
+        for args in [
+            &["crx", "run", "--rm", "busybox", "echo", "hi"][..],
+            &["test"],
+            &["test", "--tier", "1"],
+            &["kernel"],
+            &["boot"],
+            &["rootfs"],
+            &["lab", "--", "true"],
+            &["deps"],
+            &["virtiofsd"],
+            &["bench", "boot"],
+            &["bench", "run"],
+            &["bench", "vmm"],
+            &["bench", "oci"],
+        ] {
+            assert!(needs_host_packages(&parse(args)), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn commands_run_inside_the_lab_install_nothing() {
+        for args in [
+            &["kvm-probe"][..],
+            &["bench", "oci", "--inner"],
+            &["timed", "--limit", "9", "--", "t", "lab_"],
+        ] {
+            assert!(!needs_host_packages(&parse(args)), "{args:?}");
         }
     }
 }

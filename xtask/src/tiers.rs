@@ -8,14 +8,14 @@
 //! A tier that cannot run fails with the reason; nothing is skipped.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use crate::kernel::{self, Flavor};
-use crate::{apt, boot, cmd, kvm, lab, rootfs, workspace_root};
+use crate::{apt, boot, cmd, kvm, lab, rootfs, timed, workspace_root};
 
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
@@ -138,21 +138,13 @@ fn tier3(args: &TestArgs) -> Result<bool> {
     if binaries.is_empty() {
         bail!("no test named kvm_* or lab_* was found to run in the lab");
     }
-    // Each binary has a time limit; a failure that comes with an oops of the lab host's
-    // kernel exits LAB_HOST_OOPS, so that the run can be told apart from a failing test.
-    let mut script = String::new();
-    for (dir, exe) in &binaries {
-        script.push_str(&format!(
-            "echo '--- {}'\n(cd {} && timeout {BINARY_TIMEOUT_S} {} kvm_ lab_ --skip labhost_) || {{\n\
-             rc=$?\n\
-             if dmesg | grep -q -e 'stack guard page was hit' -e 'Oops:'; then\n\
-             echo 'crx-lab: the lab host kernel oopsed'; exit {LAB_HOST_OOPS}; fi\n\
-             exit $rc\n}}\n",
-            exe.file_name().unwrap_or_default().to_string_lossy(),
-            cmd::shell_quote(&dir.to_string_lossy()),
-            cmd::shell_quote(&exe.to_string_lossy()),
-        ));
-    }
+    // Each binary has a time limit (past it, `xtask timed` prints the state of its processes
+    // before killing them) and its time recorded; a failure that comes with an oops of the lab
+    // host's kernel exits LAB_HOST_OOPS, so that the run can be told apart from a failing test.
+    let dir = workspace_root().join("target").join("crx-lab");
+    std::fs::create_dir_all(&dir)?;
+    let record = dir.join("tier3-times.txt");
+    let script = tier3_script(&binaries, &std::env::current_exe()?, &record);
     let opts = lab::Options {
         timeout: Duration::from_secs(args.lab_timeout),
         env: vec![("RUST_BACKTRACE".into(), "1".into())],
@@ -161,14 +153,19 @@ fn tier3(args: &TestArgs) -> Result<bool> {
     };
     // The script goes in a file of the (shared) build directory: the lab's kernel command
     // line, which carries the command, holds only about 2 KiB.
-    let dir = workspace_root().join("target").join("crx-lab");
-    std::fs::create_dir_all(&dir)?;
     let file = dir.join("tier3.sh");
     std::fs::write(&file, script)?;
     let command = ["sh".into(), file.to_string_lossy().into_owned()];
     let started = Instant::now();
     for attempt in 1..=LAB_ATTEMPTS {
+        let _ = std::fs::remove_file(&record);
         let code = lab::run(&command, &opts)?;
+        // Where the time went, written by the lab on the shared build directory.
+        let times = std::fs::read_to_string(&record).unwrap_or_default();
+        eprintln!(
+            "\ntier 3, attempt {attempt}: time per test binary in the lab\n{}",
+            timed::time_table(&times)
+        );
         if code == 0 {
             return Ok(true);
         }
@@ -184,6 +181,27 @@ fn tier3(args: &TestArgs) -> Result<bool> {
         );
     }
     Ok(false)
+}
+
+/// The script tier 3 runs in the lab: each binary under `xtask timed`, in order.
+fn tier3_script(binaries: &[(PathBuf, PathBuf)], xtask: &Path, record: &Path) -> String {
+    let mut script = String::new();
+    for (dir, exe) in binaries {
+        let name = exe.file_name().unwrap_or_default().to_string_lossy();
+        script.push_str(&format!(
+            "echo '--- {name}'\n\
+             {} timed --sysrq --limit {BINARY_TIMEOUT_S} --record {} --dir {} -- {} kvm_ lab_ --skip labhost_ || {{\n\
+             rc=$?\n\
+             if dmesg | grep -q -e 'stack guard page was hit' -e 'Oops:'; then\n\
+             echo 'crx-lab: the lab host kernel oopsed'; exit {LAB_HOST_OOPS}; fi\n\
+             exit $rc\n}}\n",
+            cmd::shell_quote(&xtask.to_string_lossy()),
+            cmd::shell_quote(&record.to_string_lossy()),
+            cmd::shell_quote(&dir.to_string_lossy()),
+            cmd::shell_quote(&exe.to_string_lossy()),
+        ));
+    }
+    script
 }
 
 /// Test executables (with their package directories) that hold `kvm_*` or `lab_*` tests.
