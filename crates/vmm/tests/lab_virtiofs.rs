@@ -45,6 +45,57 @@ fn virtiofsd() -> PathBuf {
     p
 }
 
+/// What each thread of process `pid` is doing: its state, the system call it waits in
+/// (`/proc/PID/task/TID/syscall`: number, arguments), and its kernel stack where the kernel
+/// shows one. Printed before a stuck process is killed, to tell where it hung.
+fn proc_state(what: &str, pid: u32) -> String {
+    let mut s = format!("--- {what} (pid {pid}) threads ---\n");
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        s.push_str("(gone)\n");
+        return s;
+    };
+    for task in tasks.flatten() {
+        let t = task.path();
+        let read = |f: &str| std::fs::read_to_string(t.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').next())
+            .unwrap_or("?");
+        s.push_str(&format!(
+            "{} {} state {state} syscall {}\n",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("syscall").trim()
+        ));
+        for frame in read("stack").lines() {
+            s.push_str(&format!("    {frame}\n"));
+        }
+    }
+    s
+}
+
+/// Kills `child` and reaps it, giving up after 10 s: a process stuck in the kernel does not
+/// die of SIGKILL, and waiting for it would hang the test past all its time limits. Returns
+/// the process's state if it did not die.
+fn kill_bounded(child: &mut Child, what: &str) -> Option<String> {
+    if let Ok(Some(_)) = child.try_wait() {
+        return None;
+    }
+    let _ = child.kill();
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(format!(
+        "{what} did not die within 10 s of SIGKILL (left behind):\n{}",
+        proc_state(what, child.id())
+    ))
+}
+
 /// A virtiofsd serving `dir` on `socket`, killed when dropped.
 struct Daemon {
     child: Child,
@@ -82,10 +133,23 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Its threads' state and its log.
+    fn diagnose(&self) -> String {
+        format!(
+            "{}--- virtiofsd log {} ---\n{}",
+            proc_state("virtiofsd", self.child.id()),
+            self.log.display(),
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        )
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(stuck) = kill_bounded(&mut self.child, "virtiofsd") {
+            eprintln!("{stuck}");
+        }
     }
 }
 
@@ -161,7 +225,26 @@ impl Vm {
         )
     }
 
-    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+    /// Everything known about a VM that is late: console, stderr, and what each thread of
+    /// crx-vmm and of `daemons` waits in (taken while they still run).
+    fn stuck(&mut self, daemons: &[&Daemon]) -> String {
+        let mut s = format!(
+            "after {:?}:\n{}\n{}",
+            self.started.elapsed(),
+            self.logs(),
+            proc_state("crx-vmm", self.child.id())
+        );
+        for d in daemons {
+            s.push_str(&d.diagnose());
+        }
+        if let Some(left) = kill_bounded(&mut self.child, "crx-vmm") {
+            s.push_str(&left);
+        }
+        s
+    }
+
+    /// Waits (bounded) for crx-vmm to exit.
+    fn wait(&mut self, timeout: Duration, daemons: &[&Daemon]) -> ExitStatus {
         let end = Instant::now() + timeout;
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
@@ -169,25 +252,25 @@ impl Vm {
                 return st;
             }
             if Instant::now() > end {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("crx-vmm still running after {timeout:?}\n{}", self.logs());
+                panic!(
+                    "crx-vmm still running after {timeout:?}\n{}",
+                    self.stuck(daemons)
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    fn wait_console(&mut self, needle: &str) {
+    /// Waits (bounded) for `needle` on the guest's console.
+    fn wait_console(&mut self, needle: &str, daemons: &[&Daemon]) {
         let end = Instant::now() + TIMEOUT;
         while !self.console().contains(needle) {
             if let Some(st) = self.child.try_wait().unwrap() {
                 panic!("crx-vmm exited ({st}) before {needle:?}\n{}", self.logs());
             }
-            assert!(
-                Instant::now() < end,
-                "{needle:?} not on the console\n{}",
-                self.logs()
-            );
+            if Instant::now() > end {
+                panic!("{needle:?} not on the console {}", self.stuck(daemons));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -195,9 +278,8 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if let Some(stuck) = kill_bounded(&mut self.child, "crx-vmm") {
+            eprintln!("{stuck}");
         }
     }
 }
@@ -251,15 +333,16 @@ fn shares_live(cache: &str) {
     std::fs::write(rw.join("from-host.txt"), "hello-from-host\n").unwrap();
     std::fs::write(ro.join("ro.txt"), "read-only-content\n").unwrap();
     let (rw_sock, ro_sock) = (tmp.path().join("rw.sock"), tmp.path().join("ro.sock"));
-    let _d1 = Daemon::spawn(&rw, &rw_sock, cache, false, tmp.path().join("rw.log"));
-    let _d2 = Daemon::spawn(&ro, &ro_sock, cache, true, tmp.path().join("ro.log"));
+    let d1 = Daemon::spawn(&rw, &rw_sock, cache, false, tmp.path().join("rw.log"));
+    let d2 = Daemon::spawn(&ro, &ro_sock, cache, true, tmp.path().join("ro.log"));
+    let daemons = [&d1, &d2];
     let initrd = initrd(tmp.path(), GUEST_BODY);
     let mut vm = Vm::spawn(
         tmp.path(),
         &initrd,
         &[("rwfs", &rw_sock), ("rofs", &ro_sock)],
     );
-    vm.wait_console("GUEST-WROTE");
+    vm.wait_console("GUEST-WROTE", &daemons);
     // The guest's write is on the host while the VM runs.
     assert_eq!(
         std::fs::read_to_string(rw.join("from-guest.txt")).unwrap_or_default(),
@@ -269,13 +352,13 @@ fn shares_live(cache: &str) {
     );
     // A file the host writes now shows up in the running guest, which has already looked it
     // up (and failed) and is polling for it.
-    vm.wait_console("GUEST-POLLING");
+    vm.wait_console("GUEST-POLLING", &daemons);
     std::thread::sleep(Duration::from_millis(300));
     let written = Instant::now();
     std::fs::write(rw.join("late.txt"), "host-late\n").unwrap();
-    vm.wait_console("LATE=");
+    vm.wait_console("LATE=", &daemons);
     let seen = written.elapsed();
-    let st = vm.wait(TIMEOUT);
+    let st = vm.wait(TIMEOUT, &daemons);
     let out = vm.console();
     eprintln!("{out}");
     assert_eq!(st.code(), Some(0), "{}", vm.logs());
@@ -341,9 +424,10 @@ fn lab_virtiofs_backend_killed_vmm_still_stops() {
                 while [ ! -e /dev/null.stop ]; do sleep 1; cat /mnt/s/f >/dev/null & done";
     let initrd = initrd(tmp.path(), body);
     let mut vm = Vm::spawn(tmp.path(), &initrd, &[("s", &sock)]);
-    vm.wait_console("MOUNTED=x");
-    daemon.child.kill().unwrap();
-    daemon.child.wait().unwrap();
+    vm.wait_console("MOUNTED=x", &[&daemon]);
+    if let Some(stuck) = kill_bounded(&mut daemon.child, "virtiofsd") {
+        panic!("{stuck}\n{}", vm.stuck(&[]));
+    }
     std::thread::sleep(Duration::from_secs(3));
     assert!(
         vm.child.try_wait().unwrap().is_none(),
@@ -354,7 +438,7 @@ fn lab_virtiofs_backend_killed_vmm_still_stops() {
     // SAFETY: kill(2) on our own child's pid, which has not been reaped (checked above).
     let rc = unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) };
     assert_eq!(rc, 0);
-    let st = vm.wait(Duration::from_secs(30));
+    let st = vm.wait(Duration::from_secs(30), &[]);
     eprintln!(
         "SIGTERM -> exit after {:?}; virtiofsd log: {}",
         sent.elapsed(),
