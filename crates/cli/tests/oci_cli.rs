@@ -45,13 +45,40 @@ fn good_config(patch: Value) -> String {
     v.to_string()
 }
 
+/// The message of a logrus text line (`time=... level=LEVEL msg="..."`, runc's format on
+/// stderr without `--log`), unquoted.
+fn logged_msg(line: &str, level: &str) -> String {
+    let line = line.trim_end();
+    assert!(line.starts_with("time="), "a logrus line: {line:?}");
+    let rest = line
+        .split_once(&format!(" level={level} msg="))
+        .unwrap_or_else(|| panic!("level={level} in {line:?}"))
+        .1;
+    let Some(q) = rest.strip_prefix('"') else {
+        return rest.to_owned();
+    };
+    let (mut msg, mut chars) = (String::new(), q.chars());
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => break,
+            '\\' => match chars.next() {
+                Some('n') => msg.push('\n'),
+                Some(c) => msg.push(c),
+                None => break,
+            },
+            c => msg.push(c),
+        }
+    }
+    msg
+}
+
 /// Asserts a one-line error containing `want`, exit 1, and an empty root.
 fn refused(root: &Path, out: &Output, want: &str) {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {err}");
     assert_eq!(err.lines().count(), 1, "one line: {err:?}");
-    assert!(err.starts_with("crx-runc: "), "{err}");
-    assert!(err.contains(want), "want {want:?} in {err:?}");
+    let msg = logged_msg(&err, "error");
+    assert!(msg.contains(want), "want {want:?} in {err:?}");
     let left: Vec<_> = fs::read_dir(root)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
         .unwrap_or_default();
@@ -342,4 +369,96 @@ fn leftovers_of_killed_commands_read_consistently() {
     // The monitor was killed (SIGKILL), not left behind.
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(monitor.wait().unwrap().signal(), Some(9));
+}
+
+/// Errors as runc's callers parse them: a logrus line with `level=error` (stderr without
+/// `--log`, JSON with `--log-format json`, the file with `--log`, then a plain stderr line
+/// too), carrying the whole cause chain and never a Debug dump of the parsed arguments.
+#[test]
+fn errors_carry_the_word_and_the_whole_cause() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    let b = bundle(d.path(), Some("{\"ociVersion\": "), true);
+    let create = ["create", "--bundle", b.to_str().unwrap(), "c1"];
+    // The cause: serde_json's own words, after ours.
+    let whole = |msg: &str| {
+        assert!(msg.contains("not a valid OCI runtime spec"), "{msg}");
+        assert!(msg.contains("EOF while parsing"), "the cause: {msg}");
+    };
+    let out = runc(&root, &create);
+    assert_eq!(out.status.code(), Some(1));
+    whole(&logged_msg(&text(&out.stderr), "error"));
+
+    let mut json = vec!["--log-format", "json"];
+    json.extend(create);
+    let out = runc(&root, &json);
+    let line: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(line["level"], "error");
+    whole(line["msg"].as_str().unwrap());
+
+    let log = d.path().join("log");
+    let mut logged = vec!["--log", log.to_str().unwrap(), "--debug"];
+    logged.extend(create);
+    let out = runc(&root, &logged);
+    let err = text(&out.stderr);
+    assert!(err.starts_with("crx-runc: error: "), "{err}");
+    whole(&err);
+    let lines = fs::read_to_string(&log).unwrap();
+    let mut lines = lines.lines();
+    let debug = lines.next().unwrap();
+    assert!(
+        debug.contains("level=debug") && debug.contains("create --bundle"),
+        "{debug}"
+    );
+    assert!(!debug.contains("Create {"), "no Debug dump: {debug}");
+    whole(&logged_msg(lines.next().unwrap(), "error"));
+
+    // A cause relayed from the monitor (it could not boot the VM): the paths it tried.
+    let good = bundle(&d.path().join("good"), Some(&good_config(json!({}))), true);
+    fs::write(good.join("rootfs/bin/sh"), "#!/bin/sh\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_crx-runc"))
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "--bundle", good.to_str().unwrap(), "c2"])
+        .env("CRX_VMM", d.path().join("no-such-vmm"))
+        .env("CRX_BOOT_DIR", d.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let msg = logged_msg(&text(&out.stderr), "error");
+    assert!(msg.contains("c2") && msg.contains("not found"), "{msg}");
+    assert!(msg.contains(&*d.path().to_string_lossy()), "{msg}");
+}
+
+/// `exec` into a paused container is refused, and with `--ignore-paused` waits for it to be
+/// resumed (here: the record says running again, and the exec goes on to the agent).
+#[test]
+fn exec_into_a_paused_container_needs_ignore_paused() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    let mut monitor = Command::new("sleep").arg("600").spawn().unwrap();
+    record(&root, "p1", "paused", Some(monitor.id()));
+    let out = runc(&root, &["exec", "p1", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    let msg = logged_msg(&text(&out.stderr), "error");
+    assert!(msg.contains("p1 is paused"), "{msg}");
+
+    let mut waiting = Command::new(env!("CARGO_BIN_EXE_crx-runc"))
+        .arg("--root")
+        .arg(&root)
+        .args(["exec", "--ignore-paused", "p1", "true"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(waiting.try_wait().unwrap().is_none(), "waits while paused");
+    record(&root, "p1", "running", Some(monitor.id()));
+    let out = waiting.wait_with_output().unwrap();
+    // No VM behind the record: the exec fails at the agent, not at the state check.
+    assert_eq!(out.status.code(), Some(1));
+    let msg = logged_msg(&text(&out.stderr), "error");
+    assert!(!msg.contains("paused"), "{msg}");
+    let _ = monitor.kill();
+    let _ = monitor.wait();
 }

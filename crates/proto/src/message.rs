@@ -224,6 +224,37 @@ pub struct ExitStatus {
     pub signal: Option<i32>,
 }
 
+/// Whether a process can end by `signal` (what a wait status may report): 1 to 64, less
+/// the signals whose default action stops, continues or ignores (SIGCHLD, SIGCONT, SIGSTOP,
+/// SIGTSTP, SIGTTIN, SIGTTOU, SIGURG, SIGWINCH).
+pub fn is_terminating_signal(signal: i32) -> bool {
+    const NOT: [i32; 8] = [17, 18, 19, 20, 21, 22, 23, 28];
+    (1..=64).contains(&signal) && !NOT.contains(&signal)
+}
+
+impl ExitStatus {
+    /// The status as the guest reported it, made safe to act on (it is guest input): a
+    /// signal only when a process can end by it ([`is_terminating_signal`]), with the code
+    /// `128 + signal`; otherwise no signal and a code in 0..=255 (an impossible one
+    /// becomes 255).
+    pub fn validated(self) -> ExitStatus {
+        match self.signal {
+            Some(s) if is_terminating_signal(s) => ExitStatus {
+                code: 128 + s,
+                signal: Some(s),
+            },
+            _ => ExitStatus {
+                code: if (0..=255).contains(&self.code) {
+                    self.code
+                } else {
+                    255
+                },
+                signal: None,
+            },
+        }
+    }
+}
+
 /// Resource usage counters of a container (cgroup v2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ContainerStats {
@@ -298,4 +329,33 @@ pub enum StreamKind {
     Stderr,
     /// A terminal: both directions on one connection.
     Pty,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses_from_the_guest_are_validated() {
+        let st = |code, signal| ExitStatus { code, signal };
+        // Real statuses pass through.
+        assert_eq!(st(0, None).validated(), st(0, None));
+        assert_eq!(st(3, None).validated(), st(3, None));
+        assert_eq!(st(137, Some(9)).validated(), st(137, Some(9)));
+        assert_eq!(st(143, Some(15)).validated(), st(143, Some(15)));
+        assert_eq!(st(0, Some(64)).validated(), st(192, Some(64)));
+        // A signal out of range never overflows `128 + signal` and is dropped.
+        assert_eq!(st(1, Some(i32::MAX)).validated(), st(1, None));
+        assert_eq!(st(-5, Some(i32::MIN)).validated(), st(255, None));
+        assert_eq!(st(0, Some(0)).validated(), st(0, None));
+        assert_eq!(st(0, Some(65)).validated(), st(0, None));
+        // Stop, continue and ignore-by-default signals end no process.
+        for s in [17, 18, 19, 20, 21, 22, 23, 28] {
+            assert!(!is_terminating_signal(s), "{s}");
+            assert_eq!(st(128 + s, Some(s)).validated(), st(128 + s, None));
+        }
+        // Impossible codes.
+        assert_eq!(st(256, None).validated(), st(255, None));
+        assert_eq!(st(-1, None).validated(), st(255, None));
+    }
 }

@@ -34,15 +34,7 @@ pub struct RunConfig {
     pub detached: bool,
 }
 
-/// How long to wait for the agent to answer after the VMM starts (`CRX_AGENT_TIMEOUT`
-/// seconds overrides; the nested lab is slow).
-pub fn agent_timeout() -> Duration {
-    let secs = std::env::var("CRX_AGENT_TIMEOUT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(120);
-    Duration::from_secs(secs)
-}
+pub use crate::agent::agent_timeout;
 
 /// A started container: its home, its VMM (a child of this process), the agent, and its
 /// stdio streams or, with `process.terminal`, its pty stream (foreground runs only).
@@ -230,6 +222,19 @@ pub fn pump_and_wait(
     stdio: Stdio,
     interactive: bool,
 ) -> Result<i32, RuntimeError> {
+    pump_and_wait_while(control, id, exec_id, stdio, interactive, || true).map(|s| s.code)
+}
+
+/// [`pump_and_wait`] whose wait also ends when `alive()` says the VM is gone (see
+/// [`Control::wait_while`]); the whole exit status, validated.
+pub fn pump_and_wait_while(
+    control: &mut Control,
+    id: &str,
+    exec_id: Option<&str>,
+    stdio: Stdio,
+    interactive: bool,
+    alive: impl FnMut() -> bool,
+) -> Result<crx_proto::ExitStatus, RuntimeError> {
     let (done_tx, done_rx) = mpsc::channel();
     for (src, is_err) in [(stdio.stdout, false), (stdio.stderr, true)] {
         let tx = done_tx.clone();
@@ -254,7 +259,7 @@ pub fn pump_and_wait(
     } else {
         let _ = stdin.shutdown(std::net::Shutdown::Write);
     }
-    let code = wait_code(control, id, exec_id)?;
+    let status = wait_status(control, id, exec_id, alive)?;
     drop(stdin);
     let deadline = Instant::now() + Duration::from_secs(2);
     for _ in 0..2 {
@@ -263,7 +268,7 @@ pub fn pump_and_wait(
             break;
         }
     }
-    Ok(code)
+    Ok(status)
 }
 
 /// [`pump_and_wait`] for a process with a terminal: its pty stream is relayed with our stdout
@@ -319,16 +324,27 @@ pub fn pump_tty_and_wait(
     Ok(code)
 }
 
-/// Waits for the process on `control`; its exit code.
+/// Waits for the process on `control`; its exit code (validated: guest input).
 fn wait_code(control: &mut Control, id: &str, exec_id: Option<&str>) -> Result<i32, RuntimeError> {
-    let resp = control.call(Request::Wait {
+    Ok(wait_status(control, id, exec_id, || true)?.code)
+}
+
+/// Waits for the process on `control` while `alive()` says its VM runs (see
+/// [`Control::wait_while`]); its exit status, validated ([`crx_proto::ExitStatus::validated`]).
+pub fn wait_status(
+    control: &mut Control,
+    id: &str,
+    exec_id: Option<&str>,
+    alive: impl FnMut() -> bool,
+) -> Result<crx_proto::ExitStatus, RuntimeError> {
+    let request = Request::Wait {
         id: id.to_owned(),
         exec_id: exec_id.map(str::to_owned),
-    })?;
-    match resp {
+    };
+    match control.wait_while(request, alive)? {
         Response::Exited(s) => {
             trace::mark("exit seen");
-            Ok(s.code)
+            Ok(s.validated())
         }
         other => Err(RuntimeError::Agent(crx_proto::ClientError::Unexpected(
             Box::new(other),

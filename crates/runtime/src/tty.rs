@@ -384,7 +384,10 @@ pub fn agent_resizer(
             });
             if matches!(
                 r,
-                Err(crx_proto::ClientError::Proto(_) | crx_proto::ClientError::Closed)
+                Err(crx_proto::ClientError::Proto(_)
+                    | crx_proto::ClientError::Closed
+                    | crx_proto::ClientError::Timeout { .. }
+                    | crx_proto::ClientError::Broken)
             ) {
                 control = None;
             }

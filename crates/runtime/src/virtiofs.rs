@@ -294,6 +294,11 @@ impl Daemon {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// How it ended, once it has (reaped then); `None` while it runs.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Waits up to `timeout` for it to exit by itself (after the VM is gone), then kills it;
     /// reaps it and removes the socket (and virtiofsd's `SOCKET.pid`) either way.
     pub fn stop(mut self, timeout: Duration) {

@@ -19,10 +19,13 @@ pub struct Args {
 pub fn run(root: &Path, a: Args) -> Result<i32> {
     let mut h = home::find(root, &a.id)?;
     let agent = Agent::new(h.vsock_path());
-    let waited = agent
-        .control()
-        .and_then(|mut c| c.call(crx_proto_wait(&h.state.id)).map_err(Into::into));
-    if let Ok(crx_runtime::agent::Response::Exited(s)) = waited {
+    let vmm = h.state.vmm_pid;
+    let waited = agent.control().and_then(|mut c| {
+        instance::wait_status(&mut c, &h.state.id, None, || {
+            vmm.is_some_and(home::pid_alive)
+        })
+    });
+    if let Ok(s) = waited {
         h.set_exit(s.code)?;
     }
     if let Some(pid) = h.state.vmm_pid {
@@ -32,11 +35,4 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
         h.remove()?;
     }
     Ok(0)
-}
-
-fn crx_proto_wait(id: &str) -> crx_runtime::agent::Request {
-    crx_runtime::agent::Request::Wait {
-        id: id.to_owned(),
-        exec_id: None,
-    }
 }

@@ -92,7 +92,9 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
     let root = root.as_path();
-    log::debug(&format!("root {}: {:?}", root.display(), cli.command));
+    // The command line as given, never a Debug dump of the parsed structs.
+    let argv: Vec<String> = std::env::args().collect();
+    log::debug(&format!("root {}: {}", root.display(), argv.join(" ")));
     match cli.command {
         Command::Create(a) => create::run(root, a),
         Command::Start(a) => start::run(root, a),

@@ -71,7 +71,8 @@ pub fn default_process(root: &Path, id: &str, opts: &ExecOptions) -> Result<Valu
 /// Runs `process` in the running container `id`, its stdio being ours (stdin copied until
 /// its end), or with `process.terminal` a host pty whose master goes to the socket `console`,
 /// and returns its exit code (`128 + N` when killed by signal N). `on_started(agent, id,
-/// exec_id)` is called once it runs.
+/// exec_id)` is called once it runs. The wait ends with an error when the container stops
+/// meanwhile (its monitor gone, or a backend of its VM dead: see [`running`]).
 pub fn exec(
     root: &Path,
     id: &str,
@@ -125,23 +126,9 @@ pub fn exec(
             let _ = tty::pump(Some(input), output, stream, Some(pair.slave), resize);
             let _ = done_tx.send(());
         });
-        let code = match control
-            .call(Request::Wait {
-                id: id.to_owned(),
-                exec_id: Some(exec_id),
-            })
-            .map_err(crate::RuntimeError::from)?
-        {
-            crx_proto::Response::Exited(s) => s.code,
-            other => {
-                return Err(
-                    crate::RuntimeError::from(crx_proto::ClientError::Unexpected(Box::new(other)))
-                        .into(),
-                )
-            }
-        };
+        let status = instance::wait_status(&mut control, id, Some(&exec_id), || running(&c))?;
         let _ = done_rx.recv_timeout(std::time::Duration::from_secs(2));
-        return Ok(code);
+        return Ok(status.code);
     }
     let stdio = instance::open_stdio(&agent, id, Some(&exec_id))?;
     control
@@ -152,13 +139,22 @@ pub fn exec(
         })
         .map_err(crate::RuntimeError::from)?;
     on_started(&agent, id, &exec_id);
-    Ok(instance::pump_and_wait(
-        &mut control,
-        id,
-        Some(&exec_id),
-        stdio,
-        true,
-    )?)
+    let status =
+        instance::pump_and_wait_while(&mut control, id, Some(&exec_id), stdio, true, || {
+            running(&c)
+        })?;
+    Ok(status.code)
+}
+
+/// Whether container `c` still runs as far as the host knows: its monitor lives and has not
+/// recorded it stopped or failed.
+fn running(c: &ContainerDir) -> bool {
+    c.load().is_ok_and(|r| {
+        matches!(
+            r.status(),
+            Status::Created | Status::Running | Status::Paused
+        )
+    })
 }
 
 #[cfg(test)]

@@ -3,6 +3,10 @@
 //! `create`, copied to and from the agent's streams), serves `start`, `pause` and `resume` on
 //! `monitor.sock`, records each change in `state.json` (after `create`'s first record it is the
 //! only writer), and exits with the container's status once it has shut the VM down.
+//!
+//! It also watches the VM's virtiofsd daemons: one that dies (the container's files are gone,
+//! its processes would wait on the share forever) is reaped and recorded, the container is
+//! marked `failed` (reported `stopped`) and the VM is killed, which ends every wait on it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::OwnedFd;
@@ -12,16 +16,19 @@ use std::process::Child;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 use crx_proto::{ExitStatus, Request, Response, StreamKind};
 
-use super::bundle::{guest_spec, vm_size};
+use super::bundle::{fit_cpus, guest_spec, vm_size};
 use super::cgroup;
 use super::container::ContainerDir;
 use super::error::{io, OciError};
 use super::rootfs::{self, Shares};
 use super::state::{Phase, Record};
 use crate::agent::{Agent, Control};
-use crate::home::process_start_time;
+use crate::home::{pid_alive, process_start_time};
 use crate::instance::{self, Stdio};
 use crate::paths;
 use crate::tty;
@@ -46,10 +53,23 @@ pub struct Monitor {
     agent: Agent,
     control: Control,
     attach: Option<Attach>,
-    /// The virtiofsd daemons (killed when dropped, after the VM).
-    shares: Shares,
+    /// The virtiofsd daemons (killed when dropped, after the VM), watched by a thread.
+    shares: Arc<Mutex<Shares>>,
+    vm: Arc<Mutex<VmWatch>>,
     left_out: Vec<String>,
 }
+
+/// What the backend watcher and the waiting thread share about the VM.
+#[derive(Debug, Default)]
+struct VmWatch {
+    /// The VM is being shut down on purpose: its daemons' exits are expected.
+    stopping: bool,
+    /// A backend died and the VM was killed: why.
+    backend_died: Option<String>,
+}
+
+/// How often the monitor looks at its virtiofsd daemons.
+const WATCH_EVERY: Duration = Duration::from_millis(200);
 
 /// What [`boot_vm`] gives.
 struct Booted {
@@ -89,7 +109,8 @@ impl Monitor {
                 agent,
                 control,
                 attach: Some(attach),
-                shares,
+                shares: Arc::new(Mutex::new(shares)),
+                vm: Arc::default(),
                 left_out,
             }),
             Err(e) => {
@@ -120,23 +141,37 @@ impl Monitor {
     }
 
     /// Copies the container's stdio, waits for it to exit, records the status, shuts the VM
-    /// down and returns the status.
+    /// down and returns the status (validated: it comes from the guest). A backend that died
+    /// meanwhile is an [`OciError::Monitor`] error, recorded as `failed`.
     pub fn wait(mut self) -> Result<ExitStatus, OciError> {
         let id = self.c.id.clone();
-        let waited = match self.attach.take().expect("attached") {
-            Attach::Stdio(stdio) => {
-                instance::pump_and_wait(&mut self.control, &id, None, stdio, true)
+        let pid = self.vmm.id();
+        let vm_alive = move || pid_alive(pid);
+        let waited = match self.attach.take() {
+            Some(Attach::Stdio(stdio)) => {
+                instance::pump_and_wait_while(&mut self.control, &id, None, stdio, true, vm_alive)
             }
-            Attach::Pty { stream, slave } => self.relay_pty(stream, slave),
+            Some(Attach::Pty { stream, slave }) => self.relay_pty(stream, slave),
+            None => Err(RuntimeError::Agent(crx_proto::ClientError::Closed)),
         };
+        let died = {
+            let mut vm = lock_vm(&self.vm);
+            vm.stopping = true;
+            vm.backend_died.clone()
+        };
+        if let Some(reason) = died {
+            // Recorded `failed` by the watcher, which killed the VM.
+            self.stop_vm(Duration::from_secs(2));
+            return Err(OciError::Monitor { id, reason });
+        }
         // The agent keeps the status: a second wait returns it whole (code and signal).
-        let status = waited.map(|code| {
+        let status = waited.map(|first| {
             match self.control.call(Request::Wait {
                 id: id.clone(),
                 exec_id: None,
             }) {
-                Ok(Response::Exited(s)) => s,
-                _ => ExitStatus { code, signal: None },
+                Ok(Response::Exited(s)) => s.validated(),
+                _ => first,
             }
         });
         {
@@ -148,19 +183,78 @@ impl Monitor {
             }
             let _ = self.c.save(&r);
         }
-        instance::shutdown(&self.agent, self.vmm.id(), Duration::from_secs(10));
+        self.stop_vm(Duration::from_secs(10));
+        Ok(status?)
+    }
+
+    /// Shuts the VM down (killed after `grace`), reaps it, stops the daemons and removes the
+    /// monitor's socket.
+    fn stop_vm(&mut self, grace: Duration) {
+        instance::shutdown(&self.agent, self.vmm.id(), grace);
         let _ = self.vmm.wait();
-        for (_, d) in self.shares.drain(..) {
+        let shares: Shares = lock_shares(&self.shares).drain(..).collect();
+        for (_, d) in shares {
             d.stop(Duration::from_secs(2));
         }
         let _ = std::fs::remove_file(self.c.monitor_socket());
-        Ok(status?)
     }
 }
 
+fn lock_vm(v: &Mutex<VmWatch>) -> MutexGuard<'_, VmWatch> {
+    v.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock_shares(s: &Mutex<Shares>) -> MutexGuard<'_, Shares> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The first daemon of `shares` that has exited (reaped), as a reason.
+fn dead_backend(shares: &mut Shares) -> Option<String> {
+    shares.iter_mut().find_map(|(tag, d)| {
+        let pid = d.pid();
+        d.exited().map(|st| {
+            format!("virtiofsd of share {tag:?} (pid {pid}) died ({st}): the VM was stopped")
+        })
+    })
+}
+
+/// Watches the daemons until the VM stops on purpose: the first that dies is recorded, the
+/// container marked `failed` and the VM (`vmm_pid`, not reaped before `stopping`) killed.
+fn watch_backends(
+    shares: Arc<Mutex<Shares>>,
+    vm: Arc<Mutex<VmWatch>>,
+    vmm_pid: u32,
+    c: ContainerDir,
+    record: Arc<Mutex<Record>>,
+) {
+    std::thread::spawn(move || loop {
+        std::thread::sleep(WATCH_EVERY);
+        let mut v = lock_vm(&vm);
+        if v.stopping {
+            return;
+        }
+        let Some(reason) = dead_backend(&mut lock_shares(&shares)) else {
+            continue;
+        };
+        {
+            let mut r = lock(&record);
+            r.phase = Phase::Failed;
+            r.error = Some(reason.clone());
+            let _ = c.save(&r);
+        }
+        v.backend_died = Some(reason);
+        let _ = kill(Pid::from_raw(vmm_pid as i32), Signal::SIGKILL);
+        return;
+    });
+}
+
 impl Monitor {
-    /// Relays the terminal until the process exits; its exit code.
-    fn relay_pty(&mut self, stream: UnixStream, slave: OwnedFd) -> Result<i32, RuntimeError> {
+    /// Relays the terminal until the process exits; its exit status (validated).
+    fn relay_pty(
+        &mut self,
+        stream: UnixStream,
+        slave: OwnedFd,
+    ) -> Result<ExitStatus, RuntimeError> {
         let dup = |fd: &OwnedFd| {
             fd.try_clone().map_err(|source| RuntimeError::Stream {
                 what: "the console's pty".into(),
@@ -174,15 +268,11 @@ impl Monitor {
             let _ = tty::pump(Some(input), output, stream, Some(slave), resize);
             let _ = done_tx.send(());
         });
-        let code = match self.control.call(Request::Wait {
-            id: self.c.id.clone(),
-            exec_id: None,
-        })? {
-            Response::Exited(s) => s.code,
-            other => return Err(crx_proto::ClientError::Unexpected(Box::new(other)).into()),
-        };
+        let pid = self.vmm.id();
+        let status =
+            instance::wait_status(&mut self.control, &self.c.id, None, move || pid_alive(pid))?;
         let _ = done_rx.recv_timeout(Duration::from_secs(2));
-        Ok(code)
+        Ok(status)
     }
 }
 
@@ -204,6 +294,7 @@ fn boot_vm(
     let delivery = rootfs::deliver(&rec.rootfs, &mut gspec, c)?;
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let (memory_mib, vcpus) = vm_size(&spec, host_cpus);
+    fit_cpus(&mut gspec, vcpus);
     let mut vm = VmConfig {
         vmm: paths::find_vmm()?,
         boot: paths::find_boot_files()?,
@@ -279,6 +370,13 @@ impl Monitor {
                 let _ = answer(conn, &c, &record, &agent);
             }
         });
+        watch_backends(
+            self.shares.clone(),
+            self.vm.clone(),
+            self.vmm.id(),
+            self.c.clone(),
+            self.record.clone(),
+        );
         let mut r = lock(&self.record);
         r.phase = Phase::Created;
         self.c.save(&r)

@@ -25,7 +25,8 @@ pub enum Phase {
     Running,
     Paused,
     Stopped,
-    /// The monitor failed before the container was created (`error` says why).
+    /// The monitor failed before the container was created, or a backend of its VM died
+    /// (a virtiofsd) and the VM was stopped: `error` says why. Reported as `stopped`.
     Failed,
 }
 
