@@ -31,6 +31,8 @@ fn bundle(dir: &Path, config: Option<&str>, rootfs: bool) -> PathBuf {
     }
     if rootfs {
         fs::create_dir_all(b.join("rootfs/bin")).unwrap();
+        // For the bad case of a root.path that is a symbolic link (made once per bundle).
+        let _ = std::os::unix::fs::symlink("rootfs", b.join("rootfs-link"));
     }
     b
 }
@@ -87,7 +89,12 @@ fn refused(root: &Path, out: &Output, want: &str) {
 
 #[test]
 fn bad_bundles_give_one_line_and_leave_nothing() {
-    let cases: [(&str, Option<String>, bool, &str); 7] = [
+    let no_version = {
+        let mut v: Value = serde_json::from_str(&good_config(json!({}))).unwrap();
+        v.as_object_mut().unwrap().remove("ociVersion");
+        v.to_string()
+    };
+    let cases: [(&str, Option<String>, bool, &str); 14] = [
         ("missing config", None, true, "no config.json"),
         (
             "invalid json",
@@ -120,6 +127,48 @@ fn bad_bundles_give_one_line_and_leave_nothing() {
                 {"path": "/usr/bin/true"}]}}))),
             true,
             "createContainer hooks are not supported",
+        ),
+        ("no ociVersion", Some(no_version), true, "no ociVersion"),
+        (
+            "empty args",
+            Some(good_config(
+                json!({"process": {"args": [], "cwd": "/", "user": {"uid": 0, "gid": 0}}}),
+            )),
+            true,
+            "process.args is empty",
+        ),
+        (
+            "rootfs escaping the bundle",
+            Some(good_config(json!({"root": {"path": ".."}}))),
+            true,
+            "resolves outside the bundle",
+        ),
+        (
+            "rootfs a symbolic link",
+            Some(good_config(json!({"root": {"path": "rootfs-link"}}))),
+            true,
+            "is a symbolic link",
+        ),
+        (
+            "relative hook path",
+            Some(good_config(
+                json!({"hooks": {"prestart": [{"path": "true"}]}}),
+            )),
+            true,
+            "prestart hook path \"true\" is not absolute",
+        ),
+        (
+            "hostname too long",
+            Some(good_config(json!({"hostname": "h".repeat(65)}))),
+            true,
+            "more than the kernel's 64",
+        ),
+        (
+            "namespace path of another type",
+            Some(good_config(json!({"linux": {"namespaces": [
+                {"type": "mount"}, {"type": "uts", "path": "/proc/self/ns/net"}]}}))),
+            true,
+            "uts namespace path /proc/self/ns/net is a network namespace",
         ),
         (
             "terminal",
@@ -234,6 +283,8 @@ fn features_describe_support() {
     assert!(v["ociVersionMax"].as_str().unwrap().starts_with("1."));
     assert_eq!(v["linux"]["cgroup"]["v2"], true);
     assert!(v["annotations"]["io.crx.isolation"].is_string());
+    let ns = v["annotations"]["io.crx.namespace-paths"].as_str().unwrap();
+    assert!(ns.contains("uts and mount become a new namespace"), "{ns}");
 }
 
 #[test]

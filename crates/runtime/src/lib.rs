@@ -10,7 +10,7 @@
 //! - [`trace`]: boot-phase timestamps with `CRX_TRACE=1`.
 //! - [`virtiofs`]: host directories shared live with a VM (one virtiofsd each).
 //! - [`tty`]: host terminals: raw mode, the pty pump and window sizes, console-socket fd passing.
-#![deny(unsafe_code)] // allowed in `kvm_speed`, `tty` (ioctls) and `child` (pre_exec) alone
+#![deny(unsafe_code)] // allowed in `kvm_speed`, `tty`, `oci::namespace` (ioctls) and `child` (pre_exec) alone
 
 pub mod agent;
 pub mod check;

@@ -25,6 +25,33 @@ pub enum OciError {
     NoRootfs(PathBuf, PathBuf),
     #[error("bundle: config.json has no process")]
     NoProcess,
+    #[error("bundle: config.json has no ociVersion")]
+    NoVersion,
+    #[error("bundle: process.args is empty (the container needs a command)")]
+    NoArgs,
+    #[error("bundle: root.path {0} is a symbolic link (give the directory itself)")]
+    RootfsSymlink(PathBuf),
+    #[error("bundle: root.path {0} resolves outside the bundle")]
+    RootfsEscapes(PathBuf),
+    #[error("bundle: {what} hook path {path:?} is not absolute")]
+    RelativeHookPath { what: String, path: String },
+    #[error("bundle: hostname is {0} bytes long, more than the kernel's 64")]
+    HostnameTooLong(usize),
+    #[error("bundle: {typ} namespace path {path}")]
+    NamespacePath {
+        typ: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bundle: {typ} namespace path {path} is not a namespace")]
+    NotANamespace { typ: String, path: PathBuf },
+    #[error("bundle: {typ} namespace path {path} is a {actual} namespace")]
+    NamespaceMismatch {
+        typ: String,
+        path: PathBuf,
+        actual: String,
+    },
     #[error(
         "bundle: createContainer hooks are not supported: they would run inside the microVM, \
          where the host's hook binaries are not"
@@ -49,6 +76,11 @@ pub enum OciError {
         what: &'static str,
         path: String,
         reason: String,
+    },
+    #[error("{} {what} hooks failed: {}", failures.len(), list(failures))]
+    Hooks {
+        what: &'static str,
+        failures: Vec<OciError>,
     },
     #[error(
         "container {id}: the monitor process exited before the container was created: {reason}"
@@ -84,4 +116,13 @@ pub enum OciError {
 pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> OciError {
     let path = path.into();
     move |source| OciError::Io { path, source }
+}
+
+/// `errors` on one line, `; ` between them.
+fn list(errors: &[OciError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }

@@ -43,25 +43,57 @@ struct Hook {
 }
 
 /// Runs the `kind` hooks of `spec` in order, each with `state` on stdin; the first failure
-/// (spawn error, non-zero exit, timeout) is returned.
+/// (spawn error, non-zero exit, timeout) is returned and the rest do not run: for `prestart`
+/// and `createRuntime`, whose failure fails `create` (the spec).
 pub fn run(spec: &Value, kind: HookKind, state: &Value) -> Result<(), OciError> {
-    let hooks: Vec<Hook> = match spec["hooks"].get(kind.key()) {
+    let input = serde_json::to_vec(state).expect("state serializes");
+    for h in &list(spec, kind)? {
+        run_one(h, &input).map_err(|reason| failed(kind, h, reason))?;
+    }
+    Ok(())
+}
+
+/// Runs every `kind` hook of `spec` in order, each with `state` on stdin, a failing one not
+/// stopping the others: for `poststart` and `poststop`, whose failures are warnings (the spec).
+/// `None` when all succeeded; else the failure, or [`OciError::Hooks`] when several failed.
+pub fn run_warn(spec: &Value, kind: HookKind, state: &Value) -> Option<OciError> {
+    let hooks = match list(spec, kind) {
+        Ok(h) => h,
+        Err(e) => return Some(e),
+    };
+    let input = serde_json::to_vec(state).expect("state serializes");
+    let mut failures: Vec<OciError> = hooks
+        .iter()
+        .filter_map(|h| run_one(h, &input).err().map(|r| failed(kind, h, r)))
+        .collect();
+    match failures.len() {
+        0 => None,
+        1 => failures.pop(),
+        _ => Some(OciError::Hooks {
+            what: kind.key(),
+            failures,
+        }),
+    }
+}
+
+/// The `kind` hooks of `spec` (none when the list is absent).
+fn list(spec: &Value, kind: HookKind) -> Result<Vec<Hook>, OciError> {
+    match spec["hooks"].get(kind.key()) {
         Some(v) => serde_json::from_value(v.clone()).map_err(|e| OciError::Hook {
             what: kind.key(),
             path: "?".into(),
             reason: format!("malformed hook list: {e}"),
-        })?,
-        None => return Ok(()),
-    };
-    let input = serde_json::to_vec(state).expect("state serializes");
-    for h in &hooks {
-        run_one(h, &input).map_err(|reason| OciError::Hook {
-            what: kind.key(),
-            path: h.path.clone(),
-            reason,
-        })?;
+        }),
+        None => Ok(Vec::new()),
     }
-    Ok(())
+}
+
+fn failed(kind: HookKind, h: &Hook, reason: String) -> OciError {
+    OciError::Hook {
+        what: kind.key(),
+        path: h.path.clone(),
+        reason,
+    }
 }
 
 fn run_one(h: &Hook, input: &[u8]) -> Result<(), String> {
@@ -151,5 +183,39 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(5));
         let spec = json!({"hooks": {"prestart": [{"path": "/nonexistent/hook"}]}});
         assert!(run(&spec, HookKind::Prestart, &json!({})).is_err());
+    }
+
+    #[test]
+    fn prestart_stops_at_a_failure_poststart_and_poststop_run_on() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        let mark = |n: &str| {
+            json!({"path": "/bin/sh",
+                "args": ["sh", "-c", format!("echo {n} >> {}", out.display())]})
+        };
+        let fail = |n: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("echo {n} >&2; exit 1")]});
+        let hooks = json!([fail("first"), mark("a"), {"path": "/nonexistent/hook"}, mark("b")]);
+        for kind in [HookKind::Poststart, HookKind::Poststop] {
+            let _ = std::fs::remove_file(&out);
+            let spec = json!({"hooks": {kind.key(): hooks}});
+            let w = run_warn(&spec, kind, &json!({})).expect("a warning");
+            let w = w.to_string();
+            assert!(w.contains("2 ") && w.contains(kind.key()), "{w}");
+            assert!(
+                w.contains("first") && w.contains("/nonexistent/hook"),
+                "{w}"
+            );
+            assert_eq!(std::fs::read_to_string(&out).unwrap(), "a\nb\n", "{kind:?}");
+        }
+        let spec = json!({"hooks": {"poststart": [fail("only"), mark("c")]}});
+        let w = run_warn(&spec, HookKind::Poststart, &json!({})).unwrap();
+        assert!(matches!(w, OciError::Hook { .. }), "{w}");
+        let spec = json!({"hooks": {"poststop": [mark("d")]}});
+        assert!(run_warn(&spec, HookKind::Poststop, &json!({})).is_none());
+        // prestart: the first failure is the error, the rest do not run.
+        let _ = std::fs::remove_file(&out);
+        let spec = json!({"hooks": {"prestart": [fail("p"), mark("e")]}});
+        assert!(run(&spec, HookKind::Prestart, &json!({})).is_err());
+        assert!(!out.exists());
     }
 }

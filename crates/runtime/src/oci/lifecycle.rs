@@ -168,7 +168,7 @@ pub fn start(root: &Path, id: &str) -> Result<Option<OciError>, OciError> {
     monitor::request(&c, "start")?;
     let rec = c.load()?;
     let spec = saved_spec(&c)?;
-    Ok(hooks::run(&spec, HookKind::Poststart, &rec.oci_state()).err())
+    Ok(hooks::run_warn(&spec, HookKind::Poststart, &rec.oci_state()))
 }
 
 /// Pauses (freezes) a running container.
@@ -250,7 +250,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<Option<OciError>, Oc
             let mut state = r.oci_state();
             state["status"] = "stopped".into();
             state["pid"] = 0.into();
-            hooks::run(&spec, HookKind::Poststop, &state).err()
+            hooks::run_warn(&spec, HookKind::Poststop, &state)
         }
         _ => None,
     };

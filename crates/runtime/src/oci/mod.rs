@@ -1,6 +1,8 @@
 //! The runc-compatible OCI runtime (`crx-runc`): every container in its own microVM.
 //!
 //! - [`bundle`]: `config.json` loaded and checked; the spec the guest gets; the VM's size.
+//! - [`namespace`]: namespaces given by `path`: checked on the host, then fresh or the VM's.
+//! - [`cpus`]: CPU lists against the VM's vCPUs.
 //! - [`container`]: a container's directory under the root, its lock, listing.
 //! - [`state`]: `state.json` (written atomically) and the OCI state.
 //! - [`rootfs`]: how the bundle's rootfs reaches the guest (one function).
@@ -13,11 +15,13 @@
 pub mod bundle;
 pub mod cgroup;
 pub mod container;
+pub mod cpus;
 pub mod error;
 pub mod exec;
 pub mod hooks;
 pub mod lifecycle;
 pub mod monitor;
+pub mod namespace;
 pub mod rootfs;
 pub mod state;
 
