@@ -4,7 +4,7 @@
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::str::FromStr;
@@ -22,13 +22,14 @@ pub enum DiskError {
         #[source]
         source: io::Error,
     },
+    /// `stderr` is escaped (it may name files of the image).
     #[error("{tool} failed ({status}): {stderr}")]
     ToolFailed {
         tool: &'static str,
         status: ExitStatus,
         stderr: String,
     },
-    #[error("measuring the tree {path}")]
+    #[error("measuring the tree {path:?}")]
     Walk {
         path: PathBuf,
         #[source]
@@ -90,17 +91,32 @@ impl FromStr for DiskFormat {
     }
 }
 
+/// Holes (apparent size beyond the blocks allocated) from which an erofs disk stores its files
+/// in chunks, so that holes stay holes (a flat erofs file stores every zero).
+const SPARSE_TREE_HOLES: u64 = 64 << 20;
+
 /// Builds a disk image of `tree` at `out` (overwritten), keeping owners, modes, times, hard
-/// links, symlinks and device nodes.
+/// links, symlinks, device nodes and the holes of sparse files. The disk is readable by its
+/// owner only (mode 0600), whatever the umask.
 pub fn build_disk(format: DiskFormat, tree: &Path, out: &Path) -> Result<(), DiskError> {
     match format {
         DiskFormat::Erofs => {
+            let usage = TreeUsage::measure(tree)?;
             let mut cmd = tool_command(format)?;
-            cmd.arg("--quiet").arg(out).arg(tree);
-            run(format.tool().0, cmd)
+            cmd.arg("--quiet");
+            if usage.bytes.saturating_sub(usage.blocks * 4096) >= SPARSE_TREE_HOLES {
+                // Chunk-based files (Linux 5.15+): an all-hole chunk takes no space.
+                cmd.arg("--chunksize=4096");
+            }
+            cmd.arg(out).arg(tree);
+            run(format.tool().0, cmd)?;
         }
-        DiskFormat::Ext4 => build_ext4(tree, out),
+        DiskFormat::Ext4 => build_ext4(tree, out)?,
     }
+    fs::set_permissions(out, fs::Permissions::from_mode(0o600)).map_err(|source| DiskError::Walk {
+        path: out.to_owned(),
+        source,
+    })
 }
 
 fn build_ext4(tree: &Path, out: &Path) -> Result<(), DiskError> {
@@ -145,9 +161,11 @@ fn build_ext4(tree: &Path, out: &Path) -> Result<(), DiskError> {
 /// Space a tree needs: 4 KiB blocks of file data, inodes and directories.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TreeUsage {
+    /// 4 KiB blocks of data: holes of sparse files take none.
     pub blocks: u64,
     pub inodes: u64,
     pub dirs: u64,
+    /// Apparent size of the files (holes included).
     pub bytes: u64,
 }
 
@@ -175,7 +193,8 @@ impl TreeUsage {
                 }
                 u.inodes += 1;
                 u.bytes += m.len();
-                u.blocks += m.len().div_ceil(4096);
+                // Allocated blocks, not the apparent size: holes are not stored.
+                u.blocks += m.len().min(m.blocks() * 512).div_ceil(4096);
             }
         }
         Ok(u)
@@ -211,9 +230,9 @@ fn run(tool: &'static str, mut cmd: Command) -> Result<(), DiskError> {
     if out.status.success() {
         Ok(())
     } else {
-        let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        let mut stderr = crate::text::escape_bytes(out.stderr.trim_ascii());
         if stderr.is_empty() {
-            stderr = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            stderr = crate::text::escape_bytes(out.stdout.trim_ascii());
         }
         Err(DiskError::ToolFailed {
             tool,

@@ -11,8 +11,10 @@ use serde::Deserialize;
 use crate::blobs::{BlobError, BlobStore};
 use crate::digest::Digest;
 use crate::layout::ImportedImage;
+use crate::limits::{ImageLimits, LimitExceeded, MAX_MANIFEST_BYTES};
 use crate::oci::{self, Descriptor, Manifest};
 use crate::reference::{Reference, ReferenceError};
+use crate::text::escape_io;
 use crate::unpack::decompress;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,20 @@ pub enum DockerArchiveError {
     },
     #[error("{path}: the archive holds no images")]
     Empty { path: PathBuf },
+    #[error(
+        "{path}: {file:?} has more than {limit} bytes (refused: the archive may be malicious)"
+    )]
+    TooLarge {
+        path: PathBuf,
+        file: String,
+        limit: u64,
+    },
+    #[error("{path}: image of {config:?}: {exceeded}; the image was not stored")]
+    Limit {
+        path: PathBuf,
+        config: String,
+        exceeded: LimitExceeded,
+    },
 }
 
 #[derive(Deserialize)]
@@ -60,12 +76,21 @@ struct Entry {
     layers: Vec<String>,
 }
 
-/// Imports every image of a `docker save` archive into `blobs`.
-pub fn import(path: &Path, blobs: &BlobStore) -> Result<Vec<ImportedImage>, DockerArchiveError> {
+/// Imports every image of a `docker save` archive into `blobs`, within `limits` (a file
+/// larger than any blob of an image within them is refused before it is stored).
+pub fn import(
+    path: &Path,
+    blobs: &BlobStore,
+    limits: &ImageLimits,
+) -> Result<Vec<ImportedImage>, DockerArchiveError> {
     let rerr = |source| DockerArchiveError::Read {
         path: path.to_owned(),
-        source,
+        source: escape_io(source),
     };
+    let max_blob = limits
+        .max_layer_bytes
+        .max(limits.max_config_bytes)
+        .max(MAX_MANIFEST_BYTES);
     let file = File::open(path).map_err(rerr)?;
     let mut archive = tar::Archive::new(decompress(file).map_err(rerr)?);
     let mut files: HashMap<String, (Digest, u64)> = HashMap::new();
@@ -92,6 +117,18 @@ pub fn import(path: &Path, blobs: &BlobStore) -> Result<Vec<ImportedImage>, Dock
         }
         if !kind.is_file() {
             continue;
+        }
+        let limit = if name == "manifest.json" {
+            MAX_MANIFEST_BYTES
+        } else {
+            max_blob
+        };
+        if entry.size() > limit {
+            return Err(DockerArchiveError::TooLarge {
+                path: path.to_owned(),
+                file: name,
+                limit,
+            });
         }
         if name == "manifest.json" {
             let mut b = Vec::new();
@@ -161,6 +198,13 @@ pub fn import(path: &Path, blobs: &BlobStore) -> Result<Vec<ImportedImage>, Dock
             layers,
             annotations: BTreeMap::new(),
         };
+        limits
+            .check_manifest(&manifest)
+            .map_err(|exceeded| DockerArchiveError::Limit {
+                path: path.to_owned(),
+                config: e.config.clone(),
+                exceeded,
+            })?;
         let bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
         let manifest_digest =
             blobs

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 
 use crate::blobs::{BlobError, BlobStore, Expected};
 use crate::digest::Digest;
+use crate::limits::{ImageLimits, LimitExceeded, MAX_MANIFEST_BYTES};
 use crate::oci::{self, ConfigFile, Descriptor, Manifest, ManifestOrIndex, RunConfig};
 use crate::reference::{Reference, ReferenceError};
+use crate::text::escape_io;
 use crate::unpack::decompress;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,18 @@ pub enum LayoutError {
         #[source]
         source: io::Error,
     },
+    #[error("{path}: {what} has more than {limit} bytes (refused: the archive may be malicious)")]
+    TooLarge {
+        path: PathBuf,
+        what: String,
+        limit: u64,
+    },
+    #[error("{path}: image {manifest}: {exceeded}; the image was not stored")]
+    Limit {
+        path: PathBuf,
+        manifest: Digest,
+        exceeded: LimitExceeded,
+    },
 }
 
 /// An image found in an archive, its blobs already in the store.
@@ -67,12 +81,15 @@ pub struct ImportedImage {
 }
 
 /// Imports the images of an OCI layout directory or tar archive into `blobs`, verifying every
-/// blob. Images are picked for `os`/`arch` from nested indexes.
+/// blob. Images are picked for `os`/`arch` from nested indexes. Within `limits`: an image past
+/// them is refused before its layers are copied, a blob of a tar larger than any image may
+/// hold before it is stored.
 pub fn import(
     path: &Path,
     blobs: &BlobStore,
     os: &str,
     arch: &str,
+    limits: &ImageLimits,
 ) -> Result<Vec<ImportedImage>, LayoutError> {
     let rerr = |source| LayoutError::Read {
         path: path.to_owned(),
@@ -87,10 +104,11 @@ pub fn import(
                 why: "no oci-layout file",
             });
         }
-        let index = fs::read(path.join("index.json")).map_err(rerr)?;
+        let file = File::open(path.join("index.json")).map_err(rerr)?;
+        let index = read_capped(path, "index.json", file)?;
         (index, Some(path.to_owned()))
     } else {
-        (read_tar(path, blobs)?, None)
+        (read_tar(path, blobs, limits)?, None)
     };
     let index: oci::Index =
         serde_json::from_slice(&index_bytes).map_err(|source| LayoutError::BadJson {
@@ -110,6 +128,13 @@ pub fn import(
             names.push(name_from_annotation(path, n)?);
         }
         let (digest, manifest) = src.resolve_manifest(desc, os, arch, 0)?;
+        limits
+            .check_manifest(&manifest)
+            .map_err(|exceeded| LayoutError::Limit {
+                path: path.to_owned(),
+                manifest: digest.clone(),
+                exceeded,
+            })?;
         src.ensure(&manifest.config)?;
         for l in &manifest.layers {
             src.ensure(l)?;
@@ -152,13 +177,38 @@ fn name_from_annotation(path: &Path, n: &str) -> Result<Reference, LayoutError> 
     })
 }
 
+/// At most [`MAX_MANIFEST_BYTES`] of `reader` (JSON documents of an archive).
+fn read_capped(path: &Path, what: &str, reader: impl Read) -> Result<Vec<u8>, LayoutError> {
+    let mut b = Vec::new();
+    reader
+        .take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut b)
+        .map_err(|e| LayoutError::Read {
+            path: path.to_owned(),
+            source: escape_io(e),
+        })?;
+    if b.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(LayoutError::TooLarge {
+            path: path.to_owned(),
+            what: what.to_owned(),
+            limit: MAX_MANIFEST_BYTES,
+        });
+    }
+    Ok(b)
+}
+
 /// Streams a layout tar: every `blobs/sha256/<hex>` entry goes into the store (verified
 /// against its name); returns `index.json`.
-fn read_tar(path: &Path, blobs: &BlobStore) -> Result<Vec<u8>, LayoutError> {
+fn read_tar(path: &Path, blobs: &BlobStore, limits: &ImageLimits) -> Result<Vec<u8>, LayoutError> {
     let rerr = |source| LayoutError::Read {
         path: path.to_owned(),
-        source,
+        source: escape_io(source),
     };
+    // The largest blob any image within the limits can have.
+    let max_blob = limits
+        .max_layer_bytes
+        .max(limits.max_config_bytes)
+        .max(MAX_MANIFEST_BYTES);
     let file = File::open(path).map_err(rerr)?;
     let mut archive = tar::Archive::new(decompress(file).map_err(rerr)?);
     let mut index = None;
@@ -171,22 +221,27 @@ fn read_tar(path: &Path, blobs: &BlobStore) -> Result<Vec<u8>, LayoutError> {
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let name = name.trim_start_matches("./");
         if name == "index.json" {
-            let mut b = Vec::new();
-            entry.read_to_end(&mut b).map_err(rerr)?;
-            index = Some(b);
+            index = Some(read_capped(path, "index.json", &mut entry)?);
         } else if name == "oci-layout" {
             marker = true;
         } else if let Some(hex) = name.strip_prefix("blobs/sha256/") {
             let Ok(digest) = Digest::from_hex(hex) else {
                 continue;
             };
-            let size = entry.header().size().ok();
+            let size = entry.size();
+            if size > max_blob {
+                return Err(LayoutError::TooLarge {
+                    path: path.to_owned(),
+                    what: format!("blob {digest}"),
+                    limit: max_blob,
+                });
+            }
             blobs
                 .write(
                     &mut entry,
                     Some(Expected {
                         digest: &digest,
-                        size,
+                        size: Some(size),
                     }),
                 )
                 .map_err(|source| LayoutError::Blob {
@@ -266,6 +321,14 @@ impl Source<'_> {
         arch: &str,
         depth: u32,
     ) -> Result<(Digest, Manifest), LayoutError> {
+        // Read whole below: bounded first.
+        if desc.size > MAX_MANIFEST_BYTES {
+            return Err(LayoutError::TooLarge {
+                path: self.path.to_owned(),
+                what: format!("manifest {}", desc.digest),
+                limit: MAX_MANIFEST_BYTES,
+            });
+        }
         self.ensure(desc)?;
         let bytes = self
             .blobs

@@ -25,11 +25,12 @@ use crate::disk::{build_disk, DiskError, DiskFormat};
 use crate::docker_archive::{self, DockerArchiveError};
 use crate::index::{IndexError, IndexFile, RefEntry};
 use crate::layout::{self, ImportedImage, LayoutError};
+use crate::limits::{ImageLimits, LimitError, LimitExceeded};
 use crate::lock::FileLock;
 use crate::oci::{ConfigFile, Manifest};
 use crate::reference::{Reference, ReferenceError};
 use crate::registry::{PullOptions, RegistryClient, RegistryError};
-use crate::unpack::{unpack_layer, UnpackError};
+use crate::unpack::{unpack_layer_within, UnpackError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -98,12 +99,24 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    #[error("image store limits")]
+    Limits(#[source] LimitError),
+    /// Past one of the store's [`ImageLimits`]: not named, no disk (blobs fetched before
+    /// the limit showed are left for `gc`).
+    #[error("image {manifest}: {exceeded}; the image was not stored")]
+    Limit {
+        manifest: Digest,
+        exceeded: LimitExceeded,
+    },
 }
 
-/// How a store builds disks.
+/// How a store builds disks, and what it accepts.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StoreOptions {
     pub disk_format: DiskFormat,
+    /// Bounds on configs, layer counts and expanded sizes (`Default`: the built-in limits;
+    /// [`Store::open`]: those of the environment, [`ImageLimits::from_env`]).
+    pub limits: ImageLimits,
 }
 
 /// What a container needs from its image's configuration.
@@ -176,9 +189,17 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `root` with default options.
+    /// Opens (creating if needed) the store at `root` with the default disk format and the
+    /// limits of the environment ([`ImageLimits::from_env`]; an unparsable value is an error).
     pub fn open(root: impl AsRef<Path>) -> Result<Self, StoreError> {
-        Self::open_with(root, StoreOptions::default())
+        let limits = ImageLimits::from_env().map_err(StoreError::Limits)?;
+        Self::open_with(
+            root,
+            StoreOptions {
+                limits,
+                ..StoreOptions::default()
+            },
+        )
     }
 
     pub fn open_with(root: impl AsRef<Path>, opts: StoreOptions) -> Result<Self, StoreError> {
@@ -209,6 +230,10 @@ impl Store {
         self.opts.disk_format
     }
 
+    pub fn limits(&self) -> &ImageLimits {
+        &self.opts.limits
+    }
+
     /// The verified blobs (read-only use).
     pub fn blobs(&self) -> &BlobStore {
         &self.blobs
@@ -219,8 +244,14 @@ impl Store {
     pub fn import_oci_layout(&self, path: impl AsRef<Path>) -> Result<Vec<Image>, StoreError> {
         self.guard(|| {
             let _gc = self.writer_lock()?;
-            let imported = layout::import(path.as_ref(), &self.blobs, "linux", "amd64")
-                .map_err(StoreError::Layout)?;
+            let imported = layout::import(
+                path.as_ref(),
+                &self.blobs,
+                "linux",
+                "amd64",
+                &self.opts.limits,
+            )
+            .map_err(StoreError::Layout)?;
             self.commit_all(named(path.as_ref(), imported)?)
         })
     }
@@ -235,8 +266,14 @@ impl Store {
         self.guard(|| {
             let reference = Reference::parse(reference)?;
             let _gc = self.writer_lock()?;
-            let mut imported = layout::import(path.as_ref(), &self.blobs, "linux", "amd64")
-                .map_err(StoreError::Layout)?;
+            let mut imported = layout::import(
+                path.as_ref(),
+                &self.blobs,
+                "linux",
+                "amd64",
+                &self.opts.limits,
+            )
+            .map_err(StoreError::Layout)?;
             let pick = match imported
                 .iter()
                 .position(|i| i.names.iter().any(|n| n.tag() == reference.tag()))
@@ -277,8 +314,14 @@ impl Store {
             let layout_dir = work.path().join("layout");
             build_busybox_layout(busybox.as_ref(), &layout_dir, &reference.to_string())
                 .map_err(StoreError::Busybox)?;
-            let mut imported = layout::import(&layout_dir, &self.blobs, "linux", "amd64")
-                .map_err(StoreError::Layout)?;
+            let mut imported = layout::import(
+                &layout_dir,
+                &self.blobs,
+                "linux",
+                "amd64",
+                &self.opts.limits,
+            )
+            .map_err(StoreError::Layout)?;
             imported[0].names = vec![reference];
             Ok(self.commit_all(imported)?.remove(0))
         })
@@ -288,7 +331,7 @@ impl Store {
     pub fn import_docker_archive(&self, path: impl AsRef<Path>) -> Result<Vec<Image>, StoreError> {
         self.guard(|| {
             let _gc = self.writer_lock()?;
-            let imported = docker_archive::import(path.as_ref(), &self.blobs)
+            let imported = docker_archive::import(path.as_ref(), &self.blobs, &self.opts.limits)
                 .map_err(StoreError::DockerArchive)?;
             self.commit_all(named(path.as_ref(), imported)?)
         })
@@ -305,6 +348,8 @@ impl Store {
             let _gc = self.writer_lock()?;
             let mut client = RegistryClient::new(&reference, opts).map_err(perr)?;
             let (fetched, manifest) = client.image_manifest().map_err(perr)?;
+            // Before downloading anything big.
+            self.check_manifest(&fetched.digest, &manifest)?;
             client.blob(&self.blobs, &manifest.config).map_err(perr)?;
             for layer in &manifest.layers {
                 client.blob(&self.blobs, layer).map_err(perr)?;
@@ -556,7 +601,29 @@ impl Store {
         })
     }
 
+    /// Refuses an image past the store's limits on layers, config and sizes, from its
+    /// manifest alone.
+    fn check_manifest(&self, digest: &Digest, manifest: &Manifest) -> Result<(), StoreError> {
+        self.opts
+            .limits
+            .check_manifest(manifest)
+            .map_err(|exceeded| StoreError::Limit {
+                manifest: digest.clone(),
+                exceeded,
+            })
+    }
+
+    /// The image's config, checked against the limits first (never read whole past them).
     fn config(&self, digest: &Digest, manifest: &Manifest) -> Result<ConfigFile, StoreError> {
+        self.check_manifest(digest, manifest)?;
+        let size = self.blobs.size(&manifest.config.digest).unwrap_or(0);
+        self.opts
+            .limits
+            .check_config(size)
+            .map_err(|exceeded| StoreError::Limit {
+                manifest: digest.clone(),
+                exceeded,
+            })?;
         let bytes = self.blobs.read(&manifest.config.digest)?;
         serde_json::from_slice(&bytes).map_err(|source| StoreError::BadJson {
             manifest: digest.clone(),
@@ -575,6 +642,7 @@ impl Store {
     ) -> Result<PathBuf, StoreError> {
         let dest = self.disk_path(digest);
         if dest.is_file() {
+            owner_only(&dest);
             return Ok(dest);
         }
         let lock_path = self.root.join(format!("locks/disk-{}.lock", digest.hex()));
@@ -599,14 +667,37 @@ impl Store {
             source,
         })?;
         let diff_ids = config.rootfs.as_ref().map(|r| &r.diff_ids);
+        let limits = &self.opts.limits;
+        let mut image_left = limits.max_image_bytes;
         for (i, layer) in manifest.layers.iter().enumerate() {
             let file = self.blobs.open(&layer.digest)?;
             let diff_id = diff_ids.and_then(|d| d.get(i));
-            unpack_layer(&rootfs, file, diff_id).map_err(|source| StoreError::Unpack {
-                manifest: digest.clone(),
-                layer: layer.digest.clone(),
-                source,
+            let limit = limits.max_layer_bytes.min(image_left);
+            let stats = unpack_layer_within(&rootfs, file, diff_id, limit).map_err(|source| {
+                let exceeded = match source {
+                    UnpackError::TooLarge { .. } if limit < limits.max_layer_bytes => {
+                        LimitExceeded::Image {
+                            limit: limits.max_image_bytes,
+                        }
+                    }
+                    UnpackError::TooLarge { limit } => LimitExceeded::Layer {
+                        layer: layer.digest.clone(),
+                        limit,
+                    },
+                    source => {
+                        return StoreError::Unpack {
+                            manifest: digest.clone(),
+                            layer: layer.digest.clone(),
+                            source,
+                        }
+                    }
+                };
+                StoreError::Limit {
+                    manifest: digest.clone(),
+                    exceeded,
+                }
             })?;
+            image_left = image_left.saturating_sub(stats.bytes);
         }
         let out = work.path().join("disk");
         build_disk(self.opts.disk_format, &rootfs, &out).map_err(|source| StoreError::Disk {
@@ -664,6 +755,17 @@ fn hex_prefix(s: &str) -> Option<&str> {
         && s.bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
     .then_some(s)
+}
+
+/// Takes group and other access away from a disk built before disks were private (best
+/// effort: a store someone else owns stays as it is).
+fn owner_only(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = fs::metadata(p) {
+        if m.permissions().mode() & 0o077 != 0 {
+            let _ = fs::set_permissions(p, fs::Permissions::from_mode(0o600));
+        }
+    }
 }
 
 fn remove_any(p: &Path) -> io::Result<()> {

@@ -4,22 +4,36 @@
 //! Every entry path is checked: absolute paths and `..` components are refused, and parent
 //! directories are resolved with symlinks interpreted inside the tree (as if it were `/`), so no
 //! entry is ever written outside it; a symlink that climbs above the tree is refused.
+//!
+//! A layer is bounded: its expanded size (the uncompressed stream plus the holes of its sparse
+//! files) may not pass a limit, checked before a file is written and on every read, and the
+//! extension headers of one entry (PAX, GNU long names, which the tar reader holds in memory)
+//! may not pass [`MAX_HEADER_BYTES`]. Runs of zeros (and the holes of GNU sparse entries) are
+//! written as holes, so a sparse file stays sparse.
 
+use std::cell::Cell;
 use std::collections::{HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, CWD};
 
 use crate::digest::{Digest, HashingReader};
+use crate::limits::ImageLimits;
+use crate::text::{escape_bytes, escape_io};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 const MAX_SYMLINK_HOPS: u32 = 40;
+/// The most the headers of one entry (with its PAX and GNU long-name extensions) may take.
+pub const MAX_HEADER_BYTES: u64 = 16 << 20;
+/// Zero blocks of this size (at this alignment) in a file are left as holes.
+const HOLE_BLOCK: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
@@ -31,9 +45,13 @@ pub enum UnpackError {
     BadHardLink { path: String, target: String },
     #[error("reading the layer archive (corrupt or truncated layer)")]
     ReadArchive(#[source] io::Error),
+    #[error("the layer expands to more than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("a layer entry has more than {MAX_HEADER_BYTES} bytes of headers (the layer may be malicious)")]
+    HeaderTooLarge,
     #[error("layer content has digest {actual}, the image config says {expected} (corrupt layer)")]
     DiffIdMismatch { expected: Digest, actual: Digest },
-    #[error("writing {path}")]
+    #[error("writing {path:?}")]
     Write {
         path: PathBuf,
         #[source]
@@ -46,6 +64,8 @@ pub enum UnpackError {
 pub struct LayerStats {
     pub entries: u64,
     pub whiteouts: u64,
+    /// The expanded size: the uncompressed stream plus the holes of sparse files.
+    pub bytes: u64,
 }
 
 /// Wraps `reader` in the decompressor its magic bytes call for (gzip, zstd or none).
@@ -64,33 +84,72 @@ pub fn decompress<'a>(reader: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> 
     })
 }
 
-/// Applies one layer to `root` (which must exist). When `diff_id` is given, the uncompressed
-/// stream must hash to it.
+/// Applies one layer to `root` (which must exist), within the default per-layer limit
+/// ([`ImageLimits::max_layer_bytes`]). When `diff_id` is given, the uncompressed stream must
+/// hash to it.
 pub fn unpack_layer(
     root: &Path,
     reader: impl Read,
     diff_id: Option<&Digest>,
 ) -> Result<LayerStats, UnpackError> {
-    let stream = decompress(reader).map_err(UnpackError::ReadArchive)?;
-    let mut archive = tar::Archive::new(HashingReader::new(stream));
+    unpack_layer_within(
+        root,
+        reader,
+        diff_id,
+        ImageLimits::default().max_layer_bytes,
+    )
+}
+
+/// [`unpack_layer`] with at most `max_bytes` of expanded size: past it, the layer is
+/// [`UnpackError::TooLarge`] (what it wrote stays in `root`: unpack into a scratch tree).
+pub fn unpack_layer_within(
+    root: &Path,
+    reader: impl Read,
+    diff_id: Option<&Digest>,
+    max_bytes: u64,
+) -> Result<LayerStats, UnpackError> {
+    let gauge = Rc::new(Gauge::new(max_bytes));
+    let result = unpack_metered(root, reader, diff_id, &gauge);
+    result.map_err(|e| gauge.exceeded().unwrap_or(e))
+}
+
+fn unpack_metered(
+    root: &Path,
+    reader: impl Read,
+    diff_id: Option<&Digest>,
+    gauge: &Rc<Gauge>,
+) -> Result<LayerStats, UnpackError> {
+    let stream = decompress(reader).map_err(read_err)?;
+    let metered = Meter {
+        inner: stream,
+        gauge: gauge.clone(),
+    };
+    let mut archive = tar::Archive::new(HashingReader::new(metered));
     let mut layer = Layer {
         root,
         created: HashSet::new(),
         dirs: Vec::new(),
         stats: LayerStats::default(),
+        gauge: gauge.as_ref(),
     };
-    for entry in archive.entries().map_err(UnpackError::ReadArchive)? {
-        let mut entry = entry.map_err(UnpackError::ReadArchive)?;
+    let mut entries = archive.entries().map_err(read_err)?;
+    loop {
+        // The tar reader holds extension headers in memory: bounded while it reads them.
+        gauge.header.set(Some(gauge.read.get()));
+        let next = entries.next();
+        gauge.header.set(None);
+        let Some(entry) = next else { break };
+        let mut entry = entry.map_err(read_err)?;
         layer.apply(&mut entry)?;
+        // What the entry carries beyond what it made (data of a directory, a link): read
+        // here, counted, so that only headers are read while the header bound is on.
+        io::copy(&mut entry, &mut io::sink()).map_err(read_err)?;
     }
     // Directory times last: writing their children changed them.
     for (path, meta) in layer.dirs.iter().rev() {
         set_times(path, meta.mtime)?;
     }
-    let (actual, _) = archive
-        .into_inner()
-        .finish()
-        .map_err(UnpackError::ReadArchive)?;
+    let (actual, _) = archive.into_inner().finish().map_err(read_err)?;
     if let Some(expected) = diff_id {
         if *expected != actual {
             return Err(UnpackError::DiffIdMismatch {
@@ -99,7 +158,83 @@ pub fn unpack_layer(
             });
         }
     }
-    Ok(layer.stats)
+    let mut stats = layer.stats;
+    stats.bytes = gauge.used();
+    Ok(stats)
+}
+
+/// What a layer has used of its limit, shared by the metering reader and the unpacker.
+struct Gauge {
+    limit: u64,
+    /// Bytes of the uncompressed stream read.
+    read: Cell<u64>,
+    /// Holes of sparse entries (their apparent size beyond their stored data).
+    holes: Cell<u64>,
+    /// While the tar reader reads headers: the stream position where it began.
+    header: Cell<Option<u64>>,
+    exceeded: Cell<Option<Exceeded>>,
+}
+
+#[derive(Clone, Copy)]
+enum Exceeded {
+    Size,
+    Header,
+}
+
+impl Gauge {
+    fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            read: Cell::new(0),
+            holes: Cell::new(0),
+            header: Cell::new(None),
+            exceeded: Cell::new(None),
+        }
+    }
+
+    fn used(&self) -> u64 {
+        self.read.get().saturating_add(self.holes.get())
+    }
+
+    /// Whether `more` bytes still fit; if not, the layer is marked too large.
+    fn fits(&self, more: u64) -> bool {
+        let ok = self.used().saturating_add(more) <= self.limit;
+        if !ok {
+            self.exceeded.set(Some(Exceeded::Size));
+        }
+        ok
+    }
+
+    fn exceeded(&self) -> Option<UnpackError> {
+        self.exceeded.get().map(|e| match e {
+            Exceeded::Size => UnpackError::TooLarge { limit: self.limit },
+            Exceeded::Header => UnpackError::HeaderTooLarge,
+        })
+    }
+}
+
+/// Counts the uncompressed stream against its [`Gauge`] and fails once past it.
+struct Meter<R> {
+    inner: R,
+    gauge: Rc<Gauge>,
+}
+
+impl<R: Read> Read for Meter<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let g = &self.gauge;
+        g.read.set(g.read.get().saturating_add(n as u64));
+        if !g.fits(0) {
+            return Err(io::Error::other("the layer is larger than its limit"));
+        }
+        if let Some(start) = g.header.get() {
+            if g.read.get() - start > MAX_HEADER_BYTES {
+                g.exceeded.set(Some(Exceeded::Header));
+                return Err(io::Error::other("entry headers too large"));
+            }
+        }
+        Ok(n)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -112,6 +247,7 @@ struct Meta {
 
 struct Layer<'r> {
     root: &'r Path,
+    gauge: &'r Gauge,
     /// Paths this layer created, and their ancestors: whiteouts in this layer spare them.
     created: HashSet<PathBuf>,
     dirs: Vec<(PathBuf, Meta)>,
@@ -122,12 +258,12 @@ impl Layer<'_> {
     fn apply<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
         let pax = PaxFields::read(entry)?;
         let raw = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let shown = escape_bytes(&raw);
         let comps = clean_components(&raw, &shown)?;
         let header = entry.header();
         let kind = header.entry_type();
         let meta = Meta {
-            mode: header.mode().map_err(UnpackError::ReadArchive)? & 0o7777,
+            mode: header.mode().map_err(read_err)? & 0o7777,
             // PAX overrides big ids; some writers leave the fields empty: that is root.
             uid: pax.uid.or(header.uid().ok()).unwrap_or(0),
             gid: pax.gid.or(header.gid().ok()).unwrap_or(0),
@@ -193,21 +329,34 @@ impl Layer<'_> {
                 self.dirs.push((path.clone(), meta));
             }
             T::Regular | T::Continuous | T::GNUSparse => {
+                // A sparse entry's holes count at once; stored data as it is read. Both are
+                // checked before anything is written.
+                let size = entry.size();
+                let stored = header.entry_size().unwrap_or(size).min(size);
+                let holes = if kind == T::GNUSparse {
+                    size - stored
+                } else {
+                    0
+                };
+                if !self.gauge.fits(size) {
+                    return Err(UnpackError::TooLarge {
+                        limit: self.gauge.limit,
+                    });
+                }
+                self.gauge.holes.set(self.gauge.holes.get() + holes);
                 if existing.is_some() {
                     remove_any(&path)?;
                 }
-                let mut f = OpenOptions::new()
+                let f = OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
                     .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
                     .open(&path)
                     .map_err(werr(&path))?;
-                io::copy(entry, &mut f).map_err(|e| match e.kind() {
-                    io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData => {
-                        UnpackError::ReadArchive(e)
-                    }
-                    _ => UnpackError::Write {
+                copy_sparse(entry, &f).map_err(|e| match e {
+                    CopyError::Read(e) => read_err(e),
+                    CopyError::Write(e) => UnpackError::Write {
                         path: path.clone(),
                         source: e,
                     },
@@ -234,7 +383,7 @@ impl Layer<'_> {
                     .link_name_bytes()
                     .map(|b| b.into_owned())
                     .unwrap_or_default();
-                let target_shown = String::from_utf8_lossy(&target_raw).into_owned();
+                let target_shown = escape_bytes(&target_raw);
                 let bad = || UnpackError::BadHardLink {
                     path: shown.clone(),
                     target: target_shown.clone(),
@@ -417,11 +566,11 @@ struct PaxFields {
 impl PaxFields {
     fn read<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Self, UnpackError> {
         let mut out = Self::default();
-        let Some(exts) = entry.pax_extensions().map_err(UnpackError::ReadArchive)? else {
+        let Some(exts) = entry.pax_extensions().map_err(read_err)? else {
             return Ok(out);
         };
         for ext in exts {
-            let ext = ext.map_err(UnpackError::ReadArchive)?;
+            let ext = ext.map_err(read_err)?;
             let Ok(key) = ext.key() else { continue };
             let num = || ext.value().ok().and_then(|v| v.trim().parse().ok());
             match key {
@@ -474,6 +623,63 @@ fn clean_components(raw: &[u8], shown: &str) -> Result<Vec<OsString>, UnpackErro
     Ok(out)
 }
 
+/// A read error of the archive, its message escaped (the tar reader quotes entry names).
+fn read_err(e: io::Error) -> UnpackError {
+    UnpackError::ReadArchive(escape_io(e))
+}
+
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Copies a file's content, leaving aligned zero blocks as holes (sized at the end).
+fn copy_sparse(src: &mut impl Read, f: &File) -> Result<u64, CopyError> {
+    let mut buf = vec![0u8; 32 * HOLE_BLOCK];
+    let mut offset = 0u64;
+    loop {
+        // Fill the buffer (or reach the end) so that blocks stay aligned to the file.
+        let mut len = 0;
+        while len < buf.len() {
+            match src.read(&mut buf[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CopyError::Read(e)),
+            }
+        }
+        if len == 0 {
+            break;
+        }
+        let mut pos = 0;
+        while pos < len {
+            let end = (pos + HOLE_BLOCK).min(len);
+            // Coalesce neighbouring data blocks into one write.
+            let mut data_end = pos;
+            while data_end < len {
+                let block_end = (data_end + HOLE_BLOCK).min(len);
+                if buf[data_end..block_end].iter().all(|&b| b == 0) {
+                    break;
+                }
+                data_end = block_end;
+            }
+            if data_end > pos {
+                f.write_all_at(&buf[pos..data_end], offset + pos as u64)
+                    .map_err(CopyError::Write)?;
+                pos = data_end;
+            } else {
+                pos = end;
+            }
+        }
+        offset += len as u64;
+        if len < buf.len() {
+            break;
+        }
+    }
+    f.set_len(offset).map_err(CopyError::Write)?;
+    Ok(offset)
+}
+
 fn werr(path: &Path) -> impl FnOnce(io::Error) -> UnpackError {
     let path = path.to_owned();
     move |source| UnpackError::Write { path, source }
@@ -517,6 +723,7 @@ pub fn unpack_layers(
         let s = unpack_layer(root, file, diff_id.as_ref())?;
         total.entries += s.entries;
         total.whiteouts += s.whiteouts;
+        total.bytes += s.bytes;
     }
     Ok(total)
 }

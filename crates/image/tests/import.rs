@@ -149,6 +149,7 @@ fn ext4_disks() {
         t.path().join("store"),
         StoreOptions {
             disk_format: DiskFormat::Ext4,
+            ..StoreOptions::default()
         },
     )
     .unwrap();

@@ -433,3 +433,202 @@ fn https_registry_with_a_private_ca() {
     let e = pull_error(store.pull(&name, &bad).unwrap_err());
     assert!(matches!(e, RegistryError::CaCert { .. }), "{e}");
 }
+
+#[test]
+fn a_dripping_registry_is_bounded_by_the_request_deadline() {
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    sample_layout(&layout, "v1", "drip\n");
+    let o = PullOptions {
+        timeout: Duration::from_millis(1500),
+        retries: 0,
+        ..opts()
+    };
+    // The manifest, one byte every 50 ms: each read is quick, the whole is not.
+    let l = layout.clone();
+    let stub = Stub::start(move |req| match layout_reply(&l, req, &|_, b| b) {
+        Reply::Send { body, headers, .. } if req.path.contains("/manifests/") => Reply::Drip {
+            content_type: headers[0].1.clone(),
+            body,
+            every: Duration::from_millis(50),
+        },
+        other => other,
+    });
+    let store = Store::open(t.path().join("store")).unwrap();
+    let e = pull_error(
+        store
+            .pull(&format!("127.0.0.1:{}/app:v1", stub.port), &o)
+            .unwrap_err(),
+    );
+    assert!(matches!(e, RegistryError::Timeout { .. }), "{e:?}");
+    assert!(e.to_string().contains("timed out"), "{e}");
+    assert_nothing_complete(&store);
+
+    // A blob, dripped: its deadline is the timeout plus its size at the minimum rate.
+    let l = layout.clone();
+    let stub = Stub::start(move |req| match layout_reply(&l, req, &|_, b| b) {
+        Reply::Send { body, .. } if req.path.contains("/blobs/") => Reply::Drip {
+            content_type: "application/octet-stream".into(),
+            body,
+            every: Duration::from_millis(50),
+        },
+        other => other,
+    });
+    let fast = PullOptions {
+        min_rate: 1 << 20,
+        ..o
+    };
+    let e = pull_error(
+        store
+            .pull(&format!("127.0.0.1:{}/app:v1", stub.port), &fast)
+            .unwrap_err(),
+    );
+    assert!(matches!(e, RegistryError::Timeout { .. }), "{e:?}");
+    assert_nothing_complete(&store);
+}
+
+#[test]
+fn the_token_answer_is_read_with_a_limit() {
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    sample_layout(&layout, "v1", "token\n");
+    let port = Arc::new(std::sync::OnceLock::<u16>::new());
+    let p2 = port.clone();
+    let l = layout.clone();
+    let stub = Stub::start(move |req| {
+        if req.path.starts_with("/token") {
+            let mut body = br#"{"token":"good-token","pad":""#.to_vec();
+            body.extend(std::iter::repeat_n(b'x', 2 << 20));
+            body.extend_from_slice(br#""}"#);
+            return Reply::ok("application/json", body);
+        }
+        if req.headers.get("authorization").map(String::as_str) != Some("Bearer good-token") {
+            return Reply::Send {
+                status: 401,
+                headers: vec![(
+                    "WWW-Authenticate".into(),
+                    format!(
+                        r#"Bearer realm="http://127.0.0.1:{}/token",service="stub""#,
+                        p2.get().unwrap()
+                    ),
+                )],
+                body: vec![],
+            };
+        }
+        layout_reply(&l, req, &|_, b| b)
+    });
+    port.set(stub.port).unwrap();
+    let store = Store::open(t.path().join("store")).unwrap();
+    let e = pull_error(
+        store
+            .pull(&format!("127.0.0.1:{}/secret:v1", stub.port), &opts())
+            .unwrap_err(),
+    );
+    assert!(matches!(e, RegistryError::TokenTooLarge { .. }), "{e:?}");
+    assert_nothing_complete(&store);
+}
+
+#[test]
+fn a_large_config_or_too_many_layers_are_refused_before_any_blob_is_fetched() {
+    use crx_image::limits::LimitExceeded;
+    use crx_image::{ImageLimits, StoreOptions};
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    let mut w = LayoutWriter::create(&layout).unwrap();
+    let mut rc = common::run_config(&["x"]);
+    rc.env = Some(vec![format!("BIG={}", "x".repeat(8192))]);
+    let layer = |m: &str| LayerBlob::tar(common::Tar::new().file("f", m).finish());
+    w.add_image(Some("big"), &rc, &[layer("a")]).unwrap();
+    w.add_image(
+        Some("many"),
+        &common::run_config(&["x"]),
+        &[layer("1"), layer("2"), layer("3")],
+    )
+    .unwrap();
+    w.finish().unwrap();
+    let blob_hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (l, hits) = (layout.clone(), blob_hits.clone());
+    let stub = Stub::start(move |req| {
+        if req.path.contains("/blobs/") {
+            hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        layout_reply(&l, req, &|_, b| b)
+    });
+    let store = Store::open_with(
+        t.path().join("store"),
+        StoreOptions {
+            limits: ImageLimits {
+                max_config_bytes: 4096,
+                max_layers: 2,
+                ..ImageLimits::default()
+            },
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    for (tag, want) in [("big", "CONFIG"), ("many", "LAYERS")] {
+        let e = store
+            .pull(&format!("127.0.0.1:{}/app:{tag}", stub.port), &opts())
+            .unwrap_err();
+        assert!(
+            e.to_string().contains(&format!("CRX_IMAGE_MAX_{want}")),
+            "{e}"
+        );
+        let StoreError::Limit { exceeded, .. } = e else {
+            panic!("{e:?}")
+        };
+        assert!(
+            matches!(
+                (tag, exceeded),
+                ("big", LimitExceeded::Config { .. }) | ("many", LimitExceeded::Layers { .. })
+            ),
+            "{tag}"
+        );
+    }
+    assert_eq!(blob_hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_nothing_complete(&store);
+}
+
+#[test]
+fn registry_text_in_errors_is_escaped() {
+    let evil = "\x1b]0;pwned\x07\x1b[2J\u{9b}31m";
+    let body = evil.as_bytes().to_vec();
+    let stub = Stub::start(move |_| Reply::Send {
+        status: 400,
+        headers: vec![],
+        body: body.clone(),
+    });
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(t.path()).unwrap();
+    let e = store
+        .pull(&format!("127.0.0.1:{}/app:1", stub.port), &opts())
+        .unwrap_err();
+    let text = common::chain(&e);
+    assert!(text.contains("400"), "{text}");
+    assert!(
+        !text.chars().any(|c| c.is_control()),
+        "control characters in {text:?}"
+    );
+    assert!(text.contains("\\u{1b}]0;pwned"), "{text}");
+
+    // Platform names of a manifest list.
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{}", "a".repeat(64)), "size": 1,
+            "platform": {"os": evil, "architecture": "amd64"}}]
+    });
+    let bytes = serde_json::to_vec(&index).unwrap();
+    let stub =
+        Stub::start(move |_| Reply::ok("application/vnd.oci.image.index.v1+json", bytes.clone()));
+    let e = store
+        .pull(&format!("127.0.0.1:{}/app:1", stub.port), &opts())
+        .unwrap_err();
+    let text = common::chain(&e);
+    assert!(text.contains("no linux/amd64 image"), "{text}");
+    assert!(
+        !text.chars().any(|c| c.is_control()),
+        "control characters in {text:?}"
+    );
+}

@@ -249,3 +249,138 @@ fn zstd_and_gzip_layers() {
         "gzip layer"
     );
 }
+
+fn allocated(p: &Path) -> u64 {
+    fs::metadata(p).unwrap().blocks() * 512
+}
+
+#[test]
+fn sparse_files_stay_sparse_and_count_at_their_apparent_size() {
+    let t = tempfile::tempdir().unwrap();
+    let mut tail = [b'x'; 512];
+    tail[511] = b'\n';
+    let zeros_then_data = {
+        let mut v = vec![0u8; 4 << 20];
+        v.extend_from_slice(b"end\n");
+        v
+    };
+    let tar = Tar::new()
+        .sparse("sparse", 256 << 20, &tail)
+        .file("dense", "not a hole\n")
+        .finish();
+    let mut tar2 = Tar::new().zeros("zeros", 3 << 20).finish();
+    // A regular file with a long run of zeros, then data.
+    {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(zeros_then_data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "run", &zeros_then_data[..]).unwrap();
+        let extra = b.into_inner().unwrap();
+        tar2.truncate(tar2.len() - 1024); // drop the end-of-archive blocks
+        tar2.extend_from_slice(&extra);
+    }
+    let stats = unpack_layer(t.path(), &tar[..], Some(&Digest::of(&tar))).unwrap();
+    assert!(stats.bytes >= 256 << 20, "{stats:?}");
+    let sparse = t.path().join("sparse");
+    assert_eq!(fs::metadata(&sparse).unwrap().len(), 256 << 20);
+    assert!(allocated(&sparse) < 1 << 20, "{} bytes", allocated(&sparse));
+    let content = fs::read(&sparse).unwrap();
+    assert!(content[..(256 << 20) - 512].iter().all(|&b| b == 0));
+    assert_eq!(&content[(256 << 20) - 512..], &tail[..]);
+    assert_eq!(
+        fs::read_to_string(t.path().join("dense")).unwrap(),
+        "not a hole\n"
+    );
+
+    unpack_layer(t.path(), &tar2[..], None).unwrap();
+    let zeros = t.path().join("zeros");
+    assert_eq!(fs::metadata(&zeros).unwrap().len(), 3 << 20);
+    assert!(allocated(&zeros) < 64 << 10, "{}", allocated(&zeros));
+    let run = t.path().join("run");
+    assert_eq!(fs::read(&run).unwrap(), zeros_then_data);
+    assert!(allocated(&run) < 64 << 10, "{}", allocated(&run));
+}
+
+#[test]
+fn layer_past_its_limit_is_refused_before_writing() {
+    use crx_image::unpack::unpack_layer_within;
+    let limit = 1 << 20;
+    // A sparse entry claiming more than the limit: refused before its file exists.
+    let t = tempfile::tempdir().unwrap();
+    let tar = Tar::new().sparse("big", 2 << 30, &[1u8; 512]).finish();
+    let e = unpack_layer_within(t.path(), &tar[..], None, limit).unwrap_err();
+    assert!(
+        matches!(e, UnpackError::TooLarge { limit: 1048576 }),
+        "{e:?}"
+    );
+    assert!(!t.path().join("big").exists());
+
+    // A small gzip stream of zeros that expands past the limit.
+    let t = tempfile::tempdir().unwrap();
+    let bomb = crx_image::layout::LayerBlob::gzip(&Tar::new().zeros("zeros", 8 << 20).finish());
+    assert!(bomb.bytes.len() < 64 << 10);
+    let e = unpack_layer_within(t.path(), &bomb.bytes[..], None, limit).unwrap_err();
+    assert!(matches!(e, UnpackError::TooLarge { .. }), "{e:?}");
+    assert!(!t.path().join("zeros").exists());
+
+    // Many files, each small, adding up past the limit.
+    let t = tempfile::tempdir().unwrap();
+    let mut many = Tar::new();
+    for i in 0..40 {
+        many = many.zeros(&format!("f{i}"), 32 << 10);
+    }
+    let e = unpack_layer_within(t.path(), &many.finish()[..], None, limit).unwrap_err();
+    assert!(matches!(e, UnpackError::TooLarge { .. }), "{e:?}");
+
+    // Garbage after the end of the archive counts too (it is read to check the diff_id).
+    let t = tempfile::tempdir().unwrap();
+    let mut trailing = Tar::new().file("a", "a").finish();
+    trailing.extend(std::iter::repeat_n(0u8, 2 << 20));
+    let e = unpack_layer_within(t.path(), &trailing[..], None, limit).unwrap_err();
+    assert!(matches!(e, UnpackError::TooLarge { .. }), "{e:?}");
+    unpack_layer_within(t.path(), &trailing[..], None, 4 << 20).unwrap();
+}
+
+#[test]
+fn huge_extension_headers_are_refused_without_holding_them() {
+    // A PAX header the tar reader would read whole into memory.
+    let t = tempfile::tempdir().unwrap();
+    let big = vec![b'a'; 20 << 20];
+    let tar = Tar::new()
+        .file_with_pax("f", "x", &[("comment", &big[..])])
+        .finish();
+    let e = unpack_layer(t.path(), &tar[..], None).unwrap_err();
+    assert!(matches!(e, UnpackError::HeaderTooLarge), "{e:?}");
+    assert!(!t.path().join("f").exists());
+}
+
+#[test]
+fn archive_text_in_errors_is_escaped() {
+    let evil = "\x1b]0;pwned\x07\x1b[2J";
+    // An invalid mode field: the tar reader's message names the entry.
+    let mut tar = Tar::new().raw_file(&format!("f{evil}"), "x").finish();
+    tar[100..108].copy_from_slice(b"zzzzzzz\0");
+    let cksum = {
+        let mut h = tar::Header::new_old();
+        h.as_mut_bytes().copy_from_slice(&tar[..512]);
+        h.set_cksum();
+        *h.as_bytes()
+    };
+    tar[..512].copy_from_slice(&cksum);
+    let t = tempfile::tempdir().unwrap();
+    let e = unpack_layer(t.path(), &tar[..], None).unwrap_err();
+    let text = common::chain(&e);
+    assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+    assert!(text.contains("\\u{1b}"), "{text}");
+
+    // A write error names the path made of the entry's name (too long a name here).
+    let t = tempfile::tempdir().unwrap();
+    let tar = Tar::new()
+        .file(&format!("{evil}{}", "a".repeat(300)), "x")
+        .finish();
+    let e = unpack_layer(t.path(), &tar[..], None).unwrap_err();
+    assert!(matches!(e, UnpackError::Write { .. }), "{e:?}");
+    let text = common::chain(&e);
+    assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+}

@@ -1,5 +1,9 @@
 //! A synchronous OCI distribution client: manifests and blobs over HTTP(S), with token auth,
-//! bounded retries with exponential backoff, and a timeout on every connect and read.
+//! bounded retries with exponential backoff, and a deadline on every request (its answer
+//! included: a registry that drips bytes cannot hold a pull).
+//!
+//! Registry answers are untrusted: every body is read with a limit, and what of them reaches
+//! an error message is escaped ([`crate::text::escape`]).
 
 use std::io::{self, Read};
 use std::path::PathBuf;
@@ -11,10 +15,13 @@ use super::auth::{parse_challenge, Challenge, Credentials, TokenResponse};
 use super::progress::{ProgressMode, ProgressReader};
 use crate::blobs::{BlobError, BlobStore, Expected};
 use crate::digest::Digest;
+use crate::limits::MAX_MANIFEST_BYTES;
 use crate::oci;
 use crate::reference::Reference;
+use crate::text::escape;
 
-const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// The largest token-service answer read (tokens are a few KiB).
+pub const MAX_TOKEN_BYTES: u64 = 1 << 20;
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
     application/vnd.oci.image.index.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json, \
@@ -26,8 +33,13 @@ pub struct PullOptions {
     /// The platform picked from manifest lists.
     pub os: String,
     pub architecture: String,
-    /// Limit on connecting and on each read (a registry that stops answering fails after it).
+    /// The deadline of one request, connecting and the whole answer included (manifests,
+    /// tokens: a registry that stops answering, or drips, fails after it). A blob's request
+    /// has this plus its size at `min_rate`.
     pub timeout: Duration,
+    /// The slowest average a blob may arrive at, in bytes per second (default 128 KiB/s, i.e.
+    /// 1 Mbit/s: a 100 MB layer may take 20 s + 13 min).
+    pub min_rate: u64,
     /// Retries after the first attempt, on 5xx/429 answers and connection errors.
     pub retries: u32,
     /// Delay before the first retry; doubles each time.
@@ -47,6 +59,7 @@ impl Default for PullOptions {
             os: "linux".into(),
             architecture: "amd64".into(),
             timeout: Duration::from_secs(20),
+            min_rate: 128 << 10,
             retries: 3,
             backoff: Duration::from_millis(500),
             plain_http: None,
@@ -67,7 +80,7 @@ pub enum RegistryError {
         status: u16,
         attempts: u32,
     },
-    #[error("{url}: timed out after {timeout:?} per try, {attempts} tries (the registry does not answer; check it or raise the timeout)")]
+    #[error("{url}: timed out: no whole answer within {timeout:?}, {attempts} tries (the registry does not answer, or too slowly; check it or raise the timeout)")]
     Timeout {
         url: String,
         timeout: Duration,
@@ -90,6 +103,7 @@ pub enum RegistryError {
     NotFound { reference: String },
     #[error("{url}: access denied ({status}): the repository does not exist, or it needs credentials with pull access")]
     Unauthorized { url: String, status: u16 },
+    /// `body` is escaped, and at most 512 bytes of it.
     #[error("{url}: the registry answered {status}: {body}")]
     Status {
         url: String,
@@ -98,8 +112,11 @@ pub enum RegistryError {
     },
     #[error("{url}: unsupported authentication challenge {challenge:?}")]
     BadChallenge { url: String, challenge: String },
+    /// `realm` is escaped.
     #[error("{realm}: the token service gave no token")]
     NoToken { realm: String },
+    #[error("{realm}: the token service answered more than {MAX_TOKEN_BYTES} bytes (refused)")]
+    TokenTooLarge { realm: String },
     #[error("{url}: reading the answer")]
     Body {
         url: String,
@@ -116,6 +133,7 @@ pub enum RegistryError {
     },
     #[error("{reference}: the registry sent a manifest with digest {actual}, not the requested one (corrupt or tampered)")]
     ManifestDigestMismatch { reference: String, actual: Digest },
+    /// `available` is escaped.
     #[error("{reference}: no {platform} image in the manifest list (it has: {available})")]
     NoPlatform {
         reference: String,
@@ -184,15 +202,26 @@ impl<'o> RegistryClient<'o> {
         })
     }
 
-    /// GET with auth, retries and backoff.
-    fn get(&mut self, url: &str, accept: Option<&str>) -> Result<ureq::Response, RegistryError> {
+    /// The deadline of a blob's request: the request timeout plus its size at the minimum rate.
+    fn blob_deadline(&self, size: u64) -> Duration {
+        let secs = size / self.opts.min_rate.max(1);
+        self.opts.timeout.saturating_add(Duration::from_secs(secs))
+    }
+
+    /// GET with auth, retries and backoff; each try, its answer included, within `deadline`.
+    fn get(
+        &mut self,
+        url: &str,
+        accept: Option<&str>,
+        deadline: Duration,
+    ) -> Result<ureq::Response, RegistryError> {
         let attempts = self.opts.retries + 1;
         let mut delay = self.opts.backoff;
         let mut authed = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut req = self.agent.get(url);
+            let mut req = self.agent.get(url).timeout(deadline);
             if let Some(a) = accept {
                 req = req.set("Accept", a);
             }
@@ -223,12 +252,12 @@ impl<'o> RegistryClient<'o> {
                     Failure::Retry(url.to_owned(), Some(status), None)
                 }
                 Err(ureq::Error::Status(status, resp)) => {
-                    let mut body = String::new();
-                    let _ = resp.into_reader().take(512).read_to_string(&mut body);
+                    let mut body = Vec::new();
+                    let _ = resp.into_reader().take(512).read_to_end(&mut body);
                     Failure::Fatal(RegistryError::Status {
                         url: url.to_owned(),
                         status,
-                        body: body.trim().to_owned(),
+                        body: escape(String::from_utf8_lossy(&body).trim()),
                     })
                 }
                 Err(ureq::Error::Transport(t)) if is_tls(&t) => {
@@ -243,7 +272,7 @@ impl<'o> RegistryClient<'o> {
                 Failure::Fatal(e) => return Err(e),
                 Failure::Retry(url, status, transport) => {
                     if attempt >= attempts {
-                        return Err(self.give_up(url, status, transport, attempts));
+                        return Err(self.give_up(url, status, transport, attempts, deadline));
                     }
                     thread::sleep(delay);
                     delay = delay.saturating_mul(2).min(Duration::from_secs(30));
@@ -258,6 +287,7 @@ impl<'o> RegistryClient<'o> {
         status: Option<u16>,
         transport: Option<ureq::Transport>,
         attempts: u32,
+        deadline: Duration,
     ) -> RegistryError {
         match (status, transport) {
             (Some(status), _) => RegistryError::ServerError {
@@ -267,7 +297,7 @@ impl<'o> RegistryClient<'o> {
             },
             (None, Some(t)) if is_timeout(&t) => RegistryError::Timeout {
                 url,
-                timeout: self.opts.timeout,
+                timeout: deadline,
                 attempts,
             },
             (None, Some(t)) => RegistryError::Unreachable {
@@ -306,14 +336,25 @@ impl<'o> RegistryClient<'o> {
                     .as_ref()
                     .map(Credentials::basic_header);
                 let resp = self.get_no_challenge(&token_url)?;
+                let shown = escape(&token_url);
+                let mut body = Vec::new();
+                resp.into_reader()
+                    .take(MAX_TOKEN_BYTES + 1)
+                    .read_to_end(&mut body)
+                    .map_err(|e| self.body_error(shown.clone(), e, 1, self.opts.timeout))?;
+                if body.len() as u64 > MAX_TOKEN_BYTES {
+                    return Err(RegistryError::TokenTooLarge {
+                        realm: escape(&realm),
+                    });
+                }
                 let parsed: TokenResponse =
-                    resp.into_json().map_err(|source| RegistryError::Body {
-                        url: token_url.clone(),
-                        source,
+                    serde_json::from_slice(&body).map_err(|e| RegistryError::Body {
+                        url: shown.clone(),
+                        source: io::Error::new(io::ErrorKind::InvalidData, e),
                     })?;
-                let token = parsed
-                    .into_token()
-                    .ok_or(RegistryError::NoToken { realm })?;
+                let token = parsed.into_token().ok_or(RegistryError::NoToken {
+                    realm: escape(&realm),
+                })?;
                 self.auth = Some(format!("Bearer {token}"));
                 Ok(())
             }
@@ -336,12 +377,40 @@ impl<'o> RegistryClient<'o> {
         }
     }
 
+    /// A failed read of an answer's body: a timeout (the request's deadline passed) or not.
+    fn body_error(
+        &self,
+        url: String,
+        e: io::Error,
+        attempts: u32,
+        deadline: Duration,
+    ) -> RegistryError {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+        ) {
+            RegistryError::Timeout {
+                url,
+                timeout: deadline,
+                attempts,
+            }
+        } else {
+            RegistryError::Body {
+                url,
+                source: crate::text::escape_io(e),
+            }
+        }
+    }
+
     /// GET with retries but no challenge handling (token endpoints: a 401 there is final).
+    /// `url` comes from the registry's challenge: errors show it escaped.
     fn get_no_challenge(&mut self, url: &str) -> Result<ureq::Response, RegistryError> {
         let attempts = self.opts.retries + 1;
         let mut delay = self.opts.backoff;
+        let deadline = self.opts.timeout;
+        let shown = escape(url);
         for attempt in 1..=attempts {
-            let mut req = self.agent.get(url);
+            let mut req = self.agent.get(url).timeout(deadline);
             if let Some(auth) = &self.auth {
                 req = req.set("Authorization", auth);
             }
@@ -349,21 +418,18 @@ impl<'o> RegistryClient<'o> {
                 Ok(resp) => return Ok(resp),
                 Err(ureq::Error::Status(s, _)) if s >= 500 || s == 429 => (Some(s), None),
                 Err(ureq::Error::Status(status, _)) => {
-                    return Err(RegistryError::Unauthorized {
-                        url: url.to_owned(),
-                        status,
-                    })
+                    return Err(RegistryError::Unauthorized { url: shown, status })
                 }
                 Err(ureq::Error::Transport(t)) if is_tls(&t) => {
                     return Err(RegistryError::Tls {
-                        url: url.to_owned(),
+                        url: shown,
                         source: Box::new(t),
                     })
                 }
                 Err(ureq::Error::Transport(t)) => (None, Some(t)),
             };
             if attempt == attempts {
-                return Err(self.give_up(url.to_owned(), status, transport, attempts));
+                return Err(self.give_up(shown, status, transport, attempts, deadline));
             }
             thread::sleep(delay);
             delay = delay.saturating_mul(2).min(Duration::from_secs(30));
@@ -374,7 +440,8 @@ impl<'o> RegistryClient<'o> {
     /// Fetches a manifest (or index) by tag or digest; verifies it when asked by digest.
     pub fn manifest(&mut self, selector: &str) -> Result<FetchedManifest, RegistryError> {
         let url = format!("{}/manifests/{selector}", self.base);
-        let resp = self.get(&url, Some(MANIFEST_ACCEPT))?;
+        let deadline = self.opts.timeout;
+        let resp = self.get(&url, Some(MANIFEST_ACCEPT), deadline)?;
         let media_type = resp
             .header("content-type")
             .map(|c| c.split(';').next().unwrap_or("").trim().to_owned())
@@ -383,10 +450,7 @@ impl<'o> RegistryClient<'o> {
         resp.into_reader()
             .take(MAX_MANIFEST_BYTES + 1)
             .read_to_end(&mut bytes)
-            .map_err(|source| RegistryError::Body {
-                url: url.clone(),
-                source,
-            })?;
+            .map_err(|e| self.body_error(url.clone(), e, 1, deadline))?;
         if bytes.len() as u64 > MAX_MANIFEST_BYTES {
             return Err(RegistryError::ManifestTooLarge { url });
         }
@@ -425,7 +489,7 @@ impl<'o> RegistryClient<'o> {
                             .manifests
                             .iter()
                             .filter_map(|d| d.platform.as_ref())
-                            .map(|p| format!("{}/{}", p.os, p.architecture))
+                            .map(|p| escape(&format!("{}/{}", p.os, p.architecture)))
                             .collect::<Vec<_>>()
                             .join(", "),
                     })?
@@ -450,9 +514,10 @@ impl<'o> RegistryClient<'o> {
         let attempts = self.opts.retries + 1;
         let mut delay = self.opts.backoff;
         let mut attempt = 0;
+        let deadline = self.blob_deadline(desc.size);
         loop {
             attempt += 1;
-            let resp = self.get(&url, None)?;
+            let resp = self.get(&url, None, deadline)?;
             let label = format!("{} {}", desc.digest.short(), short_media(&desc.media_type));
             let mut reader = ProgressReader::new(
                 resp.into_reader(),
@@ -471,19 +536,7 @@ impl<'o> RegistryClient<'o> {
                     delay = delay.saturating_mul(2).min(Duration::from_secs(30));
                 }
                 Err(BlobError::ReadSource(e)) => {
-                    return Err(
-                        if e.kind() == io::ErrorKind::TimedOut
-                            || e.kind() == io::ErrorKind::WouldBlock
-                        {
-                            RegistryError::Timeout {
-                                url,
-                                timeout: self.opts.timeout,
-                                attempts,
-                            }
-                        } else {
-                            RegistryError::Body { url, source: e }
-                        },
-                    )
+                    return Err(self.body_error(url, e, attempts, deadline))
                 }
                 Err(source) => {
                     return Err(RegistryError::Blob {

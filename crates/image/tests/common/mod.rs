@@ -28,6 +28,18 @@ pub fn require_tool(tool: &str, package: &str) -> PathBuf {
     );
 }
 
+/// Every message of an error's chain, joined as a terminal shows them (`crx` prints `{:#}`).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd
         .output()
@@ -130,6 +142,33 @@ impl Tar {
     pub fn fifo(mut self, path: &str) -> Self {
         let mut h = Self::header(tar::EntryType::Fifo, 0o600, 0, 0, 0);
         self.b.append_data(&mut h, path, std::io::empty()).unwrap();
+        self
+    }
+
+    /// A GNU sparse file of `size` bytes: all hole but `tail` at its very end.
+    pub fn sparse(mut self, path: &str, size: u64, tail: &[u8; 512]) -> Self {
+        let mut h = Self::header(tar::EntryType::GNUSparse, 0o644, 0, 0, 512);
+        h.set_path(path).unwrap();
+        let gnu = h.as_gnu_mut().unwrap();
+        let octal = |field: &mut [u8], v: u64| {
+            let s = format!("{v:0width$o}", width = field.len() - 1);
+            field[..s.len()].copy_from_slice(s.as_bytes());
+            field[s.len()] = 0;
+        };
+        octal(&mut gnu.realsize, size);
+        octal(&mut gnu.sparse[0].offset, size - 512);
+        octal(&mut gnu.sparse[0].numbytes, 512);
+        h.set_cksum();
+        self.b.append(&h, &tail[..]).unwrap();
+        self
+    }
+
+    /// A file of `len` zero bytes.
+    pub fn zeros(mut self, path: &str, len: usize) -> Self {
+        let mut h = Self::header(tar::EntryType::Regular, 0o644, 0, 0, len as u64);
+        self.b
+            .append_data(&mut h, path, std::io::repeat(0).take(len as u64))
+            .unwrap();
         self
     }
 
@@ -339,6 +378,12 @@ pub enum Reply {
     Truncated { len: usize, body: Vec<u8> },
     /// Accepts and never answers.
     Hang,
+    /// Sends the status line and headers at once, then the body one byte per `every`.
+    Drip {
+        content_type: String,
+        body: Vec<u8>,
+        every: Duration,
+    },
 }
 
 impl Reply {
@@ -448,6 +493,26 @@ fn serve(conn: TcpStream, handler: &(dyn Fn(&Request) -> Reply + Send + Sync), h
             }
             Reply::Hang => {
                 std::thread::sleep(Duration::from_secs(120));
+                return;
+            }
+            Reply::Drip {
+                content_type,
+                body,
+                every,
+            } => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                if conn.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                for b in body {
+                    std::thread::sleep(every);
+                    if conn.write_all(&[b]).is_err() {
+                        return;
+                    }
+                }
                 return;
             }
         }
