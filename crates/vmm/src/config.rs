@@ -382,12 +382,13 @@ impl VmConfig {
         }
         for (i, d) in self.disks.iter().enumerate() {
             check_file(&format!("disks[{i}].path"), &d.path)?;
-            let canon = fs::canonicalize(&d.path).ok();
+            // The same file by (device, inode), whatever its path: a symbolic or hard link.
+            let id = file_id(&d.path);
             // A disk aliasing a boot file mapped copy-on-write into guest RAM would let disk
             // writes show through the guest's not-yet-copied pages (see README).
             let boot_files = std::iter::once(&self.kernel).chain(&self.initrds);
             for b in boot_files {
-                if canon.is_some() && fs::canonicalize(b).ok() == canon {
+                if id.is_some() && file_id(b) == id {
                     return Err(invalid(
                         format!("disks[{i}].path"),
                         format!(
@@ -398,7 +399,7 @@ impl VmConfig {
                 }
             }
             for (j, e) in self.disks[..i].iter().enumerate() {
-                if canon.is_some() && fs::canonicalize(&e.path).ok() == canon {
+                if id.is_some() && file_id(&e.path) == id {
                     return Err(invalid(
                         format!("disks[{i}].path"),
                         format!("{} is also disks[{j}]", d.path.display()),
@@ -475,10 +476,11 @@ impl VmConfig {
         }
         if let SerialOutput::File(p) = &self.serial {
             check_parent_dir("serial.path", p)?;
+            let id = file_id(p);
             let same_as_input = std::iter::once(&self.kernel)
                 .chain(&self.initrds)
                 .chain(self.disks.iter().map(|d| &d.path))
-                .any(|q| q == p);
+                .any(|q| q == p || (id.is_some() && file_id(q) == id));
             if same_as_input {
                 return Err(invalid(
                     "serial.path",
@@ -496,6 +498,13 @@ impl VmConfig {
         }
         Ok(())
     }
+}
+
+/// The file `p` names, as (device, inode) after following symbolic links; `None` when it
+/// cannot be read.
+fn file_id(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
 }
 
 fn check_file(field: &str, p: &Path) -> Result<(), ConfigError> {
@@ -676,6 +685,46 @@ output = "off"
         };
         let e = VmConfig::from_toml(&base, o).unwrap_err();
         assert_eq!(field_of(e), "vsock.uds_path");
+    }
+
+    #[test]
+    fn a_disk_that_is_a_boot_file_or_another_disk_by_any_name_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let k = tmpfile(&d, "vmlinux");
+        let i = tmpfile(&d, "base.cpio");
+        let disk = tmpfile(&d, "disk.img");
+        let (k_link, i_link, disk_link) = (
+            d.path().join("k-link.img"),
+            d.path().join("i-link.img"),
+            d.path().join("disk-link.img"),
+        );
+        fs::hard_link(&k, &k_link).unwrap();
+        fs::hard_link(&i, &i_link).unwrap();
+        fs::hard_link(&disk, &disk_link).unwrap();
+        let base = format!(
+            "memory_mib = 8\nkernel = \"{}\"\ninitrds = [\"{}\"]\n",
+            k.display(),
+            i.display()
+        );
+        for (links, field) in [
+            (vec![&k_link], "disks[0].path"),
+            (vec![&i_link], "disks[0].path"),
+            (vec![&disk, &disk_link], "disks[1].path"),
+        ] {
+            let mut t = base.clone();
+            for l in links {
+                t.push_str(&format!("[[disks]]\npath = \"{}\"\n", l.display()));
+            }
+            let e = VmConfig::from_toml(&t, ConfigOverrides::default()).unwrap_err();
+            assert_eq!(field_of(e), field, "{t}");
+        }
+        // A serial file that is a hard link of the kernel would be written into it.
+        let t = format!("{base}[serial]\npath = \"{}\"\n", k_link.display());
+        let e = VmConfig::from_toml(&t, ConfigOverrides::default()).unwrap_err();
+        assert_eq!(field_of(e), "serial.path");
+        // A distinct file is fine.
+        let t = format!("{base}[[disks]]\npath = \"{}\"\n", disk.display());
+        VmConfig::from_toml(&t, ConfigOverrides::default()).unwrap();
     }
 
     #[test]

@@ -142,8 +142,15 @@ fn ensure_std_fds() {
     }
 }
 
+/// The file mode creation mask crx-vmm runs with: everything it creates (the vsock socket,
+/// the console file) is readable and writable by its owner only (0600), whatever the
+/// caller's umask; the socket is created private, with no window to connect to it.
+pub const PRIVATE_UMASK: libc::mode_t = 0o177;
+
 fn main() -> ExitCode {
     let start = Instant::now();
+    // SAFETY: umask only sets this process's file mode creation mask; it cannot fail.
+    unsafe { libc::umask(PRIVATE_UMASK) };
     ensure_std_fds();
     crx_vmm::logger::init();
     let cli = Cli::parse();
