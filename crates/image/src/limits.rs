@@ -21,9 +21,9 @@ pub const ENV_MAX_LAYERS: &str = "CRX_IMAGE_MAX_LAYERS";
 /// The largest manifest (or index, or `index.json`/`manifest.json` of an archive) read.
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 
-/// What one image may expand to. The expanded size of a layer is the apparent size of every
-/// file in it (a sparse file counts whole, though it is stored with its holes) plus 512 bytes
-/// per entry (the cost of a header, an inode); the image's is the sum over its layers.
+/// What one image may expand to. The expanded size of a layer is its uncompressed tar stream
+/// plus the holes of its sparse entries (a sparse file counts at its apparent size, though it
+/// is stored with its holes); the image's is the sum over its layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImageLimits {
     /// Default 8 GiB.

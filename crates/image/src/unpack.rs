@@ -25,7 +25,7 @@ use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, CWD};
 
 use crate::digest::{Digest, HashingReader};
 use crate::limits::ImageLimits;
-use crate::text::{escape_bytes, escape_io};
+use crate::text::escape_io;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
@@ -258,7 +258,8 @@ impl Layer<'_> {
     fn apply<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
         let pax = PaxFields::read(entry)?;
         let raw = entry.path_bytes().into_owned();
-        let shown = escape_bytes(&raw);
+        // Shown with `{:?}`, which escapes control characters.
+        let shown = String::from_utf8_lossy(&raw).into_owned();
         let comps = clean_components(&raw, &shown)?;
         let header = entry.header();
         let kind = header.entry_type();
@@ -383,7 +384,7 @@ impl Layer<'_> {
                     .link_name_bytes()
                     .map(|b| b.into_owned())
                     .unwrap_or_default();
-                let target_shown = escape_bytes(&target_raw);
+                let target_shown = String::from_utf8_lossy(&target_raw).into_owned();
                 let bad = || UnpackError::BadHardLink {
                     path: shown.clone(),
                     target: target_shown.clone(),

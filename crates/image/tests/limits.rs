@@ -191,3 +191,69 @@ fn a_config_stored_before_a_limit_was_lowered_is_not_read_past_it() {
         "config"
     );
 }
+
+/// A `docker save` archive: manifest.json and the named files.
+fn docker_archive(path: &Path, manifest: &serde_json::Value, files: &[(&str, Vec<u8>)]) {
+    let mut b = tar::Builder::new(fs::File::create(path).unwrap());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    add("manifest.json", &serde_json::to_vec(manifest).unwrap());
+    for (name, data) in files {
+        add(name, data);
+    }
+    b.finish().unwrap();
+}
+
+#[test]
+fn docker_archives_are_held_to_the_same_limits() {
+    let limits = ImageLimits {
+        max_layer_bytes: 1 << 20,
+        max_config_bytes: 64 << 10,
+        max_layers: 2,
+        ..ImageLimits::default()
+    };
+    let t = tempfile::tempdir().unwrap();
+    let s = store(&t.path().join("store"), limits);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["x"]},
+        "rootfs": {"type": "layers", "diff_ids": []}
+    }))
+    .unwrap();
+    let layer = |m: &str| Tar::new().file("f", m).finish();
+
+    let many = t.path().join("many.tar");
+    docker_archive(
+        &many,
+        &serde_json::json!([{"Config": "c.json", "RepoTags": ["many:1"],
+            "Layers": ["1.tar", "2.tar", "3.tar"]}]),
+        &[
+            ("c.json", config.clone()),
+            ("1.tar", layer("1")),
+            ("2.tar", layer("2")),
+            ("3.tar", layer("3")),
+        ],
+    );
+    let e = s.import_docker_archive(&many).unwrap_err();
+    let text = common::chain(&e);
+    assert!(text.contains("CRX_IMAGE_MAX_LAYERS"), "{text}");
+    assert_nothing_complete(&s);
+
+    // A file larger than any blob may be (a layer, a config, a manifest: 4 MiB here):
+    // refused before it is stored.
+    let big = t.path().join("big.tar");
+    let zeros = Tar::new().zeros("z", 5 << 20).finish();
+    docker_archive(
+        &big,
+        &serde_json::json!([{"Config": "c.json", "RepoTags": ["big:1"], "Layers": ["z.tar"]}]),
+        &[("c.json", config), ("z.tar", zeros.clone())],
+    );
+    let e = s.import_docker_archive(&big).unwrap_err();
+    let text = common::chain(&e);
+    assert!(text.contains("z.tar"), "{text}");
+    assert!(!s.blobs().contains(&Digest::of(&zeros)));
+    assert_nothing_complete(&s);
+}
