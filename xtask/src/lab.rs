@@ -8,10 +8,10 @@
 //! back on the serial console, and the root image is opened with `snapshot=on`.
 //!
 //! A wedged lab host (seen now and then: no output for many minutes, QEMU busy) costs
-//! minutes, not the whole time limit: the command's script prints a heartbeat line every
-//! [`HEARTBEAT_EVERY_S`] seconds (the host swallows it), so a console silent for
-//! [`Options::silence`] means the lab host is stuck; QEMU is then killed and the run fails
-//! with [`LAB_FAILED`], which tier 3 retries.
+//! minutes, not the whole time limit: the command's script prints a heartbeat line six times
+//! per [`Options::silence`] (every 30 s by default; the host swallows it), so a console silent
+//! that long means the lab host is stuck; QEMU is then killed and the run fails with
+//! [`LAB_FAILED`], which tier 3 retries.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
@@ -30,8 +30,8 @@ const BEGIN: &str = "CRX-LAB-BEGIN";
 const EXIT: &str = "CRX-LAB-EXIT ";
 /// The heartbeat line; the host removes it from the output, wherever it lands in a line.
 const HEARTBEAT: &str = "CRX-LAB-ALIVE";
-/// Seconds between heartbeats.
-pub const HEARTBEAT_EVERY_S: u64 = 30;
+/// Where the lab keeps the heartbeat's pid (a test stops it to play a wedged lab host).
+pub const HEARTBEAT_PID_FILE: &str = "/run/crx-lab-heartbeat.pid";
 /// x86 Linux's limit on the kernel command line, the terminating NUL included.
 const COMMAND_LINE_SIZE: usize = 2048;
 
@@ -68,7 +68,7 @@ pub struct Options {
     pub cpus: u32,
     pub timeout: Duration,
     /// A console silent this long (no output, no heartbeat) means the lab host is stuck: it is
-    /// stopped and the run fails with [`LAB_FAILED`]. Several heartbeats long.
+    /// stopped and the run fails with [`LAB_FAILED`]. Six heartbeats long.
     pub silence: Duration,
     /// Host directories mounted at the same path inside (the workspace and cache always are).
     pub shares: Vec<PathBuf>,
@@ -88,7 +88,7 @@ impl Default for Options {
             memory_mib: 4096,
             cpus: 2,
             timeout: Duration::from_secs(1800),
-            silence: Duration::from_secs(6 * HEARTBEAT_EVERY_S),
+            silence: Duration::from_secs(180),
             shares: Vec::new(),
             env: Vec::new(),
             cwd: None,
@@ -140,8 +140,7 @@ fn script(command: &[String], opts: &Options) -> Result<String> {
         None => std::env::current_dir()?,
     };
     // The heartbeat, in the background (on the console, as the command's output is).
-    let mut s =
-        format!("(while sleep {HEARTBEAT_EVERY_S}; do echo {HEARTBEAT}; done) </dev/null &\n");
+    let mut s = heartbeat(opts.silence);
     for (k, v) in &opts.env {
         s.push_str(&format!("export {k}={}\n", shell_quote(v)));
     }
@@ -153,6 +152,14 @@ fn script(command: &[String], opts: &Options) -> Result<String> {
     s.push_str(&argv.join(" "));
     s.push('\n');
     Ok(s)
+}
+
+/// The shell lines that start the heartbeat: six per `silence`, at least one a second.
+fn heartbeat(silence: Duration) -> String {
+    let every = (silence.as_secs() / 6).max(1);
+    format!(
+        "(while sleep {every}; do echo {HEARTBEAT}; done) </dev/null &\necho $! > {HEARTBEAT_PID_FILE}\n"
+    )
 }
 
 fn shares(opts: &Options) -> Vec<PathBuf> {
@@ -472,12 +479,27 @@ mod tests {
             ..Options::default()
         };
         let s = script(&["echo".into(), "x y".into()], &opts).unwrap();
-        let heartbeat =
-            format!("(while sleep {HEARTBEAT_EVERY_S}; do echo {HEARTBEAT}; done) </dev/null &\n");
         assert_eq!(
             s,
-            format!("{heartbeat}export K='a b'\ncd /w || exit 125\necho 'x y'\n")
+            format!(
+                "{}export K='a b'\ncd /w || exit 125\necho 'x y'\n",
+                heartbeat(opts.silence)
+            )
         );
+    }
+
+    #[test]
+    fn the_heartbeat_beats_six_times_per_silence() {
+        let every = |s| {
+            let h = heartbeat(Duration::from_secs(s));
+            h.strip_prefix("(while sleep ")
+                .and_then(|r| r.split_once(';'))
+                .map(|(n, _)| n.to_string())
+                .unwrap()
+        };
+        assert_eq!(every(180), "30");
+        assert_eq!(every(12), "2");
+        assert_eq!(every(3), "1");
     }
 
     #[test]

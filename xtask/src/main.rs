@@ -38,7 +38,7 @@ enum Cmd {
         #[arg(long, default_value_t = 1800)]
         timeout: u64,
         /// Stop the lab (as stuck) after this many seconds without console output: the lab
-        /// prints a heartbeat every 30 s.
+        /// prints a heartbeat six times as often.
         #[arg(long, default_value_t = 180)]
         silence: u64,
         #[arg(long, default_value_t = 4096)]

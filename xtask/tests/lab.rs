@@ -219,3 +219,51 @@ fn labhost_a_failing_command_fails_the_lab_with_its_status() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("to-stderr"));
 }
+
+#[test]
+fn labhost_a_quiet_command_keeps_the_lab_alive_by_its_heartbeat() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Silence limit 6 s: a heartbeat every second; the command is quiet for 15 s.
+    let out = xtask()
+        .args([
+            "lab",
+            "--silence",
+            "6",
+            "--",
+            "sh",
+            "-c",
+            "printf 'quiet '; sleep 15; echo done",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(stdout, "quiet done\n", "{stderr}");
+}
+
+#[test]
+fn labhost_a_silent_lab_host_is_stopped_as_stuck() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (qemu, tmp) = (qemu_pids(), temp_entries());
+    // Stopping the heartbeat plays a wedged lab host: nothing reaches the console any more
+    // (without the watchdog, the lab would end after the sleep with status 0).
+    let out = xtask()
+        .args([
+            "lab",
+            "--silence",
+            "6",
+            "--",
+            "sh",
+            "-c",
+            "kill $(cat /run/crx-lab-heartbeat.pid); echo beat-stopped; sleep 600",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stdout}\n{stderr}");
+    assert!(stdout.contains("beat-stopped"), "{stdout}\n{stderr}");
+    assert!(stderr.contains("THE LAB HOST IS STUCK"), "{stderr}");
+    assert_nothing_left(&qemu, &tmp, "after a silent lab");
+}
