@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
+use crx_image::layout::LayoutError;
+use crx_image::StoreError;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,6 +31,8 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
             None => match store.import_oci_layout(&file) {
                 Ok(i) => i,
                 Err(_) if !file.exists() => bail!("{}: no such file or directory", file.display()),
+                // An OCI layout past a limit is not worth a second try as a docker archive.
+                Err(oci) if is_limit(&oci) => return Err(oci.into()),
                 Err(oci) => store.import_docker_archive(&file).map_err(|docker| {
                     anyhow::anyhow!(
                         "{}: neither an OCI layout ({}) nor a docker archive ({})",
@@ -48,6 +52,15 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
     Ok(0)
 }
 
+/// Whether an import failed on one of the store's limits (the archive was read as what it is).
+fn is_limit(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Limit { .. }
+            | StoreError::Layout(LayoutError::Limit { .. } | LayoutError::TooLarge { .. })
+    )
+}
+
 /// An error and its causes on one line.
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -58,4 +71,31 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_errors_are_told_apart() {
+        let exceeded = crx_image::limits::LimitExceeded::Layers {
+            count: 300,
+            limit: 128,
+        };
+        let manifest = crx_image::Digest::of(b"m");
+        assert!(is_limit(&StoreError::Limit {
+            manifest: manifest.clone(),
+            exceeded: exceeded.clone(),
+        }));
+        assert!(is_limit(&StoreError::Layout(LayoutError::Limit {
+            path: "x".into(),
+            manifest,
+            exceeded,
+        })));
+        assert!(!is_limit(&StoreError::Layout(LayoutError::NotALayout {
+            path: "x".into(),
+            why: "no oci-layout file",
+        })));
+    }
 }
