@@ -532,7 +532,7 @@ mod tests {
     }
 
     #[test]
-    fn a_silent_lab_host_is_stopped_as_failed() {
+    fn silence_stops_a_stuck_lab() {
         let opts = Options {
             silence: Duration::from_secs(1),
             ..Options::default()
@@ -551,7 +551,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lab_that_beats_runs_past_the_silence_limit() {
+    fn heartbeats_keep_alive_past_the_silence_limit() {
         let opts = Options {
             silence: Duration::from_secs(2),
             ..Options::default()

@@ -245,7 +245,7 @@ mod tests {
     }
 
     #[test]
-    fn commands_run_inside_the_lab_install_nothing() {
+    fn commands_run_inside_the_nested_vm_install_nothing() {
         for args in [
             &["kvm-probe"][..],
             &["bench", "oci", "--inner"],
