@@ -1,5 +1,8 @@
 //! Instance homes: `<root>/instances/<id>/` holding `state.json`, `config.json` (the OCI spec),
 //! `console.log` (the VM's serial console) and `vsock.sock` (the hybrid vsock socket).
+//!
+//! Homes are private, whatever the umask: the directories 0700, the files 0600 (`config.json`
+//! holds the container's environment; crx-vmm makes its socket and console 0600 itself).
 
 use std::fs;
 use std::io::Read;
@@ -87,15 +90,19 @@ impl Home {
         detached: bool,
     ) -> Result<Home, RuntimeError> {
         let base = paths::instances_dir(root);
-        fs::create_dir_all(&base).map_err(io(&base))?;
+        paths::create_private_dir_all(&base).map_err(io(&base))?;
         // Names are checked and taken under a lock: two `run --name x` at once get one x.
         let lock_path = base.join(".lock");
-        let lock_file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io(&lock_path))?;
+        let lock_file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&lock_path)
+                .map_err(io(&lock_path))?
+        };
         let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| io(&lock_path)(e.into()))?;
         if let Some(n) = name {
@@ -105,7 +112,7 @@ impl Home {
         }
         let id = new_id()?;
         let dir = base.join(&id);
-        fs::create_dir(&dir).map_err(io(&dir))?;
+        paths::create_private_dir(&dir).map_err(io(&dir))?;
         let home = Home {
             dir,
             state: InstanceState {
@@ -144,8 +151,15 @@ impl Home {
         let path = self.state_path();
         let tmp = self.dir.join(".state.json.tmp");
         let text = serde_json::to_vec_pretty(&self.state).expect("state serializes");
-        fs::write(&tmp, text).map_err(io(&tmp))?;
+        paths::write_private(&tmp, &text).map_err(io(&tmp))?;
         fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    /// Writes `config.json`, the OCI spec (private: it holds the container's environment).
+    pub fn write_spec(&self, spec: &serde_json::Value) -> Result<(), RuntimeError> {
+        let path = self.spec_path();
+        let text = serde_json::to_vec_pretty(spec).expect("json");
+        paths::write_private(&path, &text).map_err(io(&path))
     }
 
     /// Records the VMM process.

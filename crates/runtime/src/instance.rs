@@ -118,9 +118,7 @@ fn boot_and_start(
     let hostname: String = home.state.id.chars().take(12).collect();
     let spec = spec::runtime_spec(process, &hostname)?;
     let spec = serde_json::to_value(&spec).expect("spec serializes");
-    let spec_path = home.spec_path();
-    std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec).expect("json"))
-        .map_err(io(&spec_path))?;
+    home.write_spec(&spec)?;
     let vm = VmConfig {
         vmm,
         boot,

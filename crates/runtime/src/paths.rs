@@ -78,6 +78,55 @@ pub fn instances_dir(root: &Path) -> PathBuf {
     root.join("instances")
 }
 
+/// Makes the directory `dir`, and any missing parent, private (0700: only the owner reads,
+/// writes or enters), whatever the umask; parents that exist keep their mode.
+pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    set_mode(dir, 0o700)
+}
+
+/// Makes the new directory `dir` (its parent exists; `AlreadyExists` if it does) with mode
+/// 0700, whatever the umask.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+    set_mode(dir, 0o700)
+}
+
+/// Opens `path` for writing, created (or truncated) with mode 0600 whatever the umask, an
+/// existing file's mode set to 0600 too.
+pub fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
+/// Writes `data` to `path` as a private file ([`create_private_file`]): state that may hold
+/// the container's environment, i.e. secrets.
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    create_private_file(path)?.write_all(data)
+}
+
+/// Sets the permission bits of `path`.
+pub fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

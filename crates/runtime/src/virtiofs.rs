@@ -10,7 +10,6 @@
 //! cache (never Debian's old C `/usr/lib/qemu/virtiofsd`). It exits by itself when the VMM,
 //! its only client, disconnects; dropping a [`Daemon`] kills and reaps it in any case.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -120,6 +119,10 @@ pub struct DaemonOptions {
     pub log: Option<PathBuf>,
     /// The virtiofsd binary (default: [`find_virtiofsd`]).
     pub binary: Option<PathBuf>,
+    /// Tell the guest which directories are mount points, which it then mounts as submounts
+    /// of their own (distinct device numbers) whose root is `/` in its mountinfo (default);
+    /// without, the share is one file system in the guest.
+    pub announce_submounts: bool,
 }
 
 impl Default for DaemonOptions {
@@ -134,6 +137,7 @@ impl Default for DaemonOptions {
             },
             log: None,
             binary: None,
+            announce_submounts: true,
         }
     }
 }
@@ -195,6 +199,9 @@ pub fn args(dir: &Path, socket: &Path, opts: &DaemonOptions) -> Vec<String> {
     if opts.readonly {
         a.push("--readonly".into());
     }
+    if !opts.announce_submounts {
+        a.push("--no-announce-submounts".into());
+    }
     a
 }
 
@@ -233,9 +240,11 @@ impl Daemon {
             None => find_virtiofsd()?,
         };
         let stderr = match &opts.log {
-            Some(p) => Stdio::from(File::create(p).map_err(|source| VirtiofsError::Io {
-                path: p.clone(),
-                source,
+            Some(p) => Stdio::from(crate::paths::create_private_file(p).map_err(|source| {
+                VirtiofsError::Io {
+                    path: p.clone(),
+                    source,
+                }
             })?),
             None => Stdio::null(),
         };
@@ -336,6 +345,7 @@ mod tests {
             sandbox: Sandbox::None,
             log: None,
             binary: None,
+            announce_submounts: false,
         };
         assert_eq!(
             args(Path::new("/srv/d"), Path::new("/run/s.sock"), &o),
@@ -347,7 +357,8 @@ mod tests {
                 "--cache=never",
                 "--sandbox",
                 "none",
-                "--readonly"
+                "--readonly",
+                "--no-announce-submounts"
             ]
         );
         let d = DaemonOptions {

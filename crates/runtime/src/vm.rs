@@ -1,6 +1,7 @@
 //! Starting a `crx-vmm` process for an instance.
 
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -100,6 +101,7 @@ impl VmConfig {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&self.vmm_log)
             .map_err(io(&self.vmm_log))?;
         let mut cmd = Command::new(&self.vmm);

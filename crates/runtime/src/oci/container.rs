@@ -1,7 +1,9 @@
 //! A container's directory under `--root`: `<root>/<id>/` holding `state.json`, `lock`,
 //! `config.json` (the bundle's spec as created), the VM's files and the monitor's socket.
 //! The directory is made with `mkdir` (so a duplicate id fails atomically); commands that
-//! change a container hold its `lock` (flock) while they do.
+//! change a container hold its `lock` (flock) while they do. The root (when we make it) and
+//! every container's directory are 0700, their files 0600, whatever the umask: `config.json`
+//! holds the container's environment.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -71,8 +73,8 @@ impl ContainerDir {
                 return Err(OciError::SocketPathTooLong { path: p });
             }
         }
-        fs::create_dir_all(root).map_err(io(root))?;
-        match fs::create_dir(&c.dir) {
+        crate::paths::create_private_dir_all(root).map_err(io(root))?;
+        match crate::paths::create_private_dir(&c.dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(OciError::Exists(id.to_owned()))
@@ -106,11 +108,13 @@ impl ContainerDir {
     /// Takes the container's lock (waits for it). Fails with `NotFound` when the container was
     /// deleted while we waited.
     pub fn lock(&self) -> Result<Lock, OciError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = self.dir.join("lock");
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => OciError::NotFound(self.id.clone()),

@@ -80,7 +80,8 @@ fn create_in(
 ) -> Result<Record, OciError> {
     let text = serde_json::to_vec_pretty(&bundle.spec).expect("json");
     let cfg = c.config_path();
-    std::fs::write(&cfg, text).map_err(io_err(&cfg))?;
+    // Private (0600): the spec holds the container's environment, i.e. secrets.
+    crate::paths::write_private(&cfg, &text).map_err(io_err(&cfg))?;
     let rec = Record::new(
         &c.id,
         &bundle.dir,
@@ -168,7 +169,11 @@ pub fn start(root: &Path, id: &str) -> Result<Option<OciError>, OciError> {
     monitor::request(&c, "start")?;
     let rec = c.load()?;
     let spec = saved_spec(&c)?;
-    Ok(hooks::run_warn(&spec, HookKind::Poststart, &rec.oci_state()))
+    Ok(hooks::run_warn(
+        &spec,
+        HookKind::Poststart,
+        &rec.oci_state(),
+    ))
 }
 
 /// Pauses (freezes) a running container.

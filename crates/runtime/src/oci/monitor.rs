@@ -364,6 +364,8 @@ impl Monitor {
         let path = self.c.monitor_socket();
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).map_err(io(&path))?;
+        // In a 0700 directory already; private itself too.
+        crate::paths::set_mode(&path, 0o600).map_err(io(&path))?;
         let (c, record, agent) = (self.c.clone(), self.record.clone(), self.agent.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {

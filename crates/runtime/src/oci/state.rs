@@ -162,7 +162,8 @@ impl Record {
         let tmp = dir.join(format!(".state.{}.tmp", std::process::id()));
         let text = serde_json::to_vec_pretty(self).expect("record serializes");
         let write = || -> std::io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
+            // Private: the record is part of the container's state (0600 whatever the umask).
+            let mut f = crate::paths::create_private_file(&tmp)?;
             f.write_all(&text)?;
             f.sync_data()
         };
