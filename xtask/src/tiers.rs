@@ -239,3 +239,33 @@ fn lab_test_binaries() -> Result<Vec<(PathBuf, PathBuf)>> {
     }
     Ok(found.into_iter().map(|(exe, dir)| (dir, exe)).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tier3_script_times_each_binary_and_stops_at_the_first_failure() {
+        let binaries = [
+            (PathBuf::from("/w/a"), PathBuf::from("/t/one-1")),
+            (PathBuf::from("/w/b c"), PathBuf::from("/t/two-2")),
+        ];
+        let script = tier3_script(&binaries, Path::new("/x/xtask"), Path::new("/r/times"));
+        let syntax = Command::new("sh")
+            .args(["-n", "-c", &script])
+            .status()
+            .unwrap();
+        assert!(syntax.success(), "{script}");
+        for (dir, exe) in ["/w/a /t/one-1", "'/w/b c' /t/two-2"]
+            .iter()
+            .map(|s| s.rsplit_once(' ').unwrap())
+        {
+            let line = format!(
+                "/x/xtask timed --sysrq --limit {BINARY_TIMEOUT_S} --record /r/times --dir {dir} \
+                 -- {exe} kvm_ lab_ --skip labhost_ || {{"
+            );
+            assert!(script.contains(&line), "{line}\n{script}");
+        }
+        assert_eq!(script.matches("exit $rc").count(), 2, "{script}");
+    }
+}
