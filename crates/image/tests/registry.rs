@@ -611,6 +611,18 @@ fn registry_text_in_errors_is_escaped() {
     );
     assert!(text.contains("\\u{1b}]0;pwned"), "{text}");
 
+    // A status line the HTTP client quotes in its error ("\x1bc" resets a terminal).
+    let stub = Stub::start(|_| Reply::Raw(b"HTTP/1.1 1\x1bc OK\r\n\r\n".to_vec()));
+    let e = store
+        .pull(&format!("127.0.0.1:{}/app:1", stub.port), &opts())
+        .unwrap_err();
+    let text = common::chain(&e);
+    assert!(text.contains("status"), "{text}");
+    assert!(
+        !text.chars().any(|c| c.is_control()),
+        "control characters in {text:?}"
+    );
+
     // Platform names of a manifest list.
     let index = serde_json::json!({
         "schemaVersion": 2,

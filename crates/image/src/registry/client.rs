@@ -91,13 +91,13 @@ pub enum RegistryError {
         url: String,
         attempts: u32,
         #[source]
-        source: Box<ureq::Transport>,
+        source: TransportError,
     },
     #[error("{url}: TLS handshake failed (an untrusted certificate? give the registry's CA in ca_certs; a plain-HTTP registry needs plain_http)")]
     Tls {
         url: String,
         #[source]
-        source: Box<ureq::Transport>,
+        source: TransportError,
     },
     #[error("{reference}: not found in the registry (check the repository name and tag)")]
     NotFound { reference: String },
@@ -150,6 +150,23 @@ pub enum RegistryError {
         #[source]
         source: BlobError,
     },
+}
+
+/// A transport error of the HTTP client, shown escaped: its message can quote what the
+/// registry sent (a status line's bytes, for one).
+#[derive(Debug)]
+pub struct TransportError(pub Box<ureq::Transport>);
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&escape(&self.0.to_string()))
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&*self.0)
+    }
 }
 
 /// A manifest fetched from a registry.
@@ -263,7 +280,7 @@ impl<'o> RegistryClient<'o> {
                 Err(ureq::Error::Transport(t)) if is_tls(&t) => {
                     Failure::Fatal(RegistryError::Tls {
                         url: url.to_owned(),
-                        source: Box::new(t),
+                        source: TransportError(Box::new(t)),
                     })
                 }
                 Err(ureq::Error::Transport(t)) => Failure::Retry(url.to_owned(), None, Some(t)),
@@ -303,7 +320,7 @@ impl<'o> RegistryClient<'o> {
             (None, Some(t)) => RegistryError::Unreachable {
                 url,
                 attempts,
-                source: Box::new(t),
+                source: TransportError(Box::new(t)),
             },
             (None, None) => RegistryError::ServerError {
                 url,
@@ -423,7 +440,7 @@ impl<'o> RegistryClient<'o> {
                 Err(ureq::Error::Transport(t)) if is_tls(&t) => {
                     return Err(RegistryError::Tls {
                         url: shown,
-                        source: Box::new(t),
+                        source: TransportError(Box::new(t)),
                     })
                 }
                 Err(ureq::Error::Transport(t)) => (None, Some(t)),

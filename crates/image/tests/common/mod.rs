@@ -378,6 +378,8 @@ pub enum Reply {
     Truncated { len: usize, body: Vec<u8> },
     /// Accepts and never answers.
     Hang,
+    /// Sends these bytes as the whole answer, then closes.
+    Raw(Vec<u8>),
     /// Sends the status line and headers at once, then the body one byte per `every`.
     Drip {
         content_type: String,
@@ -493,6 +495,10 @@ fn serve(conn: TcpStream, handler: &(dyn Fn(&Request) -> Reply + Send + Sync), h
             }
             Reply::Hang => {
                 std::thread::sleep(Duration::from_secs(120));
+                return;
+            }
+            Reply::Raw(bytes) => {
+                let _ = conn.write_all(&bytes);
                 return;
             }
             Reply::Drip {
