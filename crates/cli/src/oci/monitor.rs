@@ -64,7 +64,9 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
         return Ok(1);
     }
     match m.wait() {
-        Ok(st) => Ok(match st.signal {
+        // Validated again: only a signal that ends a process is re-raised here (a reported
+        // SIGSTOP would stop the monitor, and everyone waiting on it).
+        Ok(st) => Ok(match st.validated().signal {
             Some(sig) => signals::die_by(sig),
             None => st.code,
         }),
