@@ -741,3 +741,70 @@ fn lab_oci_run_uses_our_terminal() {
     assert_eq!(child.wait().unwrap().code(), Some(7), "{seen:?}");
     assert!(!lab.root().join("t7").exists());
 }
+
+/// Bind mounts as the guest's mountinfo shows them: the root of each ends in its source's own
+/// name; a tmpfs mounted under a source is a mount in the guest too (written through to the
+/// host's tmpfs); `rro` makes it read-only with its parent (plain `ro`: the top alone, as runc).
+#[test]
+fn lab_oci_bind_names_and_recursive_attrs() {
+    let lab = Lab::new();
+    let (vol, rvol) = (lab.dir.path().join("vol"), lab.dir.path().join("rvol"));
+    for v in [&vol, &rvol] {
+        fs::create_dir_all(v.join("sub")).unwrap();
+        let mount = Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(v.join("sub"))
+            .status()
+            .unwrap();
+        assert!(mount.success());
+        fs::write(v.join("sub/hello"), "in-tmpfs\n").unwrap();
+    }
+    let script = "cat /data/sub/hello; echo g > /data/sub/from-guest && echo sub-rw; \
+        touch /rro/sub/x 2>/dev/null && echo rro-sub-writable || echo rro-sub-ro; \
+        touch /rro/x 2>/dev/null && echo rro-top-writable || echo rro-top-ro; \
+        echo ---; cat /proc/self/mountinfo";
+    let b = lab.bundle(
+        "b9",
+        &["sh", "-c", script],
+        json!({"mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/data", "type": "bind", "source": vol, "options": ["rbind", "rw"]},
+            {"destination": "/rro", "type": "bind", "source": rvol, "options": ["rbind", "rro"]}
+        ]}),
+    );
+    let out = lab.runc(&["run", "--bundle", b.to_str().unwrap(), "m1"]);
+    let from_guest = fs::read_to_string(vol.join("sub/from-guest"));
+    for v in [&vol, &rvol] {
+        let _ = Command::new("umount").arg(v.join("sub")).status();
+    }
+    let stdout = text(&out.stdout);
+    assert_eq!(code(&out), 0, "run: {}\n{stdout}", text(&out.stderr));
+    let (said, mountinfo) = stdout.split_once("---\n").unwrap();
+    assert_eq!(
+        said, "in-tmpfs\nsub-rw\nrro-sub-ro\nrro-top-ro\n",
+        "{mountinfo}"
+    );
+    assert_eq!(from_guest.unwrap(), "g\n");
+    // mountinfo: ID PARENT MAJ:MIN ROOT MOUNT-POINT OPTIONS ...
+    let mount = |point: &str| {
+        mountinfo
+            .lines()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .rfind(|f| f.len() > 5 && f[4] == point)
+            .unwrap_or_else(|| panic!("{point} is not a mount in the guest:\n{mountinfo}"))
+    };
+    assert!(mount("/data")[3].ends_with("/vol"), "{mountinfo}");
+    assert!(mount("/rro")[3].ends_with("/rvol"), "{mountinfo}");
+    assert!(mount("/data/sub")[3].ends_with("/vol/sub"), "{mountinfo}");
+    let rro_sub = mount("/rro/sub");
+    assert!(rro_sub[5].split(',').any(|o| o == "ro"), "{mountinfo}");
+    assert!(
+        !mount("/data/sub")[5].split(',').any(|o| o == "ro"),
+        "{mountinfo}"
+    );
+    let host = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host.contains("/m1/binds/"),
+        "host bind mounts left: {host}"
+    );
+}

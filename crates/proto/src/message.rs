@@ -169,7 +169,8 @@ pub const SHARES_DIR: &str = "/run/crx/shares";
 /// An OCI `mounts[]` entry that bind-mounts `file` of the virtio-fs share `tag` at
 /// `destination` in the container: how a bind mount of a single host file (`/etc/hosts`)
 /// reaches a container. The agent mounts the share at [`SHARES_DIR`]`/TAG` before
-/// libcontainer makes the bind mount. `tag` and `file` are single path components.
+/// libcontainer makes the bind mount. `tag` is a single path component, `file` a relative
+/// path of plain components.
 pub fn share_file_mount(
     tag: &str,
     file: &str,
@@ -187,12 +188,12 @@ pub fn share_file_mount(
 }
 
 /// The share tag a mount entry's `source` names under [`SHARES_DIR`], if it is a
-/// [`share_file_mount`] (a single, plain path component after the directory).
+/// [`share_file_mount`] (a tag, then one or more plain path components: `binds/d0/vol`).
 pub fn shared_file_tag(source: &str) -> Option<&str> {
     let rest = source.strip_prefix(SHARES_DIR)?.strip_prefix('/')?;
     let (tag, file) = rest.split_once('/')?;
-    let plain = |c: &str| !c.is_empty() && c != "." && c != ".." && !c.contains('/');
-    (plain(tag) && plain(file)).then_some(tag)
+    let plain = |c: &str| !c.is_empty() && c != "." && c != "..";
+    (plain(tag) && file.split('/').all(plain)).then_some(tag)
 }
 
 /// The agent's answer.

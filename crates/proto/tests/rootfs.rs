@@ -74,10 +74,16 @@ fn shared_file_mount_entries() {
         shared_file_tag(m["source"].as_str().unwrap()),
         Some("files")
     );
+    // A source staged under its own name: `binds/d0/vol`.
+    assert_eq!(
+        shared_file_tag("/run/crx/shares/binds/d0/vol"),
+        Some("binds")
+    );
     for bad in [
         "/run/crx/shares/files",
         "/run/crx/shares/../x/f",
-        "/run/crx/shares/files/a/b",
+        "/run/crx/shares/files/a/../b",
+        "/run/crx/shares/files/a//b",
         "/run/crx/sharesx/t/f",
         "/etc/hosts",
         "/run/crx/shares/t/..",
