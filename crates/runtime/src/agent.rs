@@ -19,14 +19,14 @@ use crx_proto::{
 
 use crate::error::RuntimeError;
 
-/// How long the agent may take to answer (`CRX_AGENT_TIMEOUT` seconds, default 120: the
-/// nested lab is slow): the boot until it answers, and then each request.
+/// How long the agent may take to answer (`CRX_AGENT_TIMEOUT` seconds, at least 1, default
+/// 120: the nested lab is slow): the boot until it answers, and then each request.
 pub fn agent_timeout() -> Duration {
     let secs = std::env::var("CRX_AGENT_TIMEOUT")
         .ok()
-        .and_then(|s| s.parse().ok())
+        .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(120);
-    Duration::from_secs(secs)
+    Duration::from_secs(secs.max(1))
 }
 
 /// How often a waiting `Wait` asks the caller whether the VM still runs.
@@ -208,7 +208,8 @@ impl Agent {
         let start = Instant::now();
         loop {
             let left = timeout.saturating_sub(start.elapsed());
-            if let Ok(c) = self.control_within(left.clamp(Duration::from_millis(1), self.timeout)) {
+            let limit = left.min(self.timeout).max(Duration::from_millis(1));
+            if let Ok(c) = self.control_within(limit) {
                 return Ok(c);
             }
             if !alive() {
