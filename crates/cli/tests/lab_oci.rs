@@ -742,6 +742,31 @@ fn lab_oci_run_uses_our_terminal() {
     assert!(!lab.root().join("t7").exists());
 }
 
+/// Namespaces given by `path` (podman's pod: uts, ipc and network shared with the infra
+/// container) and a cpuset with a small quota: the container starts, its hostname applies in
+/// a private UTS namespace of the guest, and the cpuset `0-1` is its affinity (the VM has the
+/// vCPUs for it, whatever the quota says).
+#[test]
+fn lab_oci_namespace_paths_and_cpus() {
+    let lab = Lab::new();
+    let b = lab.bundle(
+        "b-ns",
+        &["sh", "-c", "hostname; cat /proc/self/status"],
+        json!({"hostname": "pod-member", "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "mount"},
+                {"type": "uts", "path": "/proc/self/ns/uts"},
+                {"type": "ipc", "path": "/proc/self/ns/ipc"},
+                {"type": "network", "path": "/proc/self/ns/net"}],
+            "resources": {"cpu": {"cpus": "0-1", "quota": 20000, "period": 100000}}}}),
+    );
+    let out = lab.runc(&["run", "--bundle", b.to_str().unwrap(), "ns1"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(code(&out), 0, "run: {} {stdout}", text(&out.stderr));
+    assert!(stdout.starts_with("pod-member\n"), "{stdout}");
+    assert!(stdout.contains("Cpus_allowed_list:\t0-1\n"), "{stdout}");
+    assert!(!lab.root().join("ns1").exists());
+}
+
 /// Bind mounts as the guest's mountinfo shows them: the root of each ends in its source's own
 /// name; a tmpfs mounted under a source is a mount in the guest too (written through to the
 /// host's tmpfs); `rro` makes it read-only with its parent (plain `ro`: the top alone, as runc).
