@@ -833,3 +833,82 @@ fn lab_oci_bind_names_and_recursive_attrs() {
         "host bind mounts left: {host}"
     );
 }
+
+/// A dead backend is noticed: the rootfs's virtiofsd SIGKILLed while the container and an
+/// exec into it read from the share; the monitor reaps it, records the container `failed`
+/// (reported `stopped`) and stops the VM; the exec ends (a host-side SIGTERM is enough, if it
+/// has not ended already). And the container's state on the host is private.
+#[test]
+fn lab_oci_dead_virtiofsd_is_noticed() {
+    use nix::sys::signal::{kill, Signal};
+    use std::os::unix::fs::MetadataExt;
+    let lab = Lab::new();
+    let root = lab.root();
+    let reader = "while true; do cat /etc/motd > /dev/null; sleep 0.2; done";
+    let b = lab.bundle("b9", &["sh", "-c", reader], json!({}));
+    assert!(lab
+        .create(&b, "v1", &lab.dir.path().join("v1.out"))
+        .success());
+    assert_eq!(code(&lab.runc(&["start", "v1"])), 0);
+    let mode = |name: &str| fs::metadata(root.join(name)).unwrap().mode() & 0o777;
+    assert_eq!(mode("v1"), 0o700);
+    for f in [
+        "config.json",
+        "state.json",
+        "vsock.sock",
+        "console.log",
+        "vmm.log",
+    ] {
+        assert_eq!(mode(&format!("v1/{f}")), 0o600, "{f}");
+    }
+    let pids = pids_of(&root, "v1");
+    assert_eq!(pids.len(), 3, "monitor, VMM, virtiofsd: {pids:?}");
+    let (monitor, virtiofsd) = (pids[0], pids[2]);
+    let script = format!("touch /tmp/exec-started; {reader}");
+    let mut exec = runc_cmd(&root, &["exec", "v1", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !b.join("rootfs/tmp/exec-started").exists() {
+        assert!(Instant::now() < deadline, "the exec did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    kill(Pid::from_raw(virtiofsd), Signal::SIGKILL).unwrap();
+    // Reaped by the monitor (not left a zombie), and the container reported stopped.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Path::new(&format!("/proc/{virtiofsd}")).exists()
+        || lab.state("v1")["status"] != "stopped"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not noticed: {}",
+            lab.state("v1")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rec: Value =
+        serde_json::from_slice(&fs::read(root.join("v1/state.json")).unwrap()).unwrap();
+    assert_eq!(rec["phase"], "failed", "{rec}");
+    assert!(
+        rec["error"].as_str().unwrap_or("").contains("virtiofsd"),
+        "{rec}"
+    );
+    match wait_child(monitor) {
+        WaitStatus::Exited(_, c) => assert_ne!(c, 0, "the monitor reports a failure"),
+        other => panic!("monitor: {other:?}"),
+    }
+    // The exec does not wait on the dead share forever.
+    let _ = kill(Pid::from_raw(exec.id() as i32), Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while exec.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "exec still waiting");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let d = lab.runc(&["delete", "v1"]);
+    assert_eq!(code(&d), 0, "delete: {}", text(&d.stderr));
+    wait_dead(&pids);
+}
