@@ -1,8 +1,9 @@
-//! Host tier: the OCI spec's `linux.seccomp` is enforced (libcontainer with libseccomp, linked
-//! statically into crx-init) for the container's process, and a container without a profile is
-//! not filtered. Exec'd processes are filtered by the container's profile too (libcontainer 0.7's
-//! tenant builder drops `linux.seccomp`; the agent installs it itself, see
-//! containers/exec_seccomp.rs). crx-init runs as an ordinary root process (tests/common).
+//! Host tier: the OCI spec's `linux.seccomp` is enforced (libseccomp, linked statically into
+//! crx-init) for the container's process, and a container without a profile is not filtered.
+//! The agent installs the profile itself right before execve, for the container's process and
+//! for exec'd processes (containers/seccomp.rs), so a profile that blocks what libcontainer
+//! calls after its own point of loading (getcwd) still starts the process. crx-init runs as an
+//! ordinary root process (tests/common).
 
 use crx_proto::*;
 use serde_json::json;
@@ -146,8 +147,13 @@ fn exec_processes_get_the_container_profile() {
         exec(&mut c, &mut w, &filtered, "e1", process(nnp_unset, false)),
         42
     );
-    // Without CAP_SYS_ADMIN and without noNewPrivileges: still filtered (no_new_privs set first).
-    let mut no_admin = process(mkdir, false);
+    // Without CAP_SYS_ADMIN and without noNewPrivileges: still filtered, no_new_privs unset, and
+    // the program holds exactly its capabilities (CAP_CHOWN 0, CAP_KILL 5: 0x21): the agent's
+    // CAP_SYS_ADMIN for loading the filter is gone after execve.
+    let no_admin_cmd =
+        "mkdir /tmp/e 2>/dev/null && exit 1; grep -q 'NoNewPrivs:.0' /proc/self/status || exit 3; \
+        grep -q 'CapEff:.0000000000000021' /proc/self/status || exit 4; exit 42";
+    let mut no_admin = process(no_admin_cmd, false);
     let caps = json!(["CAP_KILL", "CAP_CHOWN"]);
     no_admin["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps});
     assert_eq!(exec(&mut c, &mut w, &filtered, "e2", no_admin), 42);
@@ -162,6 +168,173 @@ fn exec_processes_get_the_container_profile() {
     assert_eq!(exec(&mut c, &mut w, &open, "e1", process(mkdir, false)), 0);
 
     for id in [filtered, open] {
+        c.call(Request::Remove { id, force: true }).unwrap();
+    }
+    drop(w);
+    shut_down(agent, c);
+}
+
+/// Allows what busybox's `sh` and `pwd` need, except `getcwd`; everything else fails with EPERM.
+fn allow_list_without_getcwd() -> serde_json::Value {
+    let names = [
+        "read",
+        "write",
+        "readv",
+        "writev",
+        "pread64",
+        "open",
+        "openat",
+        "close",
+        "stat",
+        "fstat",
+        "lstat",
+        "newfstatat",
+        "statx",
+        "lseek",
+        "poll",
+        "ppoll",
+        "mmap",
+        "mprotect",
+        "munmap",
+        "brk",
+        "madvise",
+        "rt_sigaction",
+        "rt_sigprocmask",
+        "rt_sigreturn",
+        "sigaltstack",
+        "ioctl",
+        "access",
+        "faccessat",
+        "faccessat2",
+        "pipe",
+        "pipe2",
+        "dup",
+        "dup2",
+        "dup3",
+        "fcntl",
+        "getpid",
+        "getppid",
+        "gettid",
+        "getuid",
+        "geteuid",
+        "getgid",
+        "getegid",
+        "getpgrp",
+        "setpgid",
+        "getpgid",
+        "getsid",
+        "clone",
+        "clone3",
+        "fork",
+        "vfork",
+        "execve",
+        "execveat",
+        "exit",
+        "exit_group",
+        "wait4",
+        "waitid",
+        "kill",
+        "tgkill",
+        "uname",
+        "chdir",
+        "fchdir",
+        "readlink",
+        "readlinkat",
+        "arch_prctl",
+        "set_tid_address",
+        "set_robust_list",
+        "rseq",
+        "prlimit64",
+        "getrlimit",
+        "getrandom",
+        "futex",
+        "sysinfo",
+        "getdents64",
+        "umask",
+        "clock_gettime",
+        "gettimeofday",
+        "time",
+        "times",
+        "nanosleep",
+        "clock_nanosleep",
+    ];
+    json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": 1,
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{"names": names.to_vec(), "action": "SCMP_ACT_ALLOW"}]
+    })
+}
+
+#[test]
+fn profiles_blocking_the_runtimes_own_syscalls_still_start_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let root = busybox_tree(dir.path());
+    let agent = start(&sock);
+    let mut c = client(&sock);
+    let mut w = client(&sock);
+    let pid = std::process::id();
+    // `pwd` calls getcwd: it works unfiltered (0), and fails under the profiles (42).
+    let pwd = "/bin/busybox pwd >/dev/null || exit 42";
+    let getcwd_errno = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{"names": ["getcwd"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    });
+    let cases = [
+        (format!("cwd{pid}"), None, 0),
+        (format!("cwdno{pid}"), Some(getcwd_errno), 42),
+        (
+            format!("cwdallow{pid}"),
+            Some(allow_list_without_getcwd()),
+            42,
+        ),
+    ];
+    for (id, profile, want) in &cases {
+        c.call(Request::CreateContainer {
+            id: id.clone(),
+            spec: spec(pwd, profile.clone()),
+            rootfs: tree_rootfs(&root),
+        })
+        .unwrap_or_else(|e| panic!("create {id}: {e:?}"));
+        c.call(Request::Start { id: id.clone() }).unwrap();
+        let got = exited(
+            w.call(Request::Wait {
+                id: id.clone(),
+                exec_id: None,
+            })
+            .unwrap(),
+        );
+        assert_eq!(got, *want, "{id}");
+    }
+    // An exec'd process under the allow list: started, and filtered too.
+    let exec_in = format!("cwdexec{pid}");
+    c.call(Request::CreateContainer {
+        id: exec_in.clone(),
+        spec: spec("sleep 1000", Some(allow_list_without_getcwd())),
+        rootfs: tree_rootfs(&root),
+    })
+    .unwrap();
+    c.call(Request::Start {
+        id: exec_in.clone(),
+    })
+    .unwrap();
+    c.call(Request::Exec {
+        id: exec_in.clone(),
+        exec_id: "e1".into(),
+        process: process(pwd, false),
+    })
+    .unwrap();
+    let got = exited(
+        w.call(Request::Wait {
+            id: exec_in.clone(),
+            exec_id: Some("e1".into()),
+        })
+        .unwrap(),
+    );
+    assert_eq!(got, 42);
+    for id in cases.into_iter().map(|c| c.0).chain([exec_in]) {
         c.call(Request::Remove { id, force: true }).unwrap();
     }
     drop(w);

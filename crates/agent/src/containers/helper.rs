@@ -17,6 +17,7 @@ use crx_proto::{
 };
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
+use libcontainer::oci_spec::runtime::LinuxSeccomp;
 use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::errno::Errno;
@@ -28,7 +29,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use super::fdpass::FdReader;
 use super::forward::HelperFrame;
 use super::{
-    bundle, cgroup_path, exec_seccomp, rootfs, CGROUP_PARENT, CGROUP_ROOT, CONTAINERS_DIR,
+    bundle, cgroup_path, rootfs, seccomp, spec_fields, CGROUP_PARENT, CGROUP_ROOT, CONTAINERS_DIR,
     STATE_DIR,
 };
 
@@ -81,6 +82,8 @@ struct Proc {
 struct Ctr {
     container: Container,
     dir: PathBuf,
+    /// The container's seccomp profile, for its exec'd processes.
+    seccomp: Option<LinuxSeccomp>,
     init: Proc,
     execs: HashMap<String, Proc>,
 }
@@ -97,6 +100,8 @@ impl Ctr {
 struct Helper {
     out: UnixStream,
     containers: HashMap<String, Ctr>,
+    /// What the guest kernel offers to the spec's newer fields.
+    kernel: spec_fields::Kernel,
 }
 
 /// Runs the helper until the agent closes the socket.
@@ -118,6 +123,7 @@ pub fn main() -> Result<()> {
     let mut h = Helper {
         out: sock.try_clone().context("socket")?,
         containers: HashMap::new(),
+        kernel: spec_fields::Kernel::probe(),
     };
     let mut reader = FdReader::new(sock);
     loop {
@@ -414,14 +420,32 @@ impl Helper {
                 format!("container {id} exists"),
             ));
         }
+        if let Some(why) = spec_fields::refusal(spec, self.kernel) {
+            return Ok(error(ErrorKind::Unsupported, why));
+        }
+        // The profile is installed by the agent's executor right before execve (see
+        // containers/seccomp.rs), not by libcontainer.
+        let mut spec = spec.clone();
+        let profile = seccomp::split_profile(&mut spec)?;
+        let late = profile
+            .as_ref()
+            .and_then(|(p, late)| late.then(|| p.clone()));
+        if late.is_some() {
+            if let Some(process) = spec.get_mut("process") {
+                seccomp::keep_sys_admin(process);
+            }
+        }
         let dir = Path::new(CONTAINERS_DIR).join(id);
         let stdin_dup = stdin_dup(&stdio);
         let built = (|| -> Result<Container> {
             let root = rootfs::mount_rootfs(&dir, r)?;
-            rootfs::mount_file_shares(spec)?;
-            let bundle = bundle::write_bundle(&dir, id, spec, &root)?;
+            rootfs::mount_file_shares(&spec)?;
+            let bundle = bundle::write_bundle(&dir, id, &spec, &root)?;
             // Streams the host attached replace the helper's own stdio (the console).
-            let b = stdio.apply(ContainerBuilder::new(id.to_string(), SyscallType::Linux));
+            let mut b = stdio.apply(ContainerBuilder::new(id.to_string(), SyscallType::Linux));
+            if let Some(profile) = late {
+                b = b.with_executor(seccomp::SeccompExecutor { profile });
+            }
             let c = b
                 .with_root_path(STATE_DIR)?
                 .validate_id()?
@@ -446,6 +470,7 @@ impl Helper {
                         },
                         container,
                         dir,
+                        seccomp: profile.map(|(p, _)| p),
                         execs: HashMap::new(),
                     },
                 );
@@ -524,12 +549,16 @@ impl Helper {
                 format!("exec {exec_id} exists in {id}"),
             ));
         }
-        let path = bundle::write_process(&c.dir, exec_id, process)?;
+        let mut process = process.clone();
+        spec_fields::clamp_affinity(&mut process, &spec_fields::online_cpus());
+        if c.seccomp.is_some() {
+            seccomp::keep_sys_admin(&mut process);
+        }
+        let path = bundle::write_process(&c.dir, exec_id, &process)?;
         let stdin_dup = stdin_dup(&stdio);
         let mut b = stdio.apply(ContainerBuilder::new(id.to_string(), SyscallType::Linux));
-        let config = c.dir.join("bundle/config.json");
-        if let Some(profile) = exec_seccomp::container_profile(&config)? {
-            b = b.with_executor(exec_seccomp::SeccompExecutor { profile });
+        if let Some(profile) = c.seccomp.clone() {
+            b = b.with_executor(seccomp::SeccompExecutor { profile });
         }
         let pid = b
             .with_root_path(STATE_DIR)?

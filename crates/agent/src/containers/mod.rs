@@ -8,13 +8,15 @@
 //! and it reaps them to answer `Wait`. See docs/adr/0004-agent-containers.md.
 
 pub mod bundle;
-pub mod exec_seccomp;
 #[allow(unsafe_code)]
 pub mod fdpass;
 pub mod forward;
 pub mod helper;
 pub mod resources;
 pub mod rootfs;
+#[allow(unsafe_code)]
+pub mod seccomp;
+pub mod spec_fields;
 
 /// Where per-container mounts and bundles live in the guest.
 pub const CONTAINERS_DIR: &str = "/run/crx/containers";
