@@ -770,9 +770,13 @@ fn lab_oci_namespace_paths_and_cpus() {
 /// Bind mounts as the guest's mountinfo shows them: the root of each ends in its source's own
 /// name; a tmpfs mounted under a source is a mount in the guest too (written through to the
 /// host's tmpfs); `rro` makes it read-only with its parent (plain `ro`: the top alone, as runc).
+/// On the way (no second VM): the host cgroup's limits, read by a `poststart` hook on the host
+/// (the lab is cgroup v2).
 #[test]
 fn lab_oci_bind_names_and_recursive_attrs() {
     let lab = Lab::new();
+    let cgroup = "/sys/fs/cgroup/crx-bind-test/m1";
+    let limits = lab.dir.path().join("limits");
     let (vol, rvol) = (lab.dir.path().join("vol"), lab.dir.path().join("rvol"));
     for v in [&vol, &rvol] {
         fs::create_dir_all(v.join("sub")).unwrap();
@@ -795,7 +799,10 @@ fn lab_oci_bind_names_and_recursive_attrs() {
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/data", "type": "bind", "source": vol, "options": ["rbind", "rw"]},
             {"destination": "/rro", "type": "bind", "source": rvol, "options": ["rbind", "rro"]}
-        ]}),
+        ], "linux": {"cgroupsPath": "/crx-bind-test/m1", "resources": {
+            "memory": {"limit": 64 << 20}, "cpu": {"quota": 50000, "period": 100000}}},
+        "hooks": {"poststart": [{"path": "/bin/sh", "args": ["sh", "-c", format!(
+            "cat {cgroup}/memory.max {cgroup}/cpu.max > {}", limits.display())]}]}}),
     );
     let out = lab.runc(&["run", "--bundle", b.to_str().unwrap(), "m1"]);
     let from_guest = fs::read_to_string(vol.join("sub/from-guest"));
@@ -832,6 +839,12 @@ fn lab_oci_bind_names_and_recursive_attrs() {
         !host.contains("/m1/binds/"),
         "host bind mounts left: {host}"
     );
+    // The VM's RAM (limit + 96 MiB) and 128 MiB for its host processes; the quota and a
+    // quarter CPU.
+    let want = format!("{}\n75000 100000\n", (64 + 96 + 128) << 20);
+    assert_eq!(fs::read_to_string(&limits).unwrap(), want);
+    assert!(!Path::new(cgroup).exists(), "cgroup removed");
+    let _ = fs::remove_dir("/sys/fs/cgroup/crx-bind-test");
 }
 
 /// A dead backend is noticed: the rootfs's virtiofsd SIGKILLed while the container and an
