@@ -14,6 +14,7 @@
 //! [`LAB_FAILED`], which tier 3 retries.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,6 +25,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::cmd::shell_quote;
 use crate::kernel::{self, Flavor};
+use crate::monitor::{self, Monitor};
 use crate::{apt, cache, rootfs, workspace_root};
 
 const BEGIN: &str = "CRX-LAB-BEGIN";
@@ -110,9 +112,22 @@ pub fn run(command: &[String], opts: &Options) -> Result<i32> {
     let mut opts = opts.clone();
     opts.env.splice(0..0, lab_env()?);
     let mut qemu = qemu_command(&kernel.bzimage, &root, &script(command, &opts)?, &opts)?;
+    let (monitor, qemu_end) = monitor::pair()?;
+    qemu.args(qemu_end.qemu_args());
     let started = Instant::now();
-    let child = spawn(&mut qemu)?;
-    supervise(child, started, &opts, &mut std::io::stdout())
+    let child = spawn(&mut qemu, qemu_end.fd())?;
+    drop(qemu_end);
+    let stuck = Stuck {
+        monitor,
+        vmlinux: kernel.vmlinux,
+    };
+    supervise(child, started, &opts, Some(stuck), &mut std::io::stdout())
+}
+
+/// What tells where a stuck lab host is: its QEMU monitor and its kernel's symbols.
+struct Stuck {
+    monitor: Monitor,
+    vmlinux: PathBuf,
 }
 
 /// What every command in the lab finds in its environment: where the cache and the guest
@@ -263,12 +278,17 @@ fn tsc_params() -> String {
     }
 }
 
-fn spawn(qemu: &mut Command) -> Result<Child> {
+/// Starts QEMU, which inherits `monitor_fd` (its end of the monitor) and dies with this
+/// process.
+fn spawn(qemu: &mut Command, monitor_fd: RawFd) -> Result<Child> {
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the child between fork and exec and only makes the
-    // async-signal-safe prctl(2) and getppid(2) calls.
+    // async-signal-safe fcntl(2), prctl(2) and getppid(2) calls, on its own fd and process.
     unsafe {
         qemu.pre_exec(move || {
+            if libc::fcntl(monitor_fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -307,6 +327,7 @@ fn supervise(
     mut child: Child,
     started: Instant,
     opts: &Options,
+    stuck: Option<Stuck>,
     out: &mut dyn Write,
 ) -> Result<i32> {
     let stdout = child.stdout.take().context("qemu has no stdout")?;
@@ -380,6 +401,14 @@ fn supervise(
             Ok(Event::Eof) => break,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let (None, Some(mut stuck)) = (status, stuck) {
+                    eprintln!(
+                        "crx-lab: no output for a while: where the lab host's vCPUs are \
+                         (its kernel: {})",
+                        stuck.vmlinux.display()
+                    );
+                    eprint!("{}", stuck.monitor.vcpu_report(opts.cpus, &stuck.vmlinux));
+                }
                 let _ = child.kill();
                 let _ = child.wait();
                 if let Some(code) = status {
@@ -541,7 +570,7 @@ mod tests {
         let child = fake_lab(&format!("echo {BEGIN}; echo working; exec sleep 600"));
         let pid = child.id();
         let mut out = Vec::new();
-        let code = supervise(child, Instant::now(), &opts, &mut out).unwrap();
+        let code = supervise(child, Instant::now(), &opts, None, &mut out).unwrap();
         assert_eq!(code, LAB_FAILED);
         assert_eq!(String::from_utf8(out).unwrap(), "working\n");
         assert!(
@@ -562,7 +591,7 @@ mod tests {
              echo {HEARTBEAT}; sleep 0.1; i=$((i+1)); done; echo ok; echo '{EXIT}3'"
         ));
         let mut out = Vec::new();
-        let code = supervise(child, Instant::now(), &opts, &mut out).unwrap();
+        let code = supervise(child, Instant::now(), &opts, None, &mut out).unwrap();
         assert_eq!(code, 3);
         assert_eq!(String::from_utf8(out).unwrap(), "test x ... ok\n");
     }

@@ -14,6 +14,7 @@ pub mod guest_boot;
 pub mod kernel;
 pub mod kvm;
 pub mod lab;
+pub mod monitor;
 pub mod rootfs;
 pub mod tiers;
 pub mod timed;

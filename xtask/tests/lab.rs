@@ -265,5 +265,9 @@ fn labhost_a_silent_lab_host_is_stopped_as_stuck() {
     assert_eq!(out.status.code(), Some(125), "{stdout}\n{stderr}");
     assert!(stdout.contains("beat-stopped"), "{stdout}\n{stderr}");
     assert!(stderr.contains("THE LAB HOST IS STUCK"), "{stderr}");
+    // Where its vCPUs were, named from the lab kernel's symbols (here: idle).
+    assert!(stderr.contains("vCPU 0: RIP 0xffffffff"), "{stderr}");
+    assert!(stderr.contains("vCPU 1: RIP 0xffffffff"), "{stderr}");
+    assert!(stderr.contains("+0x"), "{stderr}");
     assert_nothing_left(&qemu, &tmp, "after a silent lab");
 }
