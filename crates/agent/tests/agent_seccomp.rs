@@ -84,6 +84,19 @@ fn seccomp_profiles_filter_the_container() {
         run(&mut c, &mut w, &killed, spec_killed),
         128 + libc::SIGSYS
     );
+    // Without CAP_SYS_ADMIN and without noNewPrivileges (podman's default): filtered, and the
+    // program holds exactly its capabilities (CAP_CHOWN 0, CAP_KILL 5: 0x21) without
+    // no_new_privs; the agent's CAP_SYS_ADMIN for loading the filter is gone after execve.
+    let no_admin = format!("noadmin{pid}");
+    let mut spec_no_admin = spec(
+        "mkdir /tmp/d 2>/dev/null && exit 1; grep -q 'NoNewPrivs:.0' /proc/self/status || exit 3; \
+         grep -q 'CapEff:.0000000000000021' /proc/self/status || exit 4; exit 42",
+        Some(profile()),
+    );
+    let caps = json!(["CAP_KILL", "CAP_CHOWN"]);
+    spec_no_admin["process"]["capabilities"] =
+        json!({"bounding": caps, "effective": caps, "permitted": caps});
+    assert_eq!(run(&mut c, &mut w, &no_admin, spec_no_admin), 42);
 
     // A profile that does not parse: create fails with a typed error, the agent lives on.
     let e = c
@@ -98,7 +111,7 @@ fn seccomp_profiles_filter_the_container() {
         "{e:?}"
     );
     assert_eq!(c.call(Request::Ping).unwrap(), Response::Pong);
-    for id in [open, denied, killed] {
+    for id in [open, denied, killed, no_admin] {
         c.call(Request::Remove { id, force: true }).unwrap();
     }
     drop(w);
