@@ -427,10 +427,7 @@ impl Helper {
         // containers/seccomp.rs), not by libcontainer.
         let mut spec = spec.clone();
         let profile = seccomp::split_profile(&mut spec)?;
-        let late = profile
-            .as_ref()
-            .and_then(|(p, late)| late.then(|| p.clone()));
-        if late.is_some() {
+        if profile.is_some() {
             if let Some(process) = spec.get_mut("process") {
                 seccomp::keep_sys_admin(process);
             }
@@ -443,7 +440,7 @@ impl Helper {
             let bundle = bundle::write_bundle(&dir, id, &spec, &root)?;
             // Streams the host attached replace the helper's own stdio (the console).
             let mut b = stdio.apply(ContainerBuilder::new(id.to_string(), SyscallType::Linux));
-            if let Some(profile) = late {
+            if let Some(profile) = profile.clone() {
                 b = b.with_executor(seccomp::SeccompExecutor { profile });
             }
             let c = b
@@ -470,7 +467,7 @@ impl Helper {
                         },
                         container,
                         dir,
-                        seccomp: profile.map(|(p, _)| p),
+                        seccomp: profile,
                         execs: HashMap::new(),
                     },
                 );

@@ -21,9 +21,8 @@
 //! capabilities and without `no_new_privs`, as under runc. A process that still holds neither
 //! gets `no_new_privs` set first.
 //!
-//! Profiles with `SCMP_ACT_NOTIFY` rules stay with libcontainer for the init (it hands their
-//! listener the notify fd); an exec'd process has no listener, its notify rules fail with
-//! `ENOSYS`.
+//! Profiles with `SCMP_ACT_NOTIFY` rules are refused at create (containers/spec_fields.rs):
+//! their listener is a host socket, out of the guest's reach.
 
 use std::io::Read;
 
@@ -65,7 +64,7 @@ fn install(profile: &LinuxSeccomp) -> Result<(), String> {
     let notify = libcontainer::seccomp::initialize_seccomp(profile)
         .map_err(|e| format!("installing the container's seccomp profile: {e}"))?;
     if let Some(fd) = notify {
-        // No listener serves it here: notify rules then fail with ENOSYS.
+        // Refused at create; were one here, no listener serves it: ENOSYS.
         let _ = nix::unistd::close(fd);
     }
     Ok(())
@@ -125,10 +124,9 @@ fn cap_eff(status: &str) -> Option<u64> {
     u64::from_str_radix(hex.trim(), 16).ok()
 }
 
-/// Takes `linux.seccomp` out of `spec` for [`SeccompExecutor`] to install, unless it has
-/// notify rules (libcontainer keeps those, see the module doc). Returns the profile either way
-/// (exec'd processes get it from the agent), or an error when it does not parse.
-pub fn split_profile(spec: &mut Value) -> anyhow::Result<Option<(LinuxSeccomp, bool)>> {
+/// Takes `linux.seccomp` out of `spec` for [`SeccompExecutor`] to install; an error when it
+/// does not parse.
+pub fn split_profile(spec: &mut Value) -> anyhow::Result<Option<LinuxSeccomp>> {
     let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) else {
         return Ok(None);
     };
@@ -137,11 +135,8 @@ pub fn split_profile(spec: &mut Value) -> anyhow::Result<Option<(LinuxSeccomp, b
     };
     let profile: LinuxSeccomp = serde_json::from_value(raw.clone())
         .map_err(|e| anyhow::anyhow!("linux.seccomp does not parse: {e}"))?;
-    let late = !libcontainer::seccomp::is_notify(&profile);
-    if late {
-        linux.remove("seccomp");
-    }
-    Ok(Some((profile, late)))
+    linux.remove("seccomp");
+    Ok(Some(profile))
 }
 
 /// Lets an OCI process (JSON) that is to load its own filter keep `CAP_SYS_ADMIN` until its
@@ -186,22 +181,11 @@ mod tests {
         let profile = json!({"defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [{"names": ["getcwd"], "action": "SCMP_ACT_ERRNO"}]});
         let mut spec = json!({"linux": {"seccomp": profile, "namespaces": []}});
-        let (p, late) = split_profile(&mut spec).unwrap().unwrap();
-        assert!(late);
+        let p = split_profile(&mut spec).unwrap().unwrap();
         assert_eq!(p.syscalls().as_ref().map(Vec::len), Some(1));
         assert_eq!(spec, json!({"linux": {"namespaces": []}}));
         assert!(split_profile(&mut spec).unwrap().is_none());
         assert!(split_profile(&mut json!({})).unwrap().is_none());
-    }
-
-    #[test]
-    fn notify_profiles_stay_with_libcontainer() {
-        let profile = json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/l.sock",
-            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]});
-        let mut spec = json!({"linux": {"seccomp": profile.clone()}});
-        let (_, late) = split_profile(&mut spec).unwrap().unwrap();
-        assert!(!late);
-        assert_eq!(spec["linux"]["seccomp"], profile);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The OCI spec's newer fields (runtime-spec 1.2/1.3): applied in the guest or refused at create
-//! with a one-line reason, never silently ignored.
+//! The OCI spec's newer fields (runtime-spec 1.2/1.3), and seccomp notify: applied in the guest
+//! or refused at create with a one-line reason, never silently ignored.
 //!
 //! libcontainer 0.7 applies `process.ioPriority`, `process.scheduler`, `linux.personality`
 //! (its domain; it has no flags), `domainname` (in a new UTS namespace), `linux.memoryPolicy`,
@@ -58,6 +58,18 @@ pub fn refusal(spec: &Value, kernel: Kernel) -> Option<String> {
         return Some(format!(
             "{what} is not supported: the guest kernel has no time namespaces (CONFIG_TIME_NS)"
         ));
+    }
+    let seccomp = &linux["seccomp"];
+    let notify = seccomp["defaultAction"] == "SCMP_ACT_NOTIFY"
+        || seccomp["syscalls"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|r| r["action"] == "SCMP_ACT_NOTIFY"));
+    if notify {
+        return Some(
+            "linux.seccomp SCMP_ACT_NOTIFY is not supported: its listener (listenerPath) is on \
+             the host, out of the microVM's reach"
+                .into(),
+        );
     }
     let flags = &linux["personality"]["flags"];
     if flags.as_array().is_some_and(|f| !f.is_empty()) {
@@ -195,6 +207,18 @@ mod tests {
         let why = refusal(&flags, FULL).unwrap();
         assert!(why.contains("ADDR_NO_RANDOMIZE"), "{why}");
         assert!(!why.contains('\n'));
+    }
+
+    #[test]
+    fn seccomp_notify_is_refused() {
+        let rule = json!({"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"});
+        let spec = json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW",
+            "listenerPath": "/run/l.sock", "syscalls": [rule]}}});
+        let why = refusal(&spec, FULL).unwrap();
+        assert!(why.contains("SCMP_ACT_NOTIFY"), "{why}");
+        let errno = json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}}});
+        assert_eq!(refusal(&errno, FULL), None);
     }
 
     #[test]

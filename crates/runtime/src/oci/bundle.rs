@@ -302,7 +302,7 @@ pub fn features() -> Value {
             "io.crx.isolation": "microvm (one KVM VM per container)",
             "io.crx.rootfs": "the bundle's rootfs directory shared live over virtio-fs",
             "io.crx.bind-mounts": "directories and single files shared live over virtio-fs; missing sources left out with a warning",
-            "io.crx.seccomp": "applied in the guest to the container's process and to exec'd processes, loaded right before execve (profiles blocking the runtime's own calls such as getcwd still start); SCMP_ACT_NOTIFY rules of exec'd processes fail with ENOSYS",
+            "io.crx.seccomp": "applied in the guest to the container's process and to exec'd processes, loaded right before execve (profiles blocking the runtime's own calls such as getcwd still start); SCMP_ACT_NOTIFY refused (its listener would be on the host)",
             "io.crx.spec-fields": "honoured in the guest: domainname, process.ioPriority, process.scheduler, linux.personality (domain; flags refused), linux.timeOffsets with a time namespace, process.execCPUAffinity of exec'd processes (clamped to the VM's CPUs); refused at create: linux.memoryPolicy (the guest kernel has no NUMA)",
             "io.crx.terminal": "the guest's pty relayed through a host pty whose master goes to --console-socket",
             "io.crx.hooks": "prestart, createRuntime, poststart and poststop run on the host; startContainer in the container, in the guest",
