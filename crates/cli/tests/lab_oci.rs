@@ -215,11 +215,18 @@ fn lab_oci_lifecycle() {
     assert_eq!(code(&st), 0, "start: {}", text(&st.stderr));
     assert_eq!(lab.state("c1")["status"], "running");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while fs::read_to_string(&out_path).unwrap() != "out\n" {
-        assert!(Instant::now() < deadline, "no output");
+    // stdout and stderr travel on separate streams: either may arrive first.
+    while fs::read_to_string(&out_path).unwrap() != "out\n"
+        || fs::read_to_string(&err_path).unwrap() != "err\n"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no output: {:?} {:?}",
+            fs::read_to_string(&out_path),
+            fs::read_to_string(&err_path)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(fs::read_to_string(&err_path).unwrap(), "err\n");
     assert_eq!(
         code(&lab.runc(&["start", "c1"])),
         1,
