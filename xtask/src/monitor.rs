@@ -86,11 +86,10 @@ impl Monitor {
                 rip.map_or("?".into(), |r| symbols.describe(r)),
                 rsp.map_or("?".into(), |r| format!("{r:#x}"))
             ));
-            if rsp.is_none() {
-                continue;
-            }
+            let Some(rsp) = rsp else { continue };
+            // `x` reads through the page tables of the monitor's current vCPU.
             let _ = self.command(&format!("cpu {cpu}"), Duration::from_secs(2));
-            let stack = self.command("x /64gx $rsp", Duration::from_secs(3));
+            let stack = self.command(&format!("x /64gx {rsp:#x}"), Duration::from_secs(3));
             let frames: Vec<String> = hex_words(&stack)
                 .filter(|w| symbols.in_text(*w))
                 .map(|w| symbols.describe(w))
@@ -262,6 +261,9 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         // Stopped (-S) at the reset vector, in real mode.
-        assert!(regs.contains("CPU#0") && regs.contains("EIP=0000fff0"), "{regs}");
+        assert!(
+            regs.contains("CPU#0") && regs.contains("EIP=0000fff0"),
+            "{regs}"
+        );
     }
 }

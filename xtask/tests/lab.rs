@@ -269,5 +269,9 @@ fn labhost_a_silent_lab_host_is_stopped_as_stuck() {
     assert!(stderr.contains("vCPU 0: RIP 0xffffffff"), "{stderr}");
     assert!(stderr.contains("vCPU 1: RIP 0xffffffff"), "{stderr}");
     assert!(stderr.contains("+0x"), "{stderr}");
+    assert!(
+        stderr.contains("kernel text addresses on its stack: 0xffffffff"),
+        "{stderr}"
+    );
     assert_nothing_left(&qemu, &tmp, "after a silent lab");
 }
