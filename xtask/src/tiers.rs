@@ -23,8 +23,9 @@ pub struct TestArgs {
     #[arg(long)]
     pub tier: Vec<u8>,
     /// Time limit for one lab run, in seconds. Shorter than [`RETRY_BEFORE`], so that a lab
-    /// host that wedges (seen once on 2026-11-29: no output for 20 minutes, qemu busy) is
-    /// retried; the tier takes about 15 minutes here.
+    /// host that wedges (seen on 2026-11-29: no output for 20 minutes, qemu busy) is retried;
+    /// the tier takes about 15 minutes here. A wedge is normally caught sooner, by the lab's
+    /// watchdog on console silence (3 minutes, see lab.rs).
     #[arg(long, default_value_t = 1800)]
     pub lab_timeout: u64,
 }
