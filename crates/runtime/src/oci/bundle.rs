@@ -39,6 +39,9 @@ pub const MOUNT_TYPES: &[&str] = &[
 pub const VM_OVERHEAD_MIB: u32 = 96;
 /// The VM's memory when the spec sets no limit (as `crx run`).
 pub const DEFAULT_VM_MIB: u32 = 256;
+/// The most vCPUs a guest uses: the guest kernel's `CONFIG_NR_CPUS` (kernel/guest.config; a
+/// test checks they agree). vCPUs past it would boot offline, and a cpuset naming them fail.
+pub const GUEST_MAX_VCPUS: u32 = 64;
 
 /// A loaded, checked bundle.
 #[derive(Debug, Clone)]
@@ -231,7 +234,7 @@ pub fn vm_size(spec: &Value, host_cpus: u32) -> (u32, u32) {
         .max()
         .unwrap_or(0);
     let vcpus = for_quota.max(for_lists);
-    (memory, vcpus.clamp(1, host_cpus.max(1)))
+    (memory, vcpus.clamp(1, host_cpus.clamp(1, GUEST_MAX_VCPUS)))
 }
 
 /// The CPU lists of a spec, with their JSON pointer: `linux.resources.cpu.cpus` and
@@ -503,6 +506,26 @@ mod tests {
         let s = json!({"process": {"execCPUAffinity": {"initial": "5", "final": "0-2"}}});
         assert_eq!(vm_size(&s, 8).1, 6, "the exec affinity counts");
         assert_eq!(vm_size(&s, 4).1, 4);
+        let s = json!({"linux": {"resources": {"cpu": {"cpus": "0-199"}}}});
+        assert_eq!(
+            vm_size(&s, 256).1,
+            GUEST_MAX_VCPUS,
+            "and at the guest kernel's"
+        );
+    }
+
+    #[test]
+    fn the_guest_kernel_runs_as_many_cpus_as_a_vm_gets() {
+        let config = include_str!("../../../../kernel/guest.config");
+        let nr_cpus = config
+            .lines()
+            .find_map(|l| l.strip_prefix("CONFIG_NR_CPUS="))
+            .and_then(|n| n.trim().parse::<u32>().ok());
+        assert_eq!(
+            nr_cpus,
+            Some(GUEST_MAX_VCPUS),
+            "kernel/guest.config CONFIG_NR_CPUS"
+        );
     }
 
     #[test]
