@@ -87,7 +87,9 @@ impl Pipe {
 
 /// Relays `master` (a pty master) and `stream` (the host's connection) until the process side
 /// is done and its output delivered, or the host is gone. Both descriptors are closed on return.
-pub fn relay(master: OwnedFd, stream: OwnedFd) -> RelayEnd {
+/// `done` runs once the process side is done, before the host sees the end of the output (so a
+/// host that read it all finds the terminal gone).
+pub fn relay(master: OwnedFd, stream: OwnedFd, done: impl FnOnce()) -> RelayEnd {
     if nonblocking(&master).is_err() || nonblocking(&stream).is_err() {
         return RelayEnd::HostGone;
     }
@@ -98,6 +100,7 @@ pub fn relay(master: OwnedFd, stream: OwnedFd) -> RelayEnd {
     let mut scratch = vec![0u8; 16 * 1024];
     loop {
         if out.eof && out.buf.is_empty() {
+            done();
             let _ = stream.shutdown(std::net::Shutdown::Write);
             return RelayEnd::Exited;
         }

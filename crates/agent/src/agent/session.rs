@@ -326,8 +326,10 @@ impl<S> Session<S> {
         let spawned = std::thread::Builder::new()
             .name("pty".into())
             .spawn(move || {
-                relay(relayed, pty);
-                // The last descriptor of the master closes here: the terminal hangs up.
+                let forget = || ptys.forget(&key.0, key.1.as_deref(), &m);
+                relay(relayed, pty, forget);
+                // Also when the host went first. The last descriptor of the master closes
+                // here: the terminal hangs up.
                 ptys.forget(&key.0, key.1.as_deref(), &m);
             });
         match spawned {
