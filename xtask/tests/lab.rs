@@ -220,24 +220,22 @@ fn labhost_a_failing_command_fails_the_lab_with_its_status() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("to-stderr"));
 }
 
+/// Runs `script` in the lab with a silence limit of 6 s; its status, stdout and stderr.
+fn lab_with_silence_limit(script: &str) -> (std::process::Output, String, String) {
+    let out = xtask()
+        .args(["lab", "--silence", "6", "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}
+
 #[test]
 fn labhost_a_quiet_command_keeps_the_lab_alive_by_its_heartbeat() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // Silence limit 6 s: a heartbeat every second; the command is quiet for 15 s.
-    let out = xtask()
-        .args([
-            "lab",
-            "--silence",
-            "6",
-            "--",
-            "sh",
-            "-c",
-            "printf 'quiet '; sleep 15; echo done",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (out, stdout, stderr) = lab_with_silence_limit("printf 'quiet '; sleep 15; echo done");
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert_eq!(stdout, "quiet done\n", "{stderr}");
 }
@@ -248,20 +246,9 @@ fn labhost_a_silent_lab_host_is_stopped_as_stuck() {
     let (qemu, tmp) = (qemu_pids(), temp_entries());
     // Stopping the heartbeat plays a wedged lab host: nothing reaches the console any more
     // (without the watchdog, the lab would end after the sleep with status 0).
-    let out = xtask()
-        .args([
-            "lab",
-            "--silence",
-            "6",
-            "--",
-            "sh",
-            "-c",
-            "kill $(cat /run/crx-lab-heartbeat.pid); echo beat-stopped; sleep 600",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (out, stdout, stderr) = lab_with_silence_limit(
+        "kill $(cat /run/crx-lab-heartbeat.pid); echo beat-stopped; sleep 600",
+    );
     assert_eq!(out.status.code(), Some(125), "{stdout}\n{stderr}");
     assert!(stdout.contains("beat-stopped"), "{stdout}\n{stderr}");
     assert!(stderr.contains("THE LAB HOST IS STUCK"), "{stderr}");

@@ -66,34 +66,22 @@ fn spec(cmd: &str) -> serde_json::Value {
 
 #[test]
 fn terminals_for_init_and_exec_resize_and_hang_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("agent.sock");
-    let root = busybox_tree(dir.path());
-    let agent = start(&sock);
+    let mut f = Fixture::new();
     let id = format!("pty{}", std::process::id());
-    let rootfs = tree_rootfs(&root);
-    let mut c = client(&sock);
 
     // terminal: true without a pty stream: refused, nothing created.
-    let e = c
-        .call(Request::CreateContainer {
-            id: id.clone(),
-            spec: spec("true"),
-            rootfs: rootfs.clone(),
-        })
-        .unwrap_err();
+    let e = f.create(&id, spec("true")).unwrap_err();
     assert!(
         matches!(&e, ClientError::Agent(a) if a.kind == ErrorKind::InvalidRequest),
         "{e:?}"
     );
 
     // The init: its terminal sized before it starts; it reads a line from it.
-    let mut init = pty_stream(&sock, &id, None);
-    c.call(Request::CreateContainer {
-        id: id.clone(),
-        spec: spec("tty; stty size; read line; echo got:$line; exit 7"),
-        rootfs,
-    })
+    let mut init = pty_stream(&f.sock, &id, None);
+    f.create(
+        &id,
+        spec("tty; stty size; read line; echo got:$line; exit 7"),
+    )
     .unwrap();
     let resize = |c: &mut Client<UnixStream>, exec_id: Option<&str>, rows, cols| {
         c.call(Request::ResizePty {
@@ -103,44 +91,34 @@ fn terminals_for_init_and_exec_resize_and_hang_up() {
             cols,
         })
     };
-    resize(&mut c, None, 30, 100).unwrap();
-    c.call(Request::Start { id: id.clone() }).unwrap();
+    resize(&mut f.c, None, 30, 100).unwrap();
+    f.c.call(Request::Start { id: id.clone() }).unwrap();
     let mut out = String::new();
     read_until(&mut init, &mut out, "30 100");
     assert!(out.contains("/dev/pts/0"), "{out:?}");
 
     // An exec with its own terminal, resized while it waits for input.
-    let mut ex = pty_stream(&sock, &id, Some("e1"));
-    c.call(Request::Exec {
+    let mut ex = pty_stream(&f.sock, &id, Some("e1"));
+    f.c.call(Request::Exec {
         id: id.clone(),
         exec_id: "e1".into(),
         process: process("read x; tty; stty size; exit 5", true),
     })
     .unwrap();
-    resize(&mut c, Some("e1"), 12, 40).unwrap();
+    resize(&mut f.c, Some("e1"), 12, 40).unwrap();
     ex.write_all(b"go\n").unwrap();
     let mut exout = String::new();
     read_to_end(&mut ex, &mut exout);
     assert!(exout.contains("/dev/pts/1"), "{exout:?}");
     assert!(exout.contains("12 40"), "{exout:?}");
-    let mut w = client(&sock);
-    let wait = |w: &mut Client<UnixStream>, exec_id: Option<&str>| {
-        exited(
-            w.call(Request::Wait {
-                id: id.clone(),
-                exec_id: exec_id.map(Into::into),
-            })
-            .unwrap(),
-        )
-    };
-    assert_eq!(wait(&mut w, Some("e1")), 5);
+    assert_eq!(f.wait(&id, Some("e1")), 5);
     // Its terminal is gone with it.
-    let e = resize(&mut c, Some("e1"), 1, 1).unwrap_err();
+    let e = resize(&mut f.c, Some("e1"), 1, 1).unwrap_err();
     assert!(matches!(&e, ClientError::Agent(a) if a.kind == ErrorKind::NotFound));
 
     // Output the host reads late is held back (the process blocks), not lost.
-    let mut ex3 = pty_stream(&sock, &id, Some("e3"));
-    c.call(Request::Exec {
+    let mut ex3 = pty_stream(&f.sock, &id, Some("e3"));
+    f.c.call(Request::Exec {
         id: id.clone(),
         exec_id: "e3".into(),
         process: process("yes | head -c 300000; exit 2", true),
@@ -152,22 +130,22 @@ fn terminals_for_init_and_exec_resize_and_hang_up() {
     // 150000 lines of "y", "\r\n" line ends on a terminal.
     assert_eq!(bulk.len(), 450_000);
     assert_eq!(bulk.matches("y\r\n").count(), 150_000);
-    assert_eq!(wait(&mut w, Some("e3")), 2);
+    assert_eq!(f.wait(&id, Some("e3")), 2);
 
     // A host that goes away: the terminal hangs up, SIGHUP ends the process.
-    let ex2 = pty_stream(&sock, &id, Some("e2"));
-    c.call(Request::Exec {
+    let ex2 = pty_stream(&f.sock, &id, Some("e2"));
+    f.c.call(Request::Exec {
         id: id.clone(),
         exec_id: "e2".into(),
         process: process("sleep 1000", true),
     })
     .unwrap();
     drop(ex2);
-    assert_eq!(wait(&mut w, Some("e2")), 128 + 1);
+    assert_eq!(f.wait(&id, Some("e2")), 128 + 1);
 
     // close_stdin on a terminal: a pending partial line is delivered, then end-of-file.
-    let mut ex4 = pty_stream(&sock, &id, Some("e4"));
-    c.call(Request::Exec {
+    let mut ex4 = pty_stream(&f.sock, &id, Some("e4"));
+    f.c.call(Request::Exec {
         id: id.clone(),
         exec_id: "e4".into(),
         process: process(
@@ -180,26 +158,22 @@ fn terminals_for_init_and_exec_resize_and_hang_up() {
     read_until(&mut ex4, &mut e4out, "ready");
     ex4.write_all(b"abc\nde").unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    c.call(Request::CloseStdin {
+    f.c.call(Request::CloseStdin {
         id: id.clone(),
         exec_id: Some("e4".into()),
     })
     .unwrap();
     read_to_end(&mut ex4, &mut e4out);
     assert!(e4out.contains("n=6"), "{e4out:?}");
-    assert_eq!(wait(&mut w, Some("e4")), 6);
+    assert_eq!(f.wait(&id, Some("e4")), 6);
 
     // Input reaches the init through its terminal (echoed by the line discipline).
     init.write_all(b"hello\n").unwrap();
     read_to_end(&mut init, &mut out);
     assert!(out.contains("got:hello"), "{out:?}");
-    assert_eq!(wait(&mut w, None), 7);
-    assert_eq!(c.call(Request::Ping).unwrap(), Response::Pong);
-    c.call(Request::Remove {
-        id: id.clone(),
-        force: true,
-    })
-    .unwrap();
+    assert_eq!(f.wait(&id, None), 7);
+    assert_eq!(f.c.call(Request::Ping).unwrap(), Response::Pong);
+    f.remove(&id);
 
-    shut_down(agent, c);
+    f.shut_down();
 }

@@ -31,51 +31,36 @@ fn helper_pid(agent: u32) -> i32 {
 
 #[test]
 fn a_dead_helper_is_restarted_and_its_containers_killed() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("agent.sock");
-    let root = busybox_tree(dir.path());
-    let agent = start(&sock);
-    let mut c = client(&sock);
+    let mut f = Fixture::new();
     let id = format!("rst{}", std::process::id());
-    let create = |c: &mut Client<_>, cmd: &str| {
-        c.call(Request::CreateContainer {
-            id: id.clone(),
-            spec: json!({
-                "ociVersion": "1.0.2",
-                "process": process(cmd, false),
-                "root": {"path": "rootfs", "readonly": false},
-                "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
-                "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}
-            }),
-            rootfs: tree_rootfs(&root),
+    let spec = |cmd: &str| {
+        json!({
+            "ociVersion": "1.0.2",
+            "process": process(cmd, false),
+            "root": {"path": "rootfs", "readonly": false},
+            "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}
         })
     };
-    create(&mut c, "sleep 1000").unwrap();
-    c.call(Request::Start { id: id.clone() }).unwrap();
-    let helper = helper_pid(agent.0.id());
+    f.create_start(&id, spec("sleep 1000"));
+    let helper = helper_pid(f.agent.0.id());
     // SAFETY: kill(2) on a pid we just read; no memory is involved.
     assert_eq!(unsafe { libc::kill(helper, libc::SIGKILL) }, 0);
 
     // The agent lives on; within a few calls a new helper answers, knows nothing of the old
     // container, and runs one with the same id.
-    assert_eq!(c.call(Request::Ping).unwrap(), Response::Pong);
+    assert_eq!(f.c.call(Request::Ping).unwrap(), Response::Pong);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        match create(&mut c, "exit 6") {
+        match f.create(&id, spec("exit 6")) {
             Ok(_) => break,
             Err(e) => assert!(std::time::Instant::now() < deadline, "no new helper: {e:?}"),
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert_ne!(helper_pid(agent.0.id()), helper);
-    c.call(Request::Start { id: id.clone() }).unwrap();
-    let st = c
-        .call(Request::Wait {
-            id: id.clone(),
-            exec_id: None,
-        })
-        .unwrap();
-    assert_eq!(exited(st), 6);
-    c.call(Request::Remove { id, force: true }).unwrap();
-    shut_down(agent, c);
+    assert_ne!(helper_pid(f.agent.0.id()), helper);
+    f.c.call(Request::Start { id: id.clone() }).unwrap();
+    assert_eq!(f.wait(&id, None), 6);
+    f.remove(&id);
+    f.shut_down();
 }

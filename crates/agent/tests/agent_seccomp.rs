@@ -41,49 +41,22 @@ fn profile() -> serde_json::Value {
 
 #[test]
 fn seccomp_profiles_filter_the_container() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("agent.sock");
-    let root = busybox_tree(dir.path());
-    let agent = start(&sock);
-    let mut c = client(&sock);
-    let mut w = client(&sock);
+    let mut f = Fixture::new();
     let pid = std::process::id();
-    let run = |c: &mut Client<_>, w: &mut Client<_>, id: &str, spec| {
-        c.call(Request::CreateContainer {
-            id: id.into(),
-            spec,
-            rootfs: tree_rootfs(&root),
-        })
-        .unwrap();
-        c.call(Request::Start { id: id.into() }).unwrap();
-        exited(
-            w.call(Request::Wait {
-                id: id.into(),
-                exec_id: None,
-            })
-            .unwrap(),
-        )
-    };
 
     // Without a profile, mkdir works.
     let open = format!("open{pid}");
-    assert_eq!(
-        run(&mut c, &mut w, &open, spec("mkdir /tmp/d || exit 42", None)),
-        0
-    );
+    assert_eq!(f.run(&open, spec("mkdir /tmp/d || exit 42", None)), 0);
 
     // With it, mkdir gets EPERM...
     let denied = format!("sec{pid}");
     let spec_denied = spec("mkdir /tmp/d || exit 42", Some(profile()));
-    assert_eq!(run(&mut c, &mut w, &denied, spec_denied), 42);
+    assert_eq!(f.run(&denied, spec_denied), 42);
     // ... and sethostname kills the process with SIGSYS.
     let killed = format!("kill{pid}");
     let mut spec_killed = spec("", Some(profile()));
     spec_killed["process"]["args"] = json!(["/bin/hostname", "x"]);
-    assert_eq!(
-        run(&mut c, &mut w, &killed, spec_killed),
-        128 + libc::SIGSYS
-    );
+    assert_eq!(f.run(&killed, spec_killed), 128 + libc::SIGSYS);
     // Without CAP_SYS_ADMIN and without noNewPrivileges (podman's default): filtered, and the
     // program holds exactly its capabilities (CAP_CHOWN 0, CAP_KILL 5: 0x21) without
     // no_new_privs; the agent's CAP_SYS_ADMIN for loading the filter is gone after execve.
@@ -96,70 +69,35 @@ fn seccomp_profiles_filter_the_container() {
     let caps = json!(["CAP_KILL", "CAP_CHOWN"]);
     spec_no_admin["process"]["capabilities"] =
         json!({"bounding": caps, "effective": caps, "permitted": caps});
-    assert_eq!(run(&mut c, &mut w, &no_admin, spec_no_admin), 42);
+    assert_eq!(f.run(&no_admin, spec_no_admin), 42);
 
     // A profile that does not parse: create fails with a typed error, the agent lives on.
-    let e = c
-        .call(Request::CreateContainer {
-            id: format!("bad{pid}"),
-            spec: spec("true", Some(json!({"defaultAction": "SCMP_ACT_BOGUS"}))),
-            rootfs: tree_rootfs(&root),
-        })
-        .unwrap_err();
+    let bad = spec("true", Some(json!({"defaultAction": "SCMP_ACT_BOGUS"})));
+    let e = f.create(&format!("bad{pid}"), bad).unwrap_err();
     assert!(
         matches!(&e, ClientError::Agent(a) if a.kind == ErrorKind::InvalidRequest),
         "{e:?}"
     );
-    assert_eq!(c.call(Request::Ping).unwrap(), Response::Pong);
+    assert_eq!(f.c.call(Request::Ping).unwrap(), Response::Pong);
     for id in [open, denied, killed, no_admin] {
-        c.call(Request::Remove { id, force: true }).unwrap();
+        f.remove(&id);
     }
-    drop(w);
-    shut_down(agent, c);
+    f.shut_down();
 }
 
 #[test]
 fn exec_processes_get_the_container_profile() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("agent.sock");
-    let root = busybox_tree(dir.path());
-    let agent = start(&sock);
-    let mut c = client(&sock);
-    let mut w = client(&sock);
+    let mut f = Fixture::new();
     let pid = std::process::id();
     let filtered = format!("xsec{pid}");
     let open = format!("xopen{pid}");
     for (id, profile) in [(&filtered, Some(profile())), (&open, None)] {
-        c.call(Request::CreateContainer {
-            id: id.clone(),
-            spec: spec("sleep 1000", profile),
-            rootfs: tree_rootfs(&root),
-        })
-        .unwrap();
-        c.call(Request::Start { id: id.clone() }).unwrap();
+        f.create_start(id, spec("sleep 1000", profile));
     }
-    let exec = |c: &mut Client<_>, w: &mut Client<_>, id: &str, exec_id: &str, process| {
-        c.call(Request::Exec {
-            id: id.into(),
-            exec_id: exec_id.into(),
-            process,
-        })
-        .unwrap();
-        exited(
-            w.call(Request::Wait {
-                id: id.into(),
-                exec_id: Some(exec_id.into()),
-            })
-            .unwrap(),
-        )
-    };
     let mkdir = "mkdir /tmp/e || exit 42";
     // Root with every capability (CAP_SYS_ADMIN): filtered, no_new_privs left unset.
     let nnp_unset = "mkdir /tmp/e 2>/dev/null && exit 1; grep -q 'NoNewPrivs:.0' /proc/self/status || exit 3; exit 42";
-    assert_eq!(
-        exec(&mut c, &mut w, &filtered, "e1", process(nnp_unset, false)),
-        42
-    );
+    assert_eq!(f.exec(&filtered, "e1", process(nnp_unset, false)), 42);
     // Without CAP_SYS_ADMIN and without noNewPrivileges: still filtered, no_new_privs unset, and
     // the program holds exactly its capabilities (CAP_CHOWN 0, CAP_KILL 5: 0x21): the agent's
     // CAP_SYS_ADMIN for loading the filter is gone after execve.
@@ -169,22 +107,18 @@ fn exec_processes_get_the_container_profile() {
     let mut no_admin = process(no_admin_cmd, false);
     let caps = json!(["CAP_KILL", "CAP_CHOWN"]);
     no_admin["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps});
-    assert_eq!(exec(&mut c, &mut w, &filtered, "e2", no_admin), 42);
+    assert_eq!(f.exec(&filtered, "e2", no_admin), 42);
     // A kill rule kills the exec'd process.
     let mut hostname = process("", false);
     hostname["args"] = json!(["/bin/hostname", "x"]);
-    assert_eq!(
-        exec(&mut c, &mut w, &filtered, "e3", hostname),
-        128 + libc::SIGSYS
-    );
+    assert_eq!(f.exec(&filtered, "e3", hostname), 128 + libc::SIGSYS);
     // The container without a profile: its exec'd process is not filtered.
-    assert_eq!(exec(&mut c, &mut w, &open, "e1", process(mkdir, false)), 0);
+    assert_eq!(f.exec(&open, "e1", process(mkdir, false)), 0);
 
     for id in [filtered, open] {
-        c.call(Request::Remove { id, force: true }).unwrap();
+        f.remove(&id);
     }
-    drop(w);
-    shut_down(agent, c);
+    f.shut_down();
 }
 
 /// Allows what busybox's `sh` and `pwd` need, except `getcwd`; everything else fails with EPERM.
@@ -281,12 +215,7 @@ fn allow_list_without_getcwd() -> serde_json::Value {
 
 #[test]
 fn profiles_blocking_the_runtimes_own_syscalls_still_start_the_process() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("agent.sock");
-    let root = busybox_tree(dir.path());
-    let agent = start(&sock);
-    let mut c = client(&sock);
-    let mut w = client(&sock);
+    let mut f = Fixture::new();
     let pid = std::process::id();
     // `pwd` calls getcwd: it works unfiltered (0), and fails under the profiles (42).
     let pwd = "/bin/busybox pwd >/dev/null || exit 42";
@@ -305,51 +234,17 @@ fn profiles_blocking_the_runtimes_own_syscalls_still_start_the_process() {
         ),
     ];
     for (id, profile, want) in &cases {
-        c.call(Request::CreateContainer {
-            id: id.clone(),
-            spec: spec(pwd, profile.clone()),
-            rootfs: tree_rootfs(&root),
-        })
-        .unwrap_or_else(|e| panic!("create {id}: {e:?}"));
-        c.call(Request::Start { id: id.clone() }).unwrap();
-        let got = exited(
-            w.call(Request::Wait {
-                id: id.clone(),
-                exec_id: None,
-            })
-            .unwrap(),
-        );
-        assert_eq!(got, *want, "{id}");
+        assert_eq!(f.run(id, spec(pwd, profile.clone())), *want, "{id}");
     }
     // An exec'd process under the allow list: started, and filtered too.
     let exec_in = format!("cwdexec{pid}");
-    c.call(Request::CreateContainer {
-        id: exec_in.clone(),
-        spec: spec("sleep 1000", Some(allow_list_without_getcwd())),
-        rootfs: tree_rootfs(&root),
-    })
-    .unwrap();
-    c.call(Request::Start {
-        id: exec_in.clone(),
-    })
-    .unwrap();
-    c.call(Request::Exec {
-        id: exec_in.clone(),
-        exec_id: "e1".into(),
-        process: process(pwd, false),
-    })
-    .unwrap();
-    let got = exited(
-        w.call(Request::Wait {
-            id: exec_in.clone(),
-            exec_id: Some("e1".into()),
-        })
-        .unwrap(),
+    f.create_start(
+        &exec_in,
+        spec("sleep 1000", Some(allow_list_without_getcwd())),
     );
-    assert_eq!(got, 42);
+    assert_eq!(f.exec(&exec_in, "e1", process(pwd, false)), 42);
     for id in cases.into_iter().map(|c| c.0).chain([exec_in]) {
-        c.call(Request::Remove { id, force: true }).unwrap();
+        f.remove(&id);
     }
-    drop(w);
-    shut_down(agent, c);
+    f.shut_down();
 }

@@ -29,44 +29,16 @@ fn spec(cmd: &str, extra_ns: &[&str]) -> serde_json::Value {
     })
 }
 
-/// Creates, starts and waits for container `id`; its exit code.
-fn run(
-    c: &mut Client<std::os::unix::net::UnixStream>,
-    w: &mut Client<std::os::unix::net::UnixStream>,
-    root: &Path,
-    id: &str,
-    spec: serde_json::Value,
-) -> i32 {
-    c.call(Request::CreateContainer {
-        id: id.into(),
-        spec,
-        rootfs: tree_rootfs(root),
-    })
-    .unwrap_or_else(|e| panic!("create {id}: {e:?}"));
-    c.call(Request::Start { id: id.into() }).unwrap();
-    let code = exited(
-        w.call(Request::Wait {
-            id: id.into(),
-            exec_id: None,
-        })
-        .unwrap(),
-    );
-    c.call(Request::Remove {
-        id: id.into(),
-        force: true,
-    })
-    .unwrap();
+/// Runs container `id` to its end and removes it; its exit code.
+fn run(f: &mut Fixture, id: &str, spec: serde_json::Value) -> i32 {
+    let code = f.run(id, spec);
+    f.remove(id);
     code
 }
 
 #[test]
 fn newer_spec_fields_are_applied_or_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("agent.sock");
-    let root = busybox_tree(dir.path());
-    let agent = start(&sock);
-    let mut c = client(&sock);
-    let mut w = client(&sock);
+    let mut f = Fixture::new();
     let pid = std::process::id();
 
     // domainname, personality LINUX32 (uname -m says i686), scheduler SCHED_BATCH (policy 3 in
@@ -84,18 +56,12 @@ fn newer_spec_fields_are_applied_or_refused() {
     s["linux"]["personality"] = json!({"domain": "LINUX32"});
     s["process"]["scheduler"] = json!({"policy": "SCHED_BATCH", "nice": 7});
     s["process"]["ioPriority"] = json!({"class": "IOPRIO_CLASS_IDLE", "priority": 0});
-    assert_eq!(run(&mut c, &mut w, &root, &format!("new{pid}"), s), 42);
+    assert_eq!(run(&mut f, &format!("new{pid}"), s), 42);
 
     // Personality flags: refused at create, with the reason, before anything runs.
     let mut flags = spec("true", &[]);
     flags["linux"]["personality"] = json!({"domain": "LINUX", "flags": ["ADDR_NO_RANDOMIZE"]});
-    let e = c
-        .call(Request::CreateContainer {
-            id: format!("flags{pid}"),
-            spec: flags,
-            rootfs: tree_rootfs(&root),
-        })
-        .unwrap_err();
+    let e = f.create(&format!("flags{pid}"), flags).unwrap_err();
     assert!(
         matches!(&e, ClientError::Agent(a) if a.kind == ErrorKind::Unsupported
             && a.message.contains("personality.flags")),
@@ -131,57 +97,24 @@ fn newer_spec_fields_are_applied_or_refused() {
     for (supported, name, s, option) in cases {
         let id = format!("{name}{pid}");
         if supported {
-            assert_eq!(run(&mut c, &mut w, &root, &id, s), 42, "{name}");
+            assert_eq!(run(&mut f, &id, s), 42, "{name}");
         } else {
-            let e = c
-                .call(Request::CreateContainer {
-                    id,
-                    spec: s,
-                    rootfs: tree_rootfs(&root),
-                })
-                .unwrap_err();
+            let e = f.create(&id, s).unwrap_err();
             assert!(
                 matches!(&e, ClientError::Agent(a) if a.message.contains(option)),
                 "{e:?}"
             );
         }
     }
-    assert_eq!(c.call(Request::Ping).unwrap(), Response::Pong);
-    drop(w);
-    shut_down(agent, c);
+    assert_eq!(f.c.call(Request::Ping).unwrap(), Response::Pong);
+    f.shut_down();
 }
 
 #[test]
 fn exec_processes_get_their_capabilities_and_a_clamped_affinity() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("agent.sock");
-    let root = busybox_tree(dir.path());
-    let agent = start(&sock);
-    let mut c = client(&sock);
-    let mut w = client(&sock);
+    let mut f = Fixture::new();
     let id = format!("caps{}", std::process::id());
-    c.call(Request::CreateContainer {
-        id: id.clone(),
-        spec: spec("sleep 1000", &[]),
-        rootfs: tree_rootfs(&root),
-    })
-    .unwrap();
-    c.call(Request::Start { id: id.clone() }).unwrap();
-    let mut exec = |exec_id: &str, process| {
-        c.call(Request::Exec {
-            id: id.clone(),
-            exec_id: exec_id.into(),
-            process,
-        })
-        .unwrap_or_else(|e| panic!("exec {exec_id}: {e:?}"));
-        exited(
-            w.call(Request::Wait {
-                id: id.clone(),
-                exec_id: Some(exec_id.into()),
-            })
-            .unwrap(),
-        )
-    };
+    f.create_start(&id, spec("sleep 1000", &[]));
 
     // CAP_KILL (5) and CAP_NET_RAW (13): CapEff 0x2020, as `exec --cap` asks.
     let mut caps = process(
@@ -190,7 +123,7 @@ fn exec_processes_get_their_capabilities_and_a_clamped_affinity() {
     );
     let set = json!(["CAP_KILL", "CAP_NET_RAW"]);
     caps["capabilities"] = json!({"bounding": set, "effective": set, "permitted": set});
-    assert_eq!(exec("e1", caps), 42);
+    assert_eq!(f.exec(&id, "e1", caps), 42);
 
     // An affinity beyond this machine's CPUs: clamped to them (the process runs on every
     // online CPU), where libcontainer alone fails the exec.
@@ -201,9 +134,8 @@ fn exec_processes_get_their_capabilities_and_a_clamped_affinity() {
     );
     let mut wide = process(&cmd, false);
     wide["execCPUAffinity"] = json!({"initial": "4000", "final": "0-4000"});
-    assert_eq!(exec("e2", wide), 42);
+    assert_eq!(f.exec(&id, "e2", wide), 42);
 
-    c.call(Request::Remove { id, force: true }).unwrap();
-    drop(w);
-    shut_down(agent, c);
+    f.remove(&id);
+    f.shut_down();
 }

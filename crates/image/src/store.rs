@@ -244,14 +244,7 @@ impl Store {
     pub fn import_oci_layout(&self, path: impl AsRef<Path>) -> Result<Vec<Image>, StoreError> {
         self.guard(|| {
             let _gc = self.writer_lock()?;
-            let imported = layout::import(
-                path.as_ref(),
-                &self.blobs,
-                "linux",
-                "amd64",
-                &self.opts.limits,
-            )
-            .map_err(StoreError::Layout)?;
+            let imported = self.import_layout(path.as_ref())?;
             self.commit_all(named(path.as_ref(), imported)?)
         })
     }
@@ -266,14 +259,7 @@ impl Store {
         self.guard(|| {
             let reference = Reference::parse(reference)?;
             let _gc = self.writer_lock()?;
-            let mut imported = layout::import(
-                path.as_ref(),
-                &self.blobs,
-                "linux",
-                "amd64",
-                &self.opts.limits,
-            )
-            .map_err(StoreError::Layout)?;
+            let mut imported = self.import_layout(path.as_ref())?;
             let pick = match imported
                 .iter()
                 .position(|i| i.names.iter().any(|n| n.tag() == reference.tag()))
@@ -314,14 +300,7 @@ impl Store {
             let layout_dir = work.path().join("layout");
             build_busybox_layout(busybox.as_ref(), &layout_dir, &reference.to_string())
                 .map_err(StoreError::Busybox)?;
-            let mut imported = layout::import(
-                &layout_dir,
-                &self.blobs,
-                "linux",
-                "amd64",
-                &self.opts.limits,
-            )
-            .map_err(StoreError::Layout)?;
+            let mut imported = self.import_layout(&layout_dir)?;
             imported[0].names = vec![reference];
             Ok(self.commit_all(imported)?.remove(0))
         })
@@ -540,6 +519,13 @@ impl Store {
             manifest.hex(),
             self.opts.disk_format.extension()
         ))
+    }
+
+    /// Imports the linux/amd64 images of the OCI layout at `path` into the blob store, within
+    /// the store's limits (not yet named or committed).
+    fn import_layout(&self, path: &Path) -> Result<Vec<ImportedImage>, StoreError> {
+        layout::import(path, &self.blobs, "linux", "amd64", &self.opts.limits)
+            .map_err(StoreError::Layout)
     }
 
     /// Turns a "no space left" anywhere in an error's chain into `StoreError::NoSpace`.

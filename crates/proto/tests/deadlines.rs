@@ -32,6 +32,26 @@ fn agent(then: impl FnOnce(UnixStream) + Send + 'static) -> UnixStream {
     host
 }
 
+/// A fake agent that reads one request and answers it with an internal error carrying
+/// `message`, one byte every 20 ms (each read returning at once); it stops when the host goes.
+fn dripping_agent(message: String) -> UnixStream {
+    agent(move |mut g| {
+        let req = request(&mut g);
+        let mut frame = Vec::new();
+        let resp = ResponseFrame {
+            id: req.id,
+            response: Response::Error(AgentError::new(ErrorKind::Internal, message)),
+        };
+        write_message(&mut frame, &resp).unwrap();
+        for b in frame {
+            if g.write_all(&[b]).is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
 #[test]
 fn a_silent_agent_times_out_the_handshake() {
     let (host, _guest) = UnixStream::pair().unwrap();
@@ -65,23 +85,8 @@ fn a_silent_agent_times_out_a_request_and_breaks_the_connection() {
 
 #[test]
 fn a_dripping_agent_times_out() {
-    let host = agent(|mut g| {
-        let req = request(&mut g);
-        let mut frame = Vec::new();
-        let pad = "x".repeat(4000);
-        let resp = ResponseFrame {
-            id: req.id,
-            response: Response::Error(AgentError::new(ErrorKind::Internal, pad)),
-        };
-        write_message(&mut frame, &resp).unwrap();
-        // One byte every 20 ms: 80 s for the whole frame, each read returning at once.
-        for b in frame {
-            if g.write_all(&[b]).is_err() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    });
+    // One byte every 20 ms: 80 s for the whole frame.
+    let host = dripping_agent("x".repeat(4000));
     let mut c = Client::handshake_within(host, LIMIT).unwrap();
     let e = c.call_within(Request::Ping, LIMIT).unwrap_err();
     assert!(matches!(e, ClientError::Timeout { .. }), "{e:?}");
@@ -164,21 +169,7 @@ fn a_wait_ends_when_the_peer_is_gone() {
 
 #[test]
 fn a_wait_whose_answer_drips_times_out() {
-    let host = agent(|mut g| {
-        let req = request(&mut g);
-        let mut frame = Vec::new();
-        let resp = ResponseFrame {
-            id: req.id,
-            response: Response::Error(AgentError::new(ErrorKind::Internal, "y".repeat(4000))),
-        };
-        write_message(&mut frame, &resp).unwrap();
-        for b in frame {
-            if g.write_all(&[b]).is_err() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    });
+    let host = dripping_agent("y".repeat(4000));
     let mut c = Client::handshake_within(host, LIMIT).unwrap();
     let e = c
         .call_waiting(wait(), LIMIT, Duration::from_millis(10), &mut || true)

@@ -117,3 +117,94 @@ pub fn shut_down(mut agent: Agent, mut c: Client<UnixStream>) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// One test's agent: a [`busybox_tree`] in a temporary directory, crx-init listening on a
+/// socket there, a client for calls (`c`) and one for waits (`w`, so a blocking wait holds no
+/// call back).
+pub struct Fixture {
+    pub c: Client<UnixStream>,
+    pub w: Client<UnixStream>,
+    pub agent: Agent,
+    pub sock: PathBuf,
+    pub root: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let root = busybox_tree(dir.path());
+        let agent = start(&sock);
+        Fixture {
+            c: client(&sock),
+            w: client(&sock),
+            agent,
+            sock,
+            root,
+            _dir: dir,
+        }
+    }
+
+    /// Creates container `id` from `spec` on the busybox tree.
+    pub fn create(&mut self, id: &str, spec: serde_json::Value) -> Result<Response, ClientError> {
+        self.c.call(Request::CreateContainer {
+            id: id.into(),
+            spec,
+            rootfs: tree_rootfs(&self.root),
+        })
+    }
+
+    /// Creates and starts container `id`.
+    pub fn create_start(&mut self, id: &str, spec: serde_json::Value) {
+        self.create(id, spec)
+            .unwrap_or_else(|e| panic!("create {id}: {e:?}"));
+        self.c.call(Request::Start { id: id.into() }).unwrap();
+    }
+
+    /// Waits for container `id` (or its exec `exec_id`); its exit code.
+    pub fn wait(&mut self, id: &str, exec_id: Option<&str>) -> i32 {
+        exited(
+            self.w
+                .call(Request::Wait {
+                    id: id.into(),
+                    exec_id: exec_id.map(Into::into),
+                })
+                .unwrap(),
+        )
+    }
+
+    /// Creates, starts and waits for container `id`; its exit code.
+    pub fn run(&mut self, id: &str, spec: serde_json::Value) -> i32 {
+        self.create_start(id, spec);
+        self.wait(id, None)
+    }
+
+    /// Runs `process` as exec `exec_id` in container `id` and waits for it; its exit code.
+    pub fn exec(&mut self, id: &str, exec_id: &str, process: serde_json::Value) -> i32 {
+        self.c
+            .call(Request::Exec {
+                id: id.into(),
+                exec_id: exec_id.into(),
+                process,
+            })
+            .unwrap_or_else(|e| panic!("exec {exec_id}: {e:?}"));
+        self.wait(id, Some(exec_id))
+    }
+
+    /// Removes container `id`, killing it if it runs.
+    pub fn remove(&mut self, id: &str) {
+        self.c
+            .call(Request::Remove {
+                id: id.into(),
+                force: true,
+            })
+            .unwrap();
+    }
+
+    /// Closes the wait client and shuts the agent down ([`shut_down`]).
+    pub fn shut_down(self) {
+        drop(self.w);
+        shut_down(self.agent, self.c);
+    }
+}
