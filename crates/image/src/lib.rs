@@ -17,6 +17,8 @@ pub mod busybox;
 pub mod digest;
 pub mod disk;
 pub mod docker_archive;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod index;
 pub mod layout;
 pub mod limits;

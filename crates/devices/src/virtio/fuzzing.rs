@@ -14,9 +14,9 @@ use super::vsock::{Vsock, EVQ, RXQ, TXQ};
 use super::VirtioDevice;
 
 const MEM_SIZE: usize = 1 << 20;
-const QSIZE: u16 = 16;
+pub(crate) const QSIZE: u16 = 16;
 /// Where descriptor addresses point most of the time, and where the input's payload goes.
-const DATA: u64 = 0x8_0000;
+pub(crate) const DATA: u64 = 0x8_0000;
 
 /// Header slots: descriptor addresses that `fuzz_vsock` can make look like real packets.
 const SLOTS: u8 = 64;
@@ -97,6 +97,12 @@ fn guest_memory() -> GuestMemoryMmap {
 
 /// Fuzz target: virtio-blk request parsing and execution over hostile chains.
 pub fn fuzz_blk(data: &[u8]) {
+    run_blk(data);
+}
+
+/// [`fuzz_blk`], returning the guest memory afterwards (the fixed corpus checks the status
+/// bytes the device wrote).
+pub(crate) fn run_blk(data: &[u8]) -> GuestMemoryMmap {
     let mem = guest_memory();
     let mut input = Input(data);
     let read_only = input.u8() & 1 == 1;
@@ -105,6 +111,7 @@ pub fn fuzz_blk(data: &[u8]) {
     let _ = mem.write_slice(&input.0[..input.0.len().min(0x4_0000)], GuestAddress(DATA));
     let mut dev = Block::with_backend(Box::new(MemDisk(vec![0; 64 * 1024])), read_only);
     dev.process_queue(&mem, &mut queues, 0);
+    mem
 }
 
 struct VsockRig {
