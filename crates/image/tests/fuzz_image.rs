@@ -128,3 +128,16 @@ fn crafted_documents_parse_or_fail_cleanly() {
         }
     }
 }
+
+/// Generated image archives per run.
+const ARCHIVE_INPUTS: usize = 1500;
+
+#[test]
+fn generated_archives_import_or_fail_cleanly() {
+    run(
+        0x5eed_a7c4,
+        iterations(ARCHIVE_INPUTS),
+        2048,
+        crx_image::fuzzing::fuzz_archive,
+    );
+}

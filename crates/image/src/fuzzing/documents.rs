@@ -96,7 +96,7 @@ fn object(u: &mut Unstructured<'_>, depth: u32) -> Result<Map<String, Value>> {
 }
 
 /// A document: a generated object, maybe cut or with a byte changed, or raw bytes.
-fn document(u: &mut Unstructured<'_>) -> Result<Vec<u8>> {
+pub(super) fn document(u: &mut Unstructured<'_>) -> Result<Vec<u8>> {
     if u.ratio(1, 8)? {
         return Ok(u.arbitrary::<&[u8]>()?.to_vec());
     }

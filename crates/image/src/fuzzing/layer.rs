@@ -82,17 +82,7 @@ struct Scratch {
 
 impl Scratch {
     fn new() -> Self {
-        // In memory where there is a tmpfs: a few thousand trees on a busy disk take minutes.
-        let shm = Path::new("/dev/shm");
-        let parent = if shm.is_dir() {
-            shm.to_owned()
-        } else {
-            std::env::temp_dir()
-        };
-        let dir = tempfile::Builder::new()
-            .prefix("crx-image-fuzz")
-            .tempdir_in(parent)
-            .expect("a scratch directory");
+        let dir = super::scratch_dir();
         let s = Self { dir };
         fs::create_dir(s.path("root")).expect("root");
         fs::create_dir(s.path("outside")).expect("outside folder");

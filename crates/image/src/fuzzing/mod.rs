@@ -5,10 +5,12 @@
 //! broken property: each target checks one (a layer never writes outside its root, a parsed
 //! document serialises back to itself, an error is one line), panicking when it does not hold.
 
+mod archive;
 mod corpus;
 mod documents;
 mod layer;
 
+pub use archive::{check_archive, fuzz_archive};
 pub use corpus::layer_corpus;
 pub use documents::{check_document, fuzz_documents, fuzz_registry};
 pub use layer::{check_layer, fuzz_layer, LayerOutcome};
@@ -20,4 +22,19 @@ fn assert_one_line(e: &dyn std::error::Error) {
         !s.is_empty() && !s.contains('\n') && !s.contains('\r'),
         "error is not one line: {s:?}"
     );
+}
+
+/// A scratch directory, in memory where there is a tmpfs (a few thousand trees on a busy disk
+/// take minutes).
+fn scratch_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    let parent = if shm.is_dir() {
+        shm.to_owned()
+    } else {
+        std::env::temp_dir()
+    };
+    tempfile::Builder::new()
+        .prefix("crx-image-fuzz")
+        .tempdir_in(parent)
+        .expect("a scratch directory")
 }
