@@ -1,7 +1,7 @@
 //! The image fuzz targets (`crx_image::fuzzing`, also run by cargo-fuzz from `fuzz/`) on a
 //! fixed corpus of crafted inputs plus a few thousand generated ones from a fixed seed, so that
 //! CI catches a panic or a broken property without a nightly toolchain. `CRX_FUZZ_ITERS`
-//! raises the generated count for a longer local run.
+//! raises the generated count, `CRX_FUZZ_SEED` changes the inputs, for a longer local run.
 
 use crx_image::fuzzing::{check_layer, fuzz_documents, fuzz_layer, fuzz_registry, LayerOutcome};
 use crx_image::unpack::UnpackError;
@@ -31,6 +31,12 @@ fn iterations(default: usize) -> usize {
 
 /// Runs `target` on `n` inputs from `seed`, printing the input that panicked.
 fn run<T>(seed: u64, n: usize, max_len: usize, mut target: impl FnMut(&[u8]) -> T) -> Vec<T> {
+    // `CRX_FUZZ_SEED` explores other inputs in a local run.
+    let seed = seed
+        ^ std::env::var("CRX_FUZZ_SEED")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
     let mut rng = Rng(seed);
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
