@@ -133,13 +133,16 @@ fn terminals_for_init_and_exec_resize_and_hang_up() {
     assert_eq!(f.wait(&id, Some("e3")), 2);
 
     // A host that goes away: the terminal hangs up, SIGHUP ends the process.
-    let ex2 = pty_stream(&f.sock, &id, Some("e2"));
+    // It goes once the process runs on its terminal (a master closed before libcontainer made
+    // the terminal the process's controlling one hangs up nobody).
+    let mut ex2 = pty_stream(&f.sock, &id, Some("e2"));
     f.c.call(Request::Exec {
         id: id.clone(),
         exec_id: "e2".into(),
-        process: process("sleep 1000", true),
+        process: process("echo ready; sleep 1000", true),
     })
     .unwrap();
+    read_until(&mut ex2, &mut String::new(), "ready");
     drop(ex2);
     assert_eq!(f.wait(&id, Some("e2")), 128 + 1);
 
