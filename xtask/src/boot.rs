@@ -1,6 +1,8 @@
 //! The boot artefacts `crx` finds by itself: `$CRX_CACHE/boot/vmlinux` (the guest kernel) and
 //! `$CRX_CACHE/boot/base.cpio` (the base initrd holding a static crx-init). `boot` is a symlink
 //! to a directory keyed by its contents, swapped atomically, so a reader never sees half of it.
+//! The directory holds `SHA256SUMS`, the files' digests, which the runtime checks before it
+//! hands them to crx-vmm (ADR 0008).
 
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -38,13 +40,20 @@ pub fn ensure() -> Result<PathBuf> {
             .arg(&base),
     )?;
     let base_bytes = fs::read(&base)?;
-    let key = cache::key([kernel.dir.to_string_lossy().as_bytes(), &base_bytes]);
+    // (`manifest` keys the layout: directories from before the manifest are not reused.)
+    let key = cache::key([
+        kernel.dir.to_string_lossy().as_bytes(),
+        &base_bytes,
+        b"manifest",
+    ]);
     let dest = root.join(format!("boot-{key}"));
     if !dest.exists() {
         let staging = cache::staging_dir(&dest)?;
         fs::rename(&base, staging.join("base.cpio"))?;
         symlink(&kernel.vmlinux, staging.join("vmlinux"))?;
         symlink(&kernel.bzimage, staging.join("bzImage"))?;
+        crx_runtime::boot_files::write_manifest(&staging)
+            .context("writing the boot files' manifest")?;
         cache::publish(&staging, &dest)?;
     }
     fs::remove_dir_all(&scratch)?;

@@ -133,7 +133,20 @@ fn too_long_a_root_is_refused_before_any_vm() {
     );
     let out = crx(&root, &["load", "--busybox"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = crx(&root, &["run", "busybox", "true"]);
+    // Stand-in boot files with their manifest: they pass verification, the root is refused.
+    let boot = dir.path().join("boot");
+    std::fs::create_dir(&boot).unwrap();
+    std::fs::write(boot.join("vmlinux"), "kernel").unwrap();
+    std::fs::write(boot.join("base.cpio"), "initrd").unwrap();
+    crx_runtime::boot_files::write_manifest(&boot).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_crx"))
+        .arg("--root")
+        .arg(&root)
+        .args(["run", "busybox", "true"])
+        .env_remove("CRX_ROOT")
+        .env("CRX_BOOT_DIR", &boot)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(125));
     assert!(stderr(&out).contains("shorter --root"), "{}", stderr(&out));
     assert_eq!(
@@ -148,4 +161,32 @@ fn too_long_a_root_is_refused_before_any_vm() {
             .count(),
         0
     );
+}
+
+/// `inspect` shows the measured boot: the boot files and digests the instance's state recorded.
+#[test]
+fn inspect_shows_the_boot_digests() {
+    use crx_runtime::boot_files::{BootDigest, BootDigests};
+    let dir = tempfile::tempdir().unwrap();
+    let mut home =
+        crx_runtime::Home::create(dir.path(), Some("m"), "busybox", "sha256:0", vec![], true)
+            .unwrap();
+    let digests = BootDigests {
+        kernel: BootDigest {
+            path: "/boot/vmlinux".into(),
+            sha256: "a".repeat(64),
+        },
+        initrd: BootDigest {
+            path: "/boot/base.cpio".into(),
+            sha256: "b".repeat(64),
+        },
+    };
+    home.state.boot = Some(digests.clone());
+    home.save().unwrap();
+    let out = crx(dir.path(), &["inspect", "m"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["boot"], serde_json::to_value(&digests).unwrap());
+    assert_eq!(v["boot"]["initrd"]["sha256"], "b".repeat(64));
+    assert_eq!(v["state"]["boot"], v["boot"]);
 }

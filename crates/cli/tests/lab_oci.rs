@@ -194,6 +194,10 @@ fn lab_oci_lifecycle() {
     // The monitor and its VMM are in the spec's cgroup on the host.
     let rec: Value =
         serde_json::from_slice(&fs::read(lab.root().join("c1/state.json")).unwrap()).unwrap();
+    // The measured boot: the record and the OCI state name the verified initrd's digest.
+    let initrd = rec["boot"]["initrd"]["sha256"].as_str().unwrap();
+    assert_eq!(initrd.len(), 64, "{rec}");
+    assert_eq!(s["boot"]["initrd"]["sha256"], initrd, "{s}");
     for p in [pid as i64, rec["vmm_pid"].as_i64().unwrap()] {
         let cg = fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap();
         assert_eq!(cg.trim(), format!("0::{cgroup}"), "pid {p}");

@@ -382,6 +382,20 @@ fn lab_detached_exec_kill_rm() {
     let b: serde_json::Value =
         serde_json::from_slice(&crx(root, &["inspect", "bg2"]).stdout).unwrap();
     assert_eq!(a["state"]["manifest_digest"], b["state"]["manifest_digest"]);
+    // The measured boot: the digests the boot files were verified against, as `inspect` shows.
+    let sums = std::fs::read_to_string(
+        Path::new(a["boot"]["kernel"]["path"].as_str().unwrap())
+            .with_file_name(crx_runtime::boot_files::MANIFEST),
+    )
+    .unwrap();
+    for (key, name) in [("kernel", "vmlinux"), ("initrd", "base.cpio")] {
+        let sha = a["boot"][key]["sha256"].as_str().unwrap();
+        assert!(
+            sums.contains(&format!("{sha}  {name}\n")),
+            "{key} {sha}: {sums}"
+        );
+    }
+    assert_eq!(a["boot"], b["boot"]);
     let out = crx(root, &["exec", "bg2", "hostname"]);
     assert_eq!(code(&out), 0, "stderr: {}", text(&out.stderr));
     let out = crx(root, &["rm", "-f", "bg2"]);

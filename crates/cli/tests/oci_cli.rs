@@ -75,6 +75,15 @@ fn logged_msg(line: &str, level: &str) -> String {
 }
 
 /// Asserts a one-line error containing `want`, exit 1, and an empty root.
+/// A boot directory in `dir` with stand-in boot files and their manifest (written as
+/// `cargo xtask boot` writes it): they pass verification, and the boot then fails at crx-vmm.
+fn fake_boot_dir(dir: &Path) -> &Path {
+    fs::write(dir.join("vmlinux"), "kernel").unwrap();
+    fs::write(dir.join("base.cpio"), "initrd").unwrap();
+    crx_runtime::boot_files::write_manifest(dir).unwrap();
+    dir
+}
+
 fn refused(root: &Path, out: &Output, want: &str) {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {err}");
@@ -235,7 +244,7 @@ fn failed_boot_leaves_nothing() {
         .arg(&pid_file)
         .arg("c1")
         .env("CRX_VMM", d.path().join("no-such-vmm"))
-        .env("CRX_BOOT_DIR", d.path())
+        .env("CRX_BOOT_DIR", fake_boot_dir(d.path()))
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -243,6 +252,37 @@ fn failed_boot_leaves_nothing() {
     assert!(!pid_file.exists());
     let list = runc(&root, &["list", "-q"]);
     assert_eq!(text(&list.stdout), "");
+}
+
+/// A tampered initrd: create fails in one line naming the file and both digests (the
+/// manifest's and the file's), and starts nothing (no crx-vmm is ever looked for).
+#[test]
+fn a_tampered_initrd_is_refused_in_one_line() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    let b = bundle(d.path(), Some(&good_config(json!({}))), true);
+    fs::write(b.join("rootfs/bin/sh"), "#!/bin/sh\n").unwrap();
+    let boot = d.path().join("boot");
+    fs::create_dir(&boot).unwrap();
+    fake_boot_dir(&boot);
+    let sums = fs::read_to_string(boot.join("SHA256SUMS")).unwrap();
+    let good = sums.lines().find(|l| l.ends_with("base.cpio")).unwrap()[..64].to_owned();
+    fs::write(boot.join("base.cpio"), "evil").unwrap();
+    let evil = "b5c1fb2efc6d6b4674c2fdcc48ce01b43a3b7c03763c0c3355de0099ee0f8c73";
+    let out = Command::new(env!("CARGO_BIN_EXE_crx-runc"))
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "--bundle", b.to_str().unwrap(), "t1"])
+        .env("CRX_VMM", d.path().join("no-such-vmm"))
+        .env("CRX_BOOT_DIR", &boot)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    refused(&root, &out, "base.cpio");
+    let msg = logged_msg(&text(&out.stderr), "error");
+    assert!(msg.contains(&good), "the manifest's digest: {msg}");
+    assert!(msg.contains(evil), "the file's digest: {msg}");
+    assert!(!msg.contains("no-such-vmm"), "{msg}");
 }
 
 #[test]
@@ -472,12 +512,12 @@ fn errors_carry_the_word_and_the_whole_cause() {
         .arg(&root)
         .args(["create", "--bundle", good.to_str().unwrap(), "c2"])
         .env("CRX_VMM", d.path().join("no-such-vmm"))
-        .env("CRX_BOOT_DIR", d.path())
+        .env("CRX_BOOT_DIR", fake_boot_dir(d.path()))
         .stdin(Stdio::null())
         .output()
         .unwrap();
     let msg = logged_msg(&text(&out.stderr), "error");
-    // (The boot files, or with them installed crx-vmm, are what is missing.)
+    // (crx-vmm is what is missing: the boot files are there and verified.)
     assert!(msg.contains("c2") && msg.contains("created: "), "{msg}");
     assert!(msg.contains(&*d.path().to_string_lossy()), "{msg}");
 }

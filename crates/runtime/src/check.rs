@@ -50,9 +50,9 @@ pub fn run_all(root: &Path) -> Vec<Check> {
             Err(e) => check("kvm speed", false, format!("the calibration guest failed: {e}"), "check dmesg for KVM errors"),
         });
     }
-    out.push(match paths::find_boot_files() {
-        Ok(b) => check("kernel and initrd", true, format!("{} and {}", b.kernel.display(), b.initrd.display()), ""),
-        Err(e) => check("kernel and initrd", false, e.to_string(), "run `cargo xtask boot` (or set CRX_BOOT_DIR to a directory holding vmlinux and base.cpio)"),
+    out.push(match paths::verified_boot_files() {
+        Ok(b) => check("kernel and initrd", true, format!("{} and {}, verified against their manifest", b.kernel.path.display(), b.initrd.path.display()), ""),
+        Err(e) => check("kernel and initrd", false, e.to_string(), "run `cargo xtask boot` (or set CRX_BOOT_DIR to a directory holding vmlinux, base.cpio and their SHA256SUMS)"),
     });
     out.push(match paths::find_vmm() {
         Ok(p) => check("crx-vmm", true, p.display().to_string(), ""),

@@ -22,6 +22,23 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Lets the child started by `cmd` inherit the descriptors `fds` at the same numbers: their
+/// close-on-exec flag is cleared in the child alone (no other child of ours inherits them).
+pub fn keep_fds(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>) {
+    // SAFETY: the closure runs in the forked child before exec and only calls fcntl, which is
+    // async-signal-safe; it allocates nothing (the Vec was made before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 pub enum RuntimeError {
     #[error("guest kernel or base initrd not found ({missing}): run `cargo xtask boot` (or set CRX_BOOT_DIR)")]
     BootFilesMissing { missing: String },
+    #[error(transparent)]
+    BootFile(#[from] crate::boot_files::BootFileError),
     #[error(
         "crx-vmm not found next to {exe} (build it with `cargo build -p crx-vmm` or set CRX_VMM)"
     )]

@@ -33,6 +33,9 @@ pub struct InstanceState {
     pub vmm_start_time: Option<u64>,
     /// The container's exit code once seen.
     pub exit_code: Option<i32>,
+    /// The kernel and base initrd the VM boots, with their verified sha256 digests (ADR 0008).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<crate::boot_files::BootDigests>,
 }
 
 /// An instance's state as `ps` shows it.
@@ -128,6 +131,7 @@ impl Home {
                 vmm_pid: None,
                 vmm_start_time: None,
                 exit_code: None,
+                boot: None,
             },
         };
         home.save()?;

@@ -76,7 +76,7 @@ pub fn start_with(
 ) -> Result<Started, RuntimeError> {
     let store = open_store(root)?;
     let image = store.resolve(&cfg.image)?;
-    let boot = paths::find_boot_files()?;
+    let boot = paths::verified_boot_files()?;
     let vmm = paths::find_vmm()?;
     let process = spec::process(&image.config, &cfg.process)?;
     let command = process.args().clone().unwrap_or_default();
@@ -104,7 +104,7 @@ pub fn start_with(
 fn boot_and_start(
     mut home: Home,
     image: &crx_image::Image,
-    boot: paths::BootFiles,
+    boot: crate::boot_files::VerifiedBoot,
     vmm: PathBuf,
     process: oci_spec::runtime::Process,
     cfg: &RunConfig,
@@ -132,6 +132,8 @@ fn boot_and_start(
         boot_timer: trace::enabled(),
         fs: Vec::new(),
     };
+    // The measured boot: what this VM boots, as verified (saved with the VMM's pid).
+    home.state.boot = Some(vm.boot.digests());
     let mut child = vm.spawn()?;
     guard.vmm = Some(child.id());
     home.set_vmm(child.id())?;

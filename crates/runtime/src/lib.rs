@@ -1,6 +1,7 @@
 //! Instances and containers: drives crx-vmm and the guest agent.
 //!
 //! - [`paths`]: the state root, the boot artefacts (kernel, base initrd), the VMM binary.
+//! - [`boot_files`]: the boot artefacts verified against their sha256 manifest (ADR 0008).
 //! - [`home`]: instance homes and their `state.json`; listing, lookup, gc of dead VMMs.
 //! - [`spec`]: the OCI runtime spec from an image config and the `run` flags.
 //! - [`vm`]: the crx-vmm command line and process.
@@ -13,6 +14,7 @@
 #![deny(unsafe_code)] // allowed in `kvm_speed`, `tty`, `oci::namespace` (ioctls) and `child` (pre_exec) alone
 
 pub mod agent;
+pub mod boot_files;
 pub mod check;
 pub mod child;
 pub mod error;

@@ -3,12 +3,14 @@
 use std::env;
 use std::path::{Path, PathBuf};
 
+use crate::boot_files::{self, VerifiedBoot};
 use crate::error::RuntimeError;
 
 /// The default state root.
 pub const DEFAULT_ROOT: &str = "/var/lib/crx";
 
-/// The guest kernel and base initrd every VM boots.
+/// The guest kernel and base initrd every VM boots, as found (not yet verified: see
+/// [`verified_boot_files`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootFiles {
     pub kernel: PathBuf,
@@ -49,6 +51,17 @@ pub fn find_boot_files_in(dirs: &[PathBuf]) -> Result<BootFiles, RuntimeError> {
 /// The boot files, found as [`boot_dirs`] says.
 pub fn find_boot_files() -> Result<BootFiles, RuntimeError> {
     find_boot_files_in(&boot_dirs())
+}
+
+/// The boot files ([`find_boot_files`]) verified against their directory's manifest and held
+/// open ([`boot_files::verify`]), with the digest cache of their directory.
+pub fn verified_boot_files() -> Result<VerifiedBoot, RuntimeError> {
+    let files = find_boot_files()?;
+    let dir = files.kernel.parent().unwrap_or(Path::new("."));
+    Ok(boot_files::verify(
+        &files,
+        Some(&boot_files::cache_path(dir)),
+    )?)
 }
 
 /// `crx-vmm`: `$CRX_VMM`, else next to the running executable (or one directory up, for test

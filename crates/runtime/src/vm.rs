@@ -6,14 +6,16 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use crate::boot_files::VerifiedBoot;
 use crate::error::{io, RuntimeError};
-use crate::paths::BootFiles;
 
 /// The VM of one instance.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     pub vmm: PathBuf,
-    pub boot: BootFiles,
+    /// The kernel and base initrd, verified and held open: crx-vmm inherits them and opens
+    /// them as `/proc/self/fd/N`, so it boots the files that were verified (ADR 0008).
+    pub boot: VerifiedBoot,
     pub memory_mib: u32,
     pub vcpus: u32,
     /// The image's read-only disk (`/dev/vda` in the guest); an empty path means no disk
@@ -66,9 +68,9 @@ impl VmConfig {
             "--vcpus".into(),
             self.vcpus.to_string(),
             "--kernel".into(),
-            p(&self.boot.kernel),
+            p(&self.boot.kernel.vmm_path()),
             "--initrd".into(),
-            p(&self.boot.initrd),
+            p(&self.boot.initrd.vmm_path()),
             "--vsock-cid".into(),
             GUEST_CID.to_string(),
             "--vsock-uds".into(),
@@ -108,6 +110,7 @@ impl VmConfig {
         if self.die_with_parent {
             crate::child::die_with_parent(&mut cmd);
         }
+        crate::child::keep_fds(&mut cmd, self.boot.fds().to_vec());
         cmd.args(self.args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -125,13 +128,23 @@ impl VmConfig {
 mod tests {
     use super::*;
 
+    /// A boot directory holding `kernel` and `initrd` (and their manifest), verified.
+    fn boot(dir: &Path, kernel: &[u8], initrd: &[u8]) -> VerifiedBoot {
+        std::fs::write(dir.join("vmlinux"), kernel).unwrap();
+        std::fs::write(dir.join("base.cpio"), initrd).unwrap();
+        crate::boot_files::write_manifest(dir).unwrap();
+        let files = crate::paths::BootFiles {
+            kernel: dir.join("vmlinux"),
+            initrd: dir.join("base.cpio"),
+        };
+        crate::boot_files::verify(&files, None).unwrap()
+    }
+
     fn config(disk: &str) -> VmConfig {
+        let d = tempfile::tempdir().unwrap();
         VmConfig {
             vmm: "/bin/crx-vmm".into(),
-            boot: BootFiles {
-                kernel: "/k".into(),
-                initrd: "/i".into(),
-            },
+            boot: boot(d.path(), b"k", b"i"),
             memory_mib: 256,
             vcpus: 1,
             disk: disk.into(),
@@ -164,6 +177,65 @@ mod tests {
         assert_eq!(
             after(&a, "--fs"),
             ["root=/run/c/root.sock", "vol0=/run/c/vol0.sock"]
+        );
+    }
+
+    #[test]
+    fn the_vmm_is_handed_the_open_verified_files() {
+        let vm = config("");
+        let a = vm.args();
+        assert_eq!(
+            after(&a, "--kernel"),
+            [format!("/proc/self/fd/{}", vm.boot.kernel.fd())]
+        );
+        assert_eq!(
+            after(&a, "--initrd"),
+            [format!("/proc/self/fd/{}", vm.boot.initrd.fd())]
+        );
+    }
+
+    /// A file renamed over the verified initrd after verification is not what the VMM boots:
+    /// it reads the verified file through the descriptor it inherits.
+    #[test]
+    fn a_rename_over_a_verified_file_does_not_reach_the_vmm() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("seen");
+        // A stand-in VMM: copies what its --kernel and --initrd arguments open.
+        let script = d.path().join("fake-vmm");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nwhile [ $# -gt 0 ]; do\n\
+                 case $1 in --kernel|--initrd) cat \"$2\" >> {out}; echo >> {out};; esac\n\
+                 shift\ndone\n",
+                out = out.display()
+            ),
+        )
+        .unwrap();
+        crate::paths::set_mode(&script, 0o755).unwrap();
+        let boot_dir = d.path().join("boot");
+        std::fs::create_dir(&boot_dir).unwrap();
+        let mut vm = config("");
+        vm.boot = boot(&boot_dir, b"good kernel", b"good initrd");
+        vm.vmm = script;
+        vm.vmm_log = d.path().join("vmm.log");
+        vm.console = d.path().join("console");
+        let evil = boot_dir.join("evil");
+        std::fs::write(&evil, b"evil initrd").unwrap();
+        std::fs::rename(&evil, boot_dir.join("base.cpio")).unwrap();
+        let mut child = loop {
+            match vm.spawn() {
+                // The script was just written: another test's fork may briefly hold it open.
+                Err(RuntimeError::SpawnVmm { source, .. }) if source.raw_os_error() == Some(26) => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                r => break r.unwrap(),
+            }
+        };
+        assert!(child.wait().unwrap().success());
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "good kernel\ngood initrd\n"
         );
     }
 }

@@ -127,7 +127,7 @@ fn lab_containers_on_virtiofs_shares() {
 
     let mut vm = VmConfig {
         vmm: paths::find_vmm().unwrap(),
-        boot: paths::find_boot_files().unwrap(),
+        boot: paths::verified_boot_files().unwrap(),
         memory_mib: 256,
         vcpus: 1,
         disk: PathBuf::new(),

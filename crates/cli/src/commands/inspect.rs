@@ -1,4 +1,5 @@
-//! `crx inspect`: an instance's state, status and paths as JSON.
+//! `crx inspect`: an instance's state, status and paths as JSON, with the measured boot: the
+//! kernel and base initrd its VM boots and their verified sha256 digests (ADR 0008).
 
 use std::path::Path;
 
@@ -20,6 +21,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
     let v = json!({
         "state": h.state,
         "status": h.status().to_string(),
+        "boot": h.state.boot,
         "home": h.dir,
         "console_log": h.console_path(),
         "vsock_socket": h.vsock_path(),

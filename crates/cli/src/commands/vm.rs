@@ -33,20 +33,24 @@ pub fn run(_root: &Path, a: Args) -> Result<i32> {
         .with_context(|| format!("{}: not a TOML VM config", config.display()))?;
     let mut cmd = std::process::Command::new(crx_runtime::paths::find_vmm()?);
     cmd.arg("--config").arg(&config);
+    // Verified, and handed over as the open files that were (ADR 0008): held until the spawn.
+    let mut boot = None;
     if !table.contains_key("kernel") || !table.contains_key("initrds") {
-        let boot = crx_runtime::paths::find_boot_files()?;
+        let b = boot.insert(crx_runtime::paths::verified_boot_files()?);
         if !table.contains_key("kernel") {
-            cmd.arg("--kernel").arg(&boot.kernel);
+            cmd.arg("--kernel").arg(b.kernel.vmm_path());
         }
         if !table.contains_key("initrds") {
-            cmd.arg("--initrd").arg(&boot.initrd);
+            cmd.arg("--initrd").arg(b.initrd.vmm_path());
         }
+        crx_runtime::child::keep_fds(&mut cmd, b.fds().to_vec());
     }
     let console_ours = !table.contains_key("serial");
     if console_ours {
         cmd.args(["--serial", "stdout"]).stdout(Stdio::piped());
     }
     let mut child = cmd.spawn().context("starting crx-vmm")?;
+    drop(boot); // crx-vmm holds its own descriptors now
     let mut status = None;
     if let Some(out) = child.stdout.take() {
         let mut stdout = std::io::stdout();

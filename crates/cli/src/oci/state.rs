@@ -1,5 +1,6 @@
 //! `crx-runc state ID`: the OCI state as JSON (ociVersion, id, status, pid, bundle,
-//! annotations, and runc's rootfs, created, owner).
+//! annotations, and runc's rootfs, created, owner), and `boot`: the boot files and their verified
+//! sha256 digests once the VM was started (ADR 0008).
 
 use std::path::Path;
 

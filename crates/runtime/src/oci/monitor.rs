@@ -286,6 +286,8 @@ fn boot_vm(
     let text = std::fs::read(&path).map_err(io(&path))?;
     let spec: serde_json::Value =
         serde_json::from_slice(&text).map_err(|source| OciError::CorruptState { path, source })?;
+    // Before anything starts: boot files that fail verification start nothing (ADR 0008).
+    let boot = paths::verified_boot_files()?;
     if let Some(dir) = cgroup::host_dir(&spec) {
         // Before any child: the VMM and virtiofsd are born in it.
         cgroup::join(&dir, std::process::id())?;
@@ -297,7 +299,7 @@ fn boot_vm(
     fit_cpus(&mut gspec, vcpus);
     let mut vm = VmConfig {
         vmm: paths::find_vmm()?,
-        boot: paths::find_boot_files()?,
+        boot,
         memory_mib,
         vcpus,
         disk: PathBuf::new(),
@@ -311,6 +313,8 @@ fn boot_vm(
     for (tag, d) in &delivery.shares {
         vm.add_fs(tag.clone(), d.socket());
     }
+    // The measured boot: what this VM boots, as verified (saved with the VMM's pid).
+    rec.boot = Some(vm.boot.digests());
     let vmm = vmm_out.insert(vm.spawn()?);
     rec.vmm_pid = Some(vmm.id());
     c.save(rec)?;

@@ -50,6 +50,9 @@ pub struct Record {
     pub exit_code: Option<i32>,
     pub exit_signal: Option<i32>,
     pub error: Option<String>,
+    /// The kernel and base initrd the VM boots, with their verified sha256 digests (ADR 0008).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<crate::boot_files::BootDigests>,
 }
 
 /// The OCI status.
@@ -101,6 +104,7 @@ impl Record {
             exit_code: None,
             exit_signal: None,
             error: None,
+            boot: None,
         }
     }
 
@@ -127,13 +131,15 @@ impl Record {
     }
 
     /// The OCI state document (runc's fields: the spec's, plus rootfs, created, owner).
+    /// With `boot` (the measured boot: boot files and their verified digests) once the VM was
+    /// started, an extra field as runc's `rootfs` and `created` are.
     pub fn oci_state(&self) -> serde_json::Value {
         let status = self.status();
         let pid = match status {
             Status::Stopped => 0,
             _ => self.monitor_pid.unwrap_or(0),
         };
-        serde_json::json!({
+        let mut s = serde_json::json!({
             "ociVersion": OCI_VERSION,
             "id": self.id,
             "status": status.as_str(),
@@ -143,7 +149,11 @@ impl Record {
             "created": self.created,
             "owner": "",
             "annotations": self.annotations,
-        })
+        });
+        if let Some(b) = &self.boot {
+            s["boot"] = serde_json::json!(b);
+        }
+        s
     }
 
     /// Reads `path`.
@@ -248,6 +258,34 @@ mod tests {
         r.monitor_start = Some(1);
         assert_eq!(r.status(), Status::Stopped);
         assert_eq!(r.oci_state()["pid"], 0);
+    }
+
+    /// The measured boot is kept in the record (an older record without it still loads) and
+    /// shown in the OCI state.
+    #[test]
+    fn the_boot_digests_are_kept_and_shown() {
+        use crate::boot_files::{BootDigest, BootDigests};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut r = record();
+        r.save(&path).unwrap();
+        assert!(!fs::read_to_string(&path).unwrap().contains("boot"));
+        assert_eq!(Record::load(&path).unwrap().boot, None);
+        assert!(r.oci_state().get("boot").is_none());
+        let digest = |p: &str, c: char| BootDigest {
+            path: p.into(),
+            sha256: c.to_string().repeat(64),
+        };
+        r.boot = Some(BootDigests {
+            kernel: digest("/b/vmlinux", 'a'),
+            initrd: digest("/b/base.cpio", 'c'),
+        });
+        r.save(&path).unwrap();
+        let back = Record::load(&path).unwrap();
+        assert_eq!(back, r);
+        let s = back.oci_state();
+        assert_eq!(s["boot"]["initrd"]["sha256"], "c".repeat(64));
+        assert_eq!(s["boot"]["kernel"]["path"], "/b/vmlinux");
     }
 
     #[test]
