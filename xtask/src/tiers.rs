@@ -145,7 +145,7 @@ fn tier3(args: &TestArgs) -> Result<bool> {
     let dir = workspace_root().join("target").join("crx-lab");
     std::fs::create_dir_all(&dir)?;
     let record = dir.join("tier3-times.txt");
-    let script = tier3_script(&binaries, &std::env::current_exe()?, &record);
+    let script = tier3_script(&binaries, &own_copy(&dir)?, &record);
     let opts = lab::Options {
         timeout: Duration::from_secs(args.lab_timeout),
         env: vec![("RUST_BACKTRACE".into(), "1".into())],
@@ -182,6 +182,17 @@ fn tier3(args: &TestArgs) -> Result<bool> {
         );
     }
     Ok(false)
+}
+
+/// A copy of this xtask binary in `dir`, for the lab to run: `cargo test --workspace` may have
+/// rebuilt `target/debug/xtask` meanwhile (other features unified), and the running binary's
+/// path then names a deleted file. `/proc/self/exe` still reads the running one.
+fn own_copy(dir: &Path) -> Result<PathBuf> {
+    let dest = dir.join("xtask");
+    let partial = dir.join("xtask.partial");
+    std::fs::copy("/proc/self/exe", &partial).context("copying /proc/self/exe")?;
+    std::fs::rename(&partial, &dest).with_context(|| format!("publishing {}", dest.display()))?;
+    Ok(dest)
 }
 
 /// The script tier 3 runs in the lab: each binary under `xtask timed`, in order.
