@@ -112,6 +112,7 @@ pub fn main() -> Result<()> {
         .context("stdin")?;
     let sock = UnixStream::from(stdin);
     nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
+    reset_dispositions();
     catch_sigpipe();
     let mut mask = SigSet::empty();
     mask.add(NixSignal::SIGCHLD);
@@ -174,6 +175,24 @@ pub fn main() -> Result<()> {
                 Err(e) => return Err(e).context("reading from the agent"),
             }
             h.reap();
+        }
+    }
+}
+
+/// Puts every signal back to its default action. An ignored signal stays ignored across fork
+/// and exec, so whatever started crx-init (`nohup` ignores SIGHUP) would otherwise leave it
+/// ignored in every container process: a terminal's hang-up would not end them.
+#[allow(unsafe_code)]
+fn reset_dispositions() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler};
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for sig in NixSignal::iterator() {
+        if matches!(sig, NixSignal::SIGKILL | NixSignal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: installs the default action, no handler; no other thread exists yet.
+        if let Err(e) = unsafe { sigaction(sig, &default) } {
+            eprintln!("crx-init: helper: resetting {sig}: {e}");
         }
     }
 }
