@@ -371,9 +371,14 @@ impl Monitor {
         // In a 0700 directory already; private itself too.
         crate::paths::set_mode(&path, 0o600).map_err(io(&path))?;
         let (c, record, agent) = (self.c.clone(), self.record.clone(), self.agent.clone());
+        // The terminal whose size the process must see from its first instruction.
+        let term = match &self.attach {
+            Some(Attach::Pty { slave, .. }) => slave.try_clone().ok(),
+            _ => None,
+        };
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let _ = answer(conn, &c, &record, &agent);
+                let _ = answer(conn, &c, &record, &agent, term.as_ref());
             }
         });
         watch_backends(
@@ -394,10 +399,11 @@ fn answer(
     c: &ContainerDir,
     record: &Mutex<Record>,
     agent: &Agent,
+    term: Option<&OwnedFd>,
 ) -> std::io::Result<()> {
     let mut line = String::new();
     BufReader::new(&conn).take_line(&mut line)?;
-    let reply = match apply(line.trim(), c, record, agent) {
+    let reply = match apply(line.trim(), c, record, agent, term) {
         Ok(()) => "ok\n".to_owned(),
         Err(e) => format!("error: {}\n", e.replace('\n', " ")),
     };
@@ -405,8 +411,15 @@ fn answer(
 }
 
 /// Carries out one command and records it (under the record's lock, so that an exit seen
-/// meanwhile is not overwritten).
-fn apply(cmd: &str, c: &ContainerDir, record: &Mutex<Record>, agent: &Agent) -> Result<(), String> {
+/// meanwhile is not overwritten). Before `start`, the guest terminal gets the size of `term`
+/// (the caller sets it after receiving the console; the relay's own report may come later).
+fn apply(
+    cmd: &str,
+    c: &ContainerDir,
+    record: &Mutex<Record>,
+    agent: &Agent,
+    term: Option<&OwnedFd>,
+) -> Result<(), String> {
     let mut r = lock(record);
     let id = c.id.clone();
     let (from, to, req) = match cmd {
@@ -418,9 +431,23 @@ fn apply(cmd: &str, c: &ContainerDir, record: &Mutex<Record>, agent: &Agent) -> 
     if r.phase != from {
         return Err(format!("container is {:?}, not {from:?}", r.phase).to_lowercase());
     }
+    let size = term
+        .filter(|_| matches!(req, Request::Start { .. }))
+        .and_then(tty::window_size)
+        .filter(|s| s.rows != 0 || s.cols != 0);
     agent
         .control()
-        .and_then(|mut ctl| ctl.call(req).map_err(Into::into))
+        .and_then(|mut ctl| {
+            if let Some(s) = size {
+                ctl.call(Request::ResizePty {
+                    id: c.id.clone(),
+                    exec_id: None,
+                    rows: s.rows,
+                    cols: s.cols,
+                })?;
+            }
+            ctl.call(req).map_err(Into::into)
+        })
         .map_err(|e| chain(&e))?;
     r.phase = to;
     c.save(&r).map_err(|e| chain(&e))
