@@ -109,7 +109,7 @@ fn status_ok(c: &mut Command) -> Result<bool> {
 
 fn tier1() -> Result<bool> {
     let mut c = cargo();
-    c.args(["test", "--workspace", "--"]);
+    c.args(["test", "--workspace", "--no-fail-fast", "--"]);
     for p in NON_UNIT {
         c.args(["--skip", p]);
     }
@@ -118,7 +118,15 @@ fn tier1() -> Result<bool> {
 
 fn tier2() -> Result<bool> {
     kvm::probe().context("tier 2 needs this host's /dev/kvm")?;
-    status_ok(cargo().args(["test", "--workspace", "--", "kvm_", "--skip", "labhost_"]))
+    status_ok(cargo().args([
+        "test",
+        "--workspace",
+        "--no-fail-fast",
+        "--",
+        "kvm_",
+        "--skip",
+        "labhost_",
+    ]))
 }
 
 fn tier3(args: &TestArgs) -> Result<bool> {
@@ -128,7 +136,7 @@ fn tier3(args: &TestArgs) -> Result<bool> {
     crate::virtiofsd::ensure()?;
     let boot = boot::ensure()?;
     let host_tests = cargo()
-        .args(["test", "--workspace", "--", "labhost_"])
+        .args(["test", "--workspace", "--no-fail-fast", "--", "labhost_"])
         .env("CRX_GUEST_KERNEL", boot.join("bzImage"))
         .env("CRX_INIT_STATIC", boot::static_init())
         .status()?;
