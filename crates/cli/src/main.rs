@@ -7,8 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod commands;
-mod signals;
+use crx::commands;
 
 /// crx: containers, each in its own KVM microVM.
 #[derive(Debug, Parser)]

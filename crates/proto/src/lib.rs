@@ -6,6 +6,7 @@
 //!   and the header that opens a stdio stream connection.
 //! - [`codec`]: messages to and from frames over any `Read` / `Write`; decoding never panics.
 //! - [`client`]: a blocking client for the host side (handshake, one call at a time).
+//! - [`error_chain`]: an error and its sources on one line (shared by every crate).
 //!
 //! The first exchange on a control connection is `Hello { version }` answered by
 //! `HelloOk { version }` (or an error of kind `VersionMismatch`); see `README.md`.
@@ -13,11 +14,13 @@
 
 pub mod client;
 pub mod codec;
+pub mod error_chain;
 pub mod frame;
 pub mod message;
 
 pub use client::{Client, ClientError};
 pub use codec::{decode, encode, read_message, write_message, ProtoError};
+pub use error_chain::chain;
 pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME_LEN};
 pub use message::*;
 

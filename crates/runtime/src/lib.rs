@@ -29,6 +29,7 @@ pub mod tty;
 pub mod virtiofs;
 pub mod vm;
 
+pub use crx_proto::chain;
 pub use error::{RuntimeError, SpecError};
 pub use home::{Home, InstanceState, Status};
 pub use instance::{RunConfig, Started};

@@ -116,7 +116,7 @@ impl<S: Read + Write + AsFd> Session<S> {
                         }
                     }
                     let id = decode::<IdOnly>(&payload).map_or(0, |x| x.id);
-                    let e = chain(&e);
+                    let e = crx_proto::chain(&e);
                     self.log(format_args!("malformed request: {e}"));
                     let err = AgentError::new(ErrorKind::Malformed, e);
                     (id, Response::Error(err), None)
@@ -362,16 +362,4 @@ fn serde_json_op(r: &Request) -> Option<String> {
         op: String,
     }
     decode::<Op>(&v).ok().map(|o| o.op)
-}
-
-/// An error and its sources, `: `-separated.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

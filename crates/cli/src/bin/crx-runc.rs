@@ -9,8 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-#[path = "../oci/mod.rs"]
-mod oci;
+use crx::oci;
 
 fn main() -> ExitCode {
     let cli = oci::Cli::parse();

@@ -7,7 +7,7 @@ use anyhow::Result;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The signal: a name (KILL, TERM, ...) or a number.
-    #[arg(short = 's', long = "signal", default_value = "KILL", value_parser = super::parse_signal)]
+    #[arg(short = 's', long = "signal", default_value = "KILL", value_parser = crate::parse_signal)]
     signal: i32,
     /// Instance id, id prefix or name.
     #[arg(required = true)]

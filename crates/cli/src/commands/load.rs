@@ -37,8 +37,8 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
                     anyhow::anyhow!(
                         "{}: neither an OCI layout ({}) nor a docker archive ({})",
                         file.display(),
-                        chain(&oci),
-                        chain(&docker)
+                        crx_runtime::chain(&oci),
+                        crx_runtime::chain(&docker)
                     )
                 })?,
             },
@@ -59,18 +59,6 @@ fn is_limit(e: &StoreError) -> bool {
         StoreError::Limit { .. }
             | StoreError::Layout(LayoutError::Limit { .. } | LayoutError::TooLarge { .. })
     )
-}
-
-/// An error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

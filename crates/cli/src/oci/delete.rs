@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use anyhow::Result;
-use crx_runtime::oci::{lifecycle, monitor::chain};
+use crx_runtime::chain;
+use crx_runtime::oci::lifecycle;
 
 pub fn run(root: &Path, a: liboci_cli::Delete) -> Result<i32> {
     if let Some(w) = lifecycle::delete(root, &a.container_id, a.force)? {

@@ -167,7 +167,7 @@ fn foreground(
         Ok(code) => Ok(code),
         Err(e) => {
             if let Some(f) = on_started.take() {
-                f(Err(crx_runtime::oci::monitor::chain(&e)));
+                f(Err(crx_runtime::chain(&e)));
             }
             Err(e.into())
         }

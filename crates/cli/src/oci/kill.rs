@@ -13,7 +13,7 @@ pub struct Args {
     /// Container id.
     container_id: String,
     /// A name (TERM, SIGKILL) or a number.
-    #[arg(default_value = "SIGTERM", value_parser = super::parse_signal)]
+    #[arg(default_value = "SIGTERM", value_parser = crate::parse_signal)]
     signal: i32,
 }
 

@@ -136,24 +136,6 @@ pub fn exit_code(st: std::process::ExitStatus) -> i32 {
         .unwrap_or(1)
 }
 
-/// Parses a signal given as `KILL`, `SIGKILL` or `9`.
-pub fn parse_signal(s: &str) -> Result<i32, String> {
-    if let Ok(n) = s.parse::<i32>() {
-        return nix::sys::signal::Signal::try_from(n)
-            .map(|sig| sig as i32)
-            .map_err(|_| format!("unknown signal {s:?}"));
-    }
-    let name = s.to_ascii_uppercase();
-    let name = if name.starts_with("SIG") {
-        name
-    } else {
-        format!("SIG{name}")
-    };
-    name.parse::<nix::sys::signal::Signal>()
-        .map(|sig| sig as i32)
-        .map_err(|_| format!("unknown signal {s:?} (use a name like TERM or a number like 15)"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,13 +191,5 @@ mod tests {
             parse(ok).unwrap();
         }
         assert!(parse(&["crx-runc", "create"]).is_err());
-    }
-
-    #[test]
-    fn signals() {
-        assert_eq!(parse_signal("KILL"), Ok(9));
-        assert_eq!(parse_signal("SIGTERM"), Ok(15));
-        assert_eq!(parse_signal("2"), Ok(2));
-        assert!(parse_signal("NOPE").is_err());
     }
 }

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::Result;
-use crx_runtime::oci::monitor::{chain, Monitor};
+use crx_runtime::chain;
+use crx_runtime::oci::monitor::Monitor;
 use crx_runtime::oci::ContainerDir;
 
 use super::{log, signals};

@@ -6,8 +6,9 @@
 use std::path::Path;
 
 use anyhow::Result;
+use crx_runtime::chain;
 use crx_runtime::oci::bundle::Bundle;
-use crx_runtime::oci::{lifecycle, monitor::chain};
+use crx_runtime::oci::lifecycle;
 
 use super::{console, create, exit_code, log, signals};
 

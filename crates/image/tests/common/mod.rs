@@ -28,17 +28,7 @@ pub fn require_tool(tool: &str, package: &str) -> PathBuf {
     );
 }
 
-/// Every message of an error's chain, joined as a terminal shows them (`crx` prints `{:#}`).
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use crx_proto::chain;
 
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd
@@ -141,6 +131,20 @@ impl Tar {
 
     pub fn fifo(mut self, path: &str) -> Self {
         let mut h = Self::header(tar::EntryType::Fifo, 0o600, 0, 0, 0);
+        self.b.append_data(&mut h, path, std::io::empty()).unwrap();
+        self
+    }
+
+    /// A character (`block` false) or block device node.
+    pub fn device(mut self, path: &str, block: bool, major: u32, minor: u32) -> Self {
+        let kind = if block {
+            tar::EntryType::Block
+        } else {
+            tar::EntryType::Char
+        };
+        let mut h = Self::header(kind, 0o666, 0, 0, 0);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
         self.b.append_data(&mut h, path, std::io::empty()).unwrap();
         self
     }

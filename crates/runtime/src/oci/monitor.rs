@@ -34,6 +34,7 @@ use crate::paths;
 use crate::tty;
 use crate::vm::VmConfig;
 use crate::RuntimeError;
+use crx_proto::chain;
 
 /// How the container's process is attached: its stdio streams (copied with our fds 0, 1, 2),
 /// or its terminal (relayed with the slave of a host pty whose master went to the console
@@ -482,16 +483,4 @@ pub fn request(c: &ContainerDir, cmd: &str) -> Result<(), OciError> {
         "" => Err(err(format!("no answer to {cmd} (the monitor exited)"))),
         other => Err(err(other.trim_start_matches("error: ").to_owned())),
     }
-}
-
-/// An error and its sources, `: `-separated, on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s.replace('\n', " ")
 }
