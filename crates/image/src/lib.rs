@@ -14,6 +14,7 @@
 
 pub mod blobs;
 pub mod busybox;
+pub mod confine;
 pub mod digest;
 pub mod disk;
 pub mod docker_archive;

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use crate::blobs::{BlobError, BlobStore};
 use crate::busybox::{build_busybox_layout, BusyboxError};
+use crate::confine::{unmount_detached, NodevMount};
 use crate::digest::Digest;
 use crate::disk::{build_disk, DiskError, DiskFormat};
 use crate::docker_archive::{self, DockerArchiveError};
@@ -494,6 +495,9 @@ impl Store {
         let tmp = self.root.join("tmp");
         for entry in fs::read_dir(&tmp).map_err(werr(&tmp))? {
             let entry = entry.map_err(werr(&tmp))?;
+            // An unpack tree left by a process that died still has its nodev mount.
+            let tree = entry.path().join("rootfs");
+            unmount_detached(&tree).map_err(werr(&tree))?;
             remove_any(&entry.path()).map_err(werr(&entry.path()))?;
             report.tmp_entries_removed += 1;
         }
@@ -652,6 +656,10 @@ impl Store {
             path: rootfs.clone(),
             source,
         })?;
+        // Device nodes of the layers only on a nodev,nosuid mount (crate::confine); dropped
+        // (unmounted) before `work` is removed. Without the privilege to mount, the unpacker
+        // leaves device nodes out.
+        let _nodev = NodevMount::new(&rootfs).ok();
         let diff_ids = config.rootfs.as_ref().map(|r| &r.diff_ids);
         let limits = &self.opts.limits;
         let mut image_left = limits.max_image_bytes;

@@ -1,5 +1,6 @@
 //! Applies image layers (tar, gzip or zstd) to a directory tree: whiteouts (`.wh.<name>`,
-//! `.wh..wh..opq`), ownership, modes, times, hard links, symlinks and device nodes.
+//! `.wh..wh..opq`), ownership, modes, times, hard links, symlinks and device nodes (these only
+//! where they are inert on the host: [`crate::confine`]).
 //!
 //! Every entry path is checked: absolute paths and `..` components are refused, and parent
 //! directories are resolved with symlinks interpreted inside the tree (as if it were `/`), so no
@@ -23,6 +24,7 @@ use std::rc::Rc;
 
 use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, CWD};
 
+use crate::confine;
 use crate::digest::{Digest, HashingReader};
 use crate::limits::ImageLimits;
 use crate::text::escape_io;
@@ -66,6 +68,9 @@ pub struct LayerStats {
     pub whiteouts: u64,
     /// The expanded size: the uncompressed stream plus the holes of sparse files.
     pub bytes: u64,
+    /// Character and block device nodes not created: outside a `nodev,nosuid` mount, or
+    /// without the privilege to create them ([`crate::confine`]).
+    pub devices_left_out: u64,
 }
 
 /// Wraps `reader` in the decompressor its magic bytes call for (gzip, zstd or none).
@@ -411,6 +416,12 @@ impl Layer<'_> {
                 if existing.is_some() {
                     remove_any(&path)?;
                 }
+                // A device node on the host only where it is inert (crate::confine).
+                let device = kind != T::Fifo;
+                if device && !path.parent().is_some_and(confine::is_inert) {
+                    self.stats.devices_left_out += 1;
+                    return Ok(());
+                }
                 let (ft, dev) = match kind {
                     T::Char | T::Block => {
                         let major = header.device_major().ok().flatten().unwrap_or(0);
@@ -428,7 +439,10 @@ impl Layer<'_> {
                     Ok(()) => {}
                     // Device nodes need root; without it the image goes without them
                     // (the guest's devtmpfs provides /dev).
-                    Err(rustix::io::Errno::PERM) if ft != FileType::Fifo => return Ok(()),
+                    Err(rustix::io::Errno::PERM) if device => {
+                        self.stats.devices_left_out += 1;
+                        return Ok(());
+                    }
                     Err(e) => return Err(werr(&path)(e.into())),
                 }
                 self.apply_meta(&path, meta, true)?;

@@ -28,6 +28,7 @@ pub fn require_tool(tool: &str, package: &str) -> PathBuf {
     );
 }
 
+#[allow(unused_imports)] // not every test binary uses it
 pub use crx_proto::chain;
 
 pub fn run(cmd: &mut Command) -> String {
