@@ -50,12 +50,12 @@ enum Command {
     Check(commands::check::Args),
     /// System VMs (a program as the guest's init task, no container).
     Vm(commands::vm::Args),
-    /// (internal) Wait for a detached container, record its exit and stop its VM.
-    #[command(name = "__monitor", hide = true)]
-    Monitor(commands::monitor::Args),
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = crx_runtime::monitor::enter() {
+        return ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255));
+    }
     crx_runtime::trace::init();
     crx_runtime::trace::mark("cli start");
     let cli = Cli::parse();
@@ -75,7 +75,6 @@ fn main() -> ExitCode {
         Command::Rmi(a) => commands::rmi::run(&root, a),
         Command::Check(a) => commands::check::run(&root, a),
         Command::Vm(a) => commands::vm::run(&root, a),
-        Command::Monitor(a) => commands::monitor::run(&root, a),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255)),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use crx_runtime::agent::Agent;
 use crx_runtime::instance;
-use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 /// Where a signal goes now.
@@ -36,25 +36,14 @@ impl Forwarder {
     /// Blocks the forwarded signals in this thread (call before starting other threads: they
     /// inherit the mask) and starts the thread that waits for them.
     pub fn start() -> Result<Forwarder> {
-        let mut set = SigSet::empty();
-        for s in [
-            Signal::SIGINT,
-            Signal::SIGTERM,
-            Signal::SIGHUP,
-            Signal::SIGQUIT,
-            Signal::SIGUSR1,
-            Signal::SIGUSR2,
-        ] {
-            set.add(s);
-        }
-        set.thread_block().context("blocking signals")?;
         let f = Forwarder(Arc::default());
         let target = f.0.clone();
-        std::thread::spawn(move || {
-            while let Ok(sig) = set.wait() {
+        crx_runtime::signals::forward(move |sig| {
+            if let Ok(sig) = Signal::try_from(sig) {
                 forward(&target.lock().unwrap_or_else(|e| e.into_inner()), sig);
             }
-        });
+        })
+        .context("blocking signals")?;
         Ok(f)
     }
 

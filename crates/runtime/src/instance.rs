@@ -32,6 +32,8 @@ pub struct RunConfig {
     pub vcpus: u32,
     pub process: ProcessOptions,
     pub detached: bool,
+    /// Detached: the monitor removes the home once the container exited.
+    pub rm: bool,
 }
 
 pub use crate::agent::agent_timeout;
@@ -92,7 +94,13 @@ pub fn start_with(
         home: Some(home.dir.clone()),
         vmm: None,
     };
-    let result = boot_and_start(home, &image, boot, vmm, process, cfg, &mut guard, on_spawn);
+    let result = boot_and_start(home, &image, boot, vmm, process, cfg, &mut guard, on_spawn)
+        .and_then(|s| {
+            if cfg.detached {
+                start_monitor(root, &s.home, cfg.rm)?;
+            }
+            Ok(s)
+        });
     if result.is_ok() {
         guard.home = None;
         guard.vmm = None;
@@ -182,6 +190,23 @@ fn boot_and_start(
         stdio,
         pty,
     })
+}
+
+/// Starts the monitor of the detached instance `home` (this program again, see
+/// [`crate::monitor`]): it records the container's exit, shuts the VM down and, with `rm`,
+/// removes the home. Returns once it holds the agent's connection.
+fn start_monitor(root: &Path, home: &Home, rm: bool) -> Result<(), RuntimeError> {
+    let job = crate::monitor::Job::Instance {
+        root: root.to_owned(),
+        id: home.state.id.clone(),
+        rm,
+    };
+    crate::monitor::start(job, true)
+        .map(drop)
+        .map_err(|e| RuntimeError::Io {
+            path: "the instance's monitor".into(),
+            source: io::Error::other(crx_proto::chain(&e)),
+        })
 }
 
 /// Opens stdin, stdout and stderr streams of `id` (or its exec).

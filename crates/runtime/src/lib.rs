@@ -7,11 +7,14 @@
 //! - [`vm`]: the crx-vmm command line and process.
 //! - [`agent`]: control and stdio connections to the guest agent over the hybrid vsock.
 //! - [`instance`]: run, exec, signal, remove.
+//! - [`monitor`]: the runtime's own monitor processes (this program again), started and
+//!   entered here; [`sync`]: their start-up report over an inherited pipe.
+//! - [`signals`]: signals forwarded to a container's process; dying by its signal.
 //! - [`check`]: host readiness (`crx check`), with a calibrated tiny KVM guest.
 //! - [`trace`]: boot-phase timestamps with `CRX_TRACE=1`.
 //! - [`virtiofs`]: host directories shared live with a VM (one virtiofsd each).
 //! - [`tty`]: host terminals: raw mode, the pty pump and window sizes, console-socket fd passing.
-#![deny(unsafe_code)] // allowed in `kvm_speed`, `tty`, `oci::namespace` (ioctls) and `child` (pre_exec) alone
+#![deny(unsafe_code)] // allowed in `kvm_speed`, `tty`, `oci::namespace` (ioctls), `child` (pre_exec) and `sync` (an inherited fd) alone
 
 pub mod agent;
 pub mod boot_files;
@@ -21,9 +24,12 @@ pub mod error;
 pub mod home;
 pub mod instance;
 pub mod kvm_speed;
+pub mod monitor;
 pub mod oci;
 pub mod paths;
+pub mod signals;
 pub mod spec;
+pub mod sync;
 pub mod trace;
 pub mod tty;
 pub mod virtiofs;

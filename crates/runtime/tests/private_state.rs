@@ -37,7 +37,7 @@ fn make_state(base: &Path) -> Vec<PathBuf> {
     let home = Home::create(&root, Some("web"), "busybox", "sha256:ab", vec![], false).unwrap();
     home.write_spec(&serde_json::json!({"process": {"env": ["SECRET=1"]}}))
         .unwrap();
-    // crx-runc: a container created with a stand-in monitor.
+    // crx-runc: a container as `create` prepares it for its monitor.
     let bundle = base.join("bundle");
     std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
     std::fs::write(
@@ -48,16 +48,9 @@ fn make_state(base: &Path) -> Vec<PathBuf> {
     )
     .unwrap();
     let state_root = base.join("runc");
-    let created = lifecycle::create(&state_root, "c1", &bundle, None, |c| {
-        let mut r = c.load().unwrap();
-        r.phase = crx_runtime::oci::state::Phase::Created;
-        r.monitor_pid = Some(std::process::id());
-        r.monitor_start = crx_runtime::home::process_start_time(std::process::id());
-        c.save(&r).unwrap();
-        Command::new("sleep").arg("1").spawn()
-    })
-    .unwrap();
-    let cdir = created.dir.dir.clone();
+    let bundle = crx_runtime::oci::bundle::Bundle::load(&bundle).unwrap();
+    let (created, _lock) = lifecycle::prepare(&state_root, "c1", &bundle).unwrap();
+    let cdir = created.dir.clone();
     vec![
         root.join("instances"),
         home.dir.clone(),

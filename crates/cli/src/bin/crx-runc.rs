@@ -12,6 +12,10 @@ use clap::Parser;
 use crx::oci;
 
 fn main() -> ExitCode {
+    // A monitor (this program again, started by the runtime) runs its job alone.
+    if let Some(code) = crx_runtime::monitor::enter() {
+        return ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255));
+    }
     let cli = oci::Cli::parse();
     oci::log::init(&cli.global);
     match oci::dispatch(cli) {

@@ -8,7 +8,6 @@ pub mod inspect;
 pub mod kill;
 pub mod load;
 pub mod logs;
-pub mod monitor;
 pub mod ps;
 pub mod pull;
 pub mod rm;

@@ -1,10 +1,9 @@
 //! `crx run`: a container in a new microVM, in the foreground or detached (`-d`).
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use crx_runtime::instance::{self, RunConfig};
 use crx_runtime::ProcessOptions;
 
@@ -69,25 +68,11 @@ pub fn run(root: &Path, mut a: Args) -> Result<i32> {
             terminal: a.tty && !a.detach,
         },
         detached: a.detach,
+        rm: a.rm,
     };
     if a.detach {
+        // The runtime starts the instance's monitor, which records the exit.
         let started = instance::start(root, &cfg)?;
-        let exe = std::env::current_exe().context("finding crx's own executable")?;
-        let mut monitor = std::process::Command::new(exe);
-        monitor
-            .arg("--root")
-            .arg(root)
-            .arg("__monitor")
-            .arg(&started.home.state.id);
-        if a.rm {
-            monitor.arg("--rm");
-        }
-        std::os::unix::process::CommandExt::process_group(&mut monitor, 0);
-        monitor
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        monitor.spawn().context("starting the instance monitor")?;
         println!("{}", started.home.state.id);
         return Ok(0);
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use crx_runtime::oci::lifecycle::{self, Created};
 
-use super::{monitor, write_pid_file};
+use super::write_pid_file;
 
 pub fn run(root: &Path, a: liboci_cli::Create) -> Result<i32> {
     let opts = Options {
@@ -32,12 +32,13 @@ pub fn create(root: &Path, id: &str, bundle: &Path, o: &Options<'_>) -> Result<C
     if o.preserve_fds > 0 {
         bail!("--preserve-fds: passing extra file descriptors into a microVM is not supported");
     }
-    let console = o.console_socket;
-    let created = lifecycle::create(root, id, bundle, console, |c| {
-        monitor::spawn(root, c, console)
-    })?;
+    let console = o.console_socket.map(std::path::absolute).transpose()?;
+    let created = lifecycle::create(root, id, bundle, console.as_deref())?;
+    for w in &created.warnings {
+        super::log::warn(w);
+    }
     if let Some(p) = o.pid_file {
-        let pid = created.record.monitor_pid.unwrap_or(created.monitor.id());
+        let pid = created.monitor.id();
         if let Err(e) = write_pid_file(p, pid) {
             let _ = lifecycle::delete(root, id, true);
             return Err(e);

@@ -1,8 +1,8 @@
 //! `crx-runc exec [--process FILE | ID CMD...] [-d] [-t --console-socket S] [--pid-file F]
 //! [--cwd D] [--env K=V] [--cap CAP] [--ignore-paused] ID`: a process in a running container.
-//! In the foreground it exits with the process's code. With `-d` a hidden `crx-runc __exec`
-//! holds the process's stdio (ours) and exits with its status: its pid is the one written to
-//! `--pid-file` (containerd's shim waits on it).
+//! In the foreground it exits with the process's code. With `-d` a monitor started by the
+//! runtime holds the process's stdio (ours) and exits with its status: its pid is the one
+//! written to `--pid-file` (containerd's shim waits on it).
 //!
 //! As runc: without `--process`, the process is the container's own (capabilities included)
 //! with `--cap` added to its bounding, effective and permitted sets (and ambient when the
@@ -10,15 +10,12 @@
 //! container wait for it to be resumed and then start (runc's process sits frozen until
 //! then; in the guest, a process joining a frozen cgroup would stall libcontainer's exec).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use crx_runtime::oci::exec::{self, ExecOptions};
-use crx_runtime::oci::{lifecycle, ContainerDir, Status};
 
-use super::{log, signals, write_pid_file};
+use super::write_pid_file;
 
 pub fn run(root: &Path, a: liboci_cli::Exec) -> Result<i32> {
     if a.preserve_fds > 0 {
@@ -70,14 +67,7 @@ pub fn run(root: &Path, a: liboci_cli::Exec) -> Result<i32> {
     if let Some(p) = &a.pid_file {
         write_pid_file(p, std::process::id())?;
     }
-    foreground(
-        root,
-        id,
-        process,
-        console.as_deref(),
-        a.ignore_paused,
-        |_| {},
-    )
+    foreground(root, id, process, console.as_deref(), a.ignore_paused)
 }
 
 /// A capability as runc takes it (`CAP_NET_ADMIN`, `net_admin`), in the spec's spelling.
@@ -126,89 +116,21 @@ fn add_caps(process: &mut serde_json::Value, caps: &[String]) {
     }
 }
 
-/// With `--ignore-paused`: waits while container `id` is paused (it execs once resumed).
-fn wait_while_paused(root: &Path, id: &str) -> Result<()> {
-    let c = ContainerDir::open(root, id)?;
-    while c.load()?.status() == Status::Paused {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
 fn foreground(
     root: &Path,
     id: &str,
     process: serde_json::Value,
     console: Option<&Path>,
     ignore_paused: bool,
-    on_started: impl FnOnce(Result<(), String>),
 ) -> Result<i32> {
-    let mut on_started = Some(on_started);
-    if ignore_paused && ContainerDir::open(root, id)?.load()?.status() == Status::Paused {
-        // Detached: started as far as the caller is concerned (runc's process is frozen).
-        if let Some(f) = on_started.take() {
-            f(Ok(()));
-        }
-        wait_while_paused(root, id)?;
-    }
-    let (tx, rx) = std::sync::mpsc::channel::<(crx_runtime::agent::Agent, String, String)>();
-    signals::forward(move |sig| {
-        if let Ok((agent, id, exec_id)) = rx.try_recv().as_ref() {
-            let _ = agent.signal_process(id, Some(exec_id), sig);
-        }
-    })?;
-    let result = exec::exec(root, id, process, console, |agent, id, exec_id| {
-        let _ = tx.send((agent.clone(), id.to_owned(), exec_id.to_owned()));
-        if let Some(f) = on_started.take() {
-            f(Ok(()));
-        }
-    });
-    match result {
-        Ok(code) => Ok(code),
-        Err(e) => {
-            if let Some(f) = on_started.take() {
-                f(Err(crx_runtime::chain(&e)));
-            }
-            Err(e.into())
-        }
-    }
-}
-
-/// `__exec ID --process FILE --ready FILE`.
-#[derive(Debug, clap::Args)]
-pub struct DetachedArgs {
-    id: String,
-    #[arg(long)]
-    process: PathBuf,
-    #[arg(long)]
-    ready: PathBuf,
-    #[arg(long)]
-    console_socket: Option<PathBuf>,
-    #[arg(long)]
-    ignore_paused: bool,
-}
-
-pub fn run_detached(root: &Path, a: DetachedArgs) -> Result<i32> {
-    let text = std::fs::read(&a.process)?;
-    let process = serde_json::from_slice(&text)?;
-    let ready = a.ready.clone();
-    let report = move |r: Result<(), String>| {
-        let text = match r {
-            Ok(()) => "ok".to_owned(),
-            Err(e) => format!("error: {e}"),
-        };
-        let tmp = ready.with_extension("tmp");
-        let _ = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &ready));
-    };
-    let console = a.console_socket.as_deref();
-    match foreground(root, &a.id, process, console, a.ignore_paused, report) {
-        Ok(code) => Ok(code),
-        Err(e) => {
-            // Our stderr is the process's: the log only.
-            log::error_quiet(&format!("{e:#}"));
-            Ok(1)
-        }
-    }
+    Ok(exec::attached(
+        root,
+        id,
+        process,
+        console,
+        ignore_paused,
+        |_| {},
+    )?)
 }
 
 fn detach(
@@ -219,52 +141,7 @@ fn detach(
     pid_file: Option<&Path>,
     ignore_paused: bool,
 ) -> Result<i32> {
-    let c = ContainerDir::open(root, id)?;
-    lifecycle::agent(&c)?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let base = c.dir.join(format!("exec-{}-{nanos:x}", std::process::id()));
-    let (pfile, ready) = (base.with_extension("json"), base.with_extension("ready"));
-    std::fs::write(&pfile, serde_json::to_vec(process)?)?;
-    let cleanup = || {
-        let _ = std::fs::remove_file(&pfile);
-        let _ = std::fs::remove_file(&ready);
-    };
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.arg("--root").arg(root);
-    if let Some(g) = log::global_args() {
-        cmd.args(g);
-    }
-    cmd.args(["__exec", id, "--process"])
-        .arg(&pfile)
-        .arg("--ready")
-        .arg(&ready);
-    if let Some(s) = console {
-        cmd.arg("--console-socket").arg(s);
-    }
-    if ignore_paused {
-        cmd.arg("--ignore-paused");
-    }
-    cmd.stdin(Stdio::inherit())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd.spawn().context("starting the exec process")?;
-    let answer = loop {
-        if let Ok(t) = std::fs::read_to_string(&ready) {
-            break t;
-        }
-        if let Ok(Some(st)) = child.try_wait() {
-            break std::fs::read_to_string(&ready)
-                .unwrap_or_else(|_| format!("error: the exec process exited ({st})"));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    cleanup();
-    if let Some(e) = answer.strip_prefix("error: ") {
-        bail!("exec in {id}: {e}");
-    }
+    let child = exec::detach(root, id, process, console, ignore_paused)?;
     if let Some(p) = pid_file {
         write_pid_file(p, child.id())?;
     }

@@ -68,9 +68,8 @@ fn quote_if_needed(s: &str) -> String {
     q
 }
 
-/// Writes a line to the log: the file when given, else stderr unless `quiet` (a process whose
-/// stderr belongs to the container). Whether it went to stderr.
-fn write(level: &str, msg: &str, quiet: bool) -> bool {
+/// Writes a line to the log: the file when given, else stderr. Whether it went to stderr.
+fn write(level: &str, msg: &str) -> bool {
     let time = crx_runtime::oci::state::rfc3339(std::time::SystemTime::now());
     let json = LOGGER.get().is_some_and(|l| l.json);
     let line = format_line(level, msg, &time, json);
@@ -85,7 +84,6 @@ fn write(level: &str, msg: &str, quiet: bool) -> bool {
             }
             false
         }
-        None if quiet => false,
         None => {
             eprintln!("{line}");
             true
@@ -105,49 +103,21 @@ fn plain(level: &str, msg: &str) {
 
 /// An error: the log, and stderr (the log line itself without `--log`).
 pub fn error(msg: &str) {
-    if !write("error", msg, false) {
+    if !write("error", msg) {
         plain("error", msg);
     }
 }
 
 /// A warning: the log (stderr without `--log`).
 pub fn warn(msg: &str) {
-    write("warning", msg, false);
-}
-
-/// An error of a process whose stderr belongs to the container (the monitor): the log only.
-pub fn error_quiet(msg: &str) {
-    write("error", msg, true);
-}
-
-/// A warning of a process whose stderr belongs to the container: the log only.
-pub fn warn_quiet(msg: &str) {
-    write("warning", msg, true);
+    write("warning", msg);
 }
 
 /// With `--debug`: the log (stderr without `--log`).
 pub fn debug(msg: &str) {
     if LOGGER.get().is_some_and(|l| l.debug) {
-        write("debug", msg, false);
+        write("debug", msg);
     }
-}
-
-/// The global flags that pass the log settings on to a child crx-runc.
-pub fn global_args() -> Option<Vec<String>> {
-    let l = LOGGER.get()?;
-    let mut v = Vec::new();
-    if let Some(f) = &l.file {
-        v.push("--log".to_owned());
-        v.push(f.display().to_string());
-    }
-    if l.json {
-        v.push("--log-format".to_owned());
-        v.push("json".to_owned());
-    }
-    if l.debug {
-        v.push("--debug".to_owned());
-    }
-    Some(v)
 }
 
 #[cfg(test)]

@@ -16,12 +16,10 @@ mod features;
 mod kill;
 mod list;
 pub mod log;
-mod monitor;
 mod pause;
 mod ps;
 mod resume;
 mod run;
-mod signals;
 mod spec;
 mod start;
 mod state;
@@ -76,12 +74,6 @@ enum Command {
     Checkpoint(liboci_cli::Checkpoint),
     /// (refused) Restore a checkpointed container.
     Restore(checkpoint::RestoreArgs),
-    /// (internal) The monitor of a container: holds its VM and stdio, exits with its status.
-    #[command(name = "__monitor", hide = true)]
-    Monitor(monitor::Args),
-    /// (internal) A detached exec: holds the process's stdio, exits with its status.
-    #[command(name = "__exec", hide = true)]
-    ExecDetached(exec::DetachedArgs),
 }
 
 /// Runs the command; the exit code, or an error (exit 1).
@@ -113,8 +105,6 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Spec(a) => spec::run(a),
         Command::Checkpoint(a) => checkpoint::checkpoint(root, a),
         Command::Restore(a) => checkpoint::restore(root, a),
-        Command::Monitor(a) => monitor::run(root, a),
-        Command::ExecDetached(a) => exec::run_detached(root, a),
     }
 }
 

@@ -10,7 +10,10 @@ use crx_runtime::chain;
 use crx_runtime::oci::bundle::Bundle;
 use crx_runtime::oci::lifecycle;
 
-use super::{console, create, exit_code, log, signals};
+use anyhow::Context;
+use crx_runtime::signals;
+
+use super::{console, create, exit_code, log};
 
 pub fn run(root: &Path, a: liboci_cli::Run) -> Result<i32> {
     let id = a.container_id;
@@ -55,7 +58,8 @@ pub fn run(root: &Path, a: liboci_cli::Run) -> Result<i32> {
     let (r, i) = (root.to_owned(), id.clone());
     signals::forward(move |sig| {
         let _ = lifecycle::signal(&r, &i, sig, false);
-    })?;
+    })
+    .context("blocking signals")?;
     let status = created.monitor.wait()?;
     if let Some(a) = &attached {
         a.drain();

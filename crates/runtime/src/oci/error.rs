@@ -82,10 +82,20 @@ pub enum OciError {
         what: &'static str,
         failures: Vec<OciError>,
     },
-    #[error(
-        "container {id}: the monitor process exited before the container was created: {reason}"
-    )]
-    MonitorFailed { id: String, reason: String },
+    #[error("container {id} was not created")]
+    MonitorFailed {
+        id: String,
+        #[source]
+        source: crate::monitor::MonitorError,
+    },
+    #[error("exec in {id}")]
+    ExecFailed {
+        id: String,
+        #[source]
+        source: crate::monitor::MonitorError,
+    },
+    #[error("blocking signals (to forward them to the container)")]
+    Signals(#[source] nix::Error),
     #[error("container {id}: monitor: {reason}")]
     Monitor { id: String, reason: String },
     #[error("{path}: too long for a Unix socket path (at most 107 bytes): use a shorter --root")]

@@ -6,11 +6,13 @@ use crx_proto::{Request, StreamKind};
 use serde_json::Value;
 
 use super::container::ContainerDir;
-use super::error::OciError;
+use super::error::{io, OciError};
 use super::lifecycle::saved_spec;
 use super::state::Status;
 use crate::agent::Agent;
 use crate::instance;
+use crate::monitor::{self, Job};
+use crate::sync::{Report, SyncWriter};
 use crate::tty;
 
 /// What `exec` changes in the container's process when no `--process` file is given.
@@ -155,6 +157,118 @@ fn running(c: &ContainerDir) -> bool {
             Status::Created | Status::Running | Status::Paused
         )
     })
+}
+
+/// [`exec`] for a process that stands for the exec (crx-runc's `exec` in the foreground, a
+/// detached exec's monitor): with `ignore_paused`, a paused container is first waited for
+/// (until it is resumed or stops; the exec counts as started meanwhile, as runc's frozen
+/// process does); our signals are forwarded to the process once it runs; `on_started` is
+/// told once, `Ok` when it runs or the reason it did not.
+pub fn attached(
+    root: &Path,
+    id: &str,
+    process: Value,
+    console: Option<&Path>,
+    ignore_paused: bool,
+    on_started: impl FnOnce(Result<(), String>),
+) -> Result<i32, OciError> {
+    let mut on_started = Some(on_started);
+    let mut tell = |r: Result<(), String>| {
+        if let Some(f) = on_started.take() {
+            f(r);
+        }
+    };
+    let c = ContainerDir::open(root, id)?;
+    if ignore_paused && c.load()?.status() == Status::Paused {
+        tell(Ok(()));
+        while c.load()?.status() == Status::Paused {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<(Agent, String, String)>();
+    crate::signals::forward(move |sig| {
+        if let Ok((agent, id, exec_id)) = rx.try_recv().as_ref() {
+            let _ = agent.signal_process(id, Some(exec_id), sig);
+        }
+    })
+    .map_err(OciError::Signals)?;
+    let result = exec(root, id, process, console, |agent, id, exec_id| {
+        let _ = tx.send((agent.clone(), id.to_owned(), exec_id.to_owned()));
+        tell(Ok(()));
+    });
+    if let Err(e) = &result {
+        tell(Err(crx_proto::chain(e)));
+    }
+    result
+}
+
+/// Starts `process` in the running container `id` detached: a monitor ([`Job::Exec`], its
+/// stdio ours) runs it and exits with its status. Returns once the process runs (or with why
+/// it did not, reported over the monitor's pipe), with the monitor (a child of ours).
+pub fn detach(
+    root: &Path,
+    id: &str,
+    process: &Value,
+    console: Option<&Path>,
+    ignore_paused: bool,
+) -> Result<std::process::Child, OciError> {
+    let c = ContainerDir::open(root, id)?;
+    super::lifecycle::agent(&c)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let file = c
+        .dir
+        .join(format!("exec-{}-{nanos:x}.json", std::process::id()));
+    let text = serde_json::to_vec(process).expect("json");
+    // Private: the process holds its environment.
+    crate::paths::write_private(&file, &text).map_err(io(&file))?;
+    let job = Job::Exec {
+        root: root.to_owned(),
+        id: id.to_owned(),
+        process: file.clone(),
+        console: console.map(Path::to_owned),
+        ignore_paused,
+    };
+    let started = monitor::start(job, false);
+    let _ = std::fs::remove_file(&file);
+    let started = started.map_err(|source| OciError::ExecFailed {
+        id: id.to_owned(),
+        source,
+    })?;
+    Ok(started.child)
+}
+
+/// The detached exec's job ([`Job::Exec`]): reads (and removes) the process file, runs it
+/// ([`attached`]), reports on `sync` once it runs (or why not), and returns its exit code.
+/// Its stdio is the process's: nothing is printed.
+pub fn run_detached(
+    root: &Path,
+    id: &str,
+    process: &Path,
+    console: Option<&Path>,
+    ignore_paused: bool,
+    sync: SyncWriter,
+) -> i32 {
+    let read = std::fs::read(process).map_err(io(process)).and_then(|t| {
+        serde_json::from_slice::<Value>(&t).map_err(|source| OciError::CorruptState {
+            path: process.to_owned(),
+            source,
+        })
+    });
+    let _ = std::fs::remove_file(process);
+    let process = match read {
+        Ok(p) => p,
+        Err(e) => {
+            sync.failed(&e);
+            return 1;
+        }
+    };
+    let report = move |r: Result<(), String>| match r {
+        Ok(()) => sync.ready(Vec::new()),
+        Err(reason) => sync.report(&Report::Failed { reason }),
+    };
+    attached(root, id, process, console, ignore_paused, report).unwrap_or(1)
 }
 
 #[cfg(test)]

@@ -1,10 +1,9 @@
 //! The OCI lifecycle over containers under a root: create, start, kill, delete, pause,
 //! resume, and the agent queries (processes, stats).
 
-use std::io;
 use std::path::Path;
 use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crx_proto::{ContainerStats, Request, Response};
 use nix::sys::signal::{kill, Signal};
@@ -15,32 +14,34 @@ use super::cgroup;
 use super::container::{ContainerDir, Lock};
 use super::error::{io as io_err, OciError};
 use super::hooks::{self, HookKind};
-use super::monitor;
-use super::state::{Phase, Record, Status};
+use super::monitor as oci_monitor;
+use super::state::{Record, Status};
 use crate::agent::Agent;
 use crate::home::pid_alive;
 use crate::instance::wait_gone;
+use crate::monitor::{self, Job};
 
-/// A created container: its record and its monitor (a child of the caller).
+/// A created container: its record and its monitor (a child of the caller), and the
+/// monitor's warnings (for the caller to log: the monitor's stderr is the container's).
 #[derive(Debug)]
 pub struct Created {
     pub dir: ContainerDir,
     pub record: Record,
     pub monitor: Child,
+    pub warnings: Vec<String>,
 }
 
 /// Creates container `id` from the bundle in `bundle_dir` (with `process.terminal`, its pty
-/// master goes to the socket `console`): checks the bundle, makes the
-/// container's directory, starts the monitor with `spawn_monitor` (which boots the VM and
-/// creates the container in it), waits until it is created, then runs the `prestart` and
-/// `createRuntime` hooks. On any error nothing is left: the monitor and VM are killed and the
-/// directory removed.
+/// master goes to the socket `console`): checks the bundle, makes the container's directory
+/// ([`prepare`]), starts its monitor (this program again, [`crate::monitor`]: it boots the VM,
+/// creates the container in it, and reports over a pipe), then runs the `prestart` and
+/// `createRuntime` hooks. The monitor's stdio is ours. On any error nothing is left: the
+/// monitor and VM are killed and the directory removed.
 pub fn create(
     root: &Path,
     id: &str,
     bundle_dir: &Path,
     console: Option<&Path>,
-    spawn_monitor: impl FnOnce(&ContainerDir) -> io::Result<Child>,
 ) -> Result<Created, OciError> {
     let bundle = Bundle::load(bundle_dir)?;
     match (bundle.terminal(), console) {
@@ -48,14 +49,15 @@ pub fn create(
         (false, Some(_)) => return Err(OciError::ConsoleWithoutTerminal),
         _ => {}
     }
-    let (c, _lock) = ContainerDir::create(root, id)?;
+    let (c, _lock) = prepare(root, id, &bundle)?;
     let mut child = None;
-    let result = create_in(&c, &bundle, spawn_monitor, &mut child);
+    let result = create_in(root, &c, &bundle, console, &mut child);
     match result {
-        Ok(record) => Ok(Created {
+        Ok((record, warnings)) => Ok(Created {
             dir: c,
             record,
             monitor: child.expect("spawned"),
+            warnings,
         }),
         Err(e) => {
             if let Some(mut m) = child {
@@ -72,52 +74,52 @@ pub fn create(
     }
 }
 
+/// Makes container `id`'s directory, locked, with the bundle's spec (`config.json`) and a
+/// record in phase `Creating`; on error nothing is left.
+pub fn prepare(root: &Path, id: &str, bundle: &Bundle) -> Result<(ContainerDir, Lock), OciError> {
+    let (c, lock) = ContainerDir::create(root, id)?;
+    let write = || {
+        let text = serde_json::to_vec_pretty(&bundle.spec).expect("json");
+        let cfg = c.config_path();
+        // Private (0600): the spec holds the container's environment, i.e. secrets.
+        crate::paths::write_private(&cfg, &text).map_err(io_err(&cfg))?;
+        let rec = Record::new(
+            &c.id,
+            &bundle.dir,
+            &bundle.rootfs,
+            bundle.annotations.clone(),
+        );
+        c.save(&rec)
+    };
+    if let Err(e) = write() {
+        let _ = c.remove();
+        return Err(e);
+    }
+    Ok((c, lock))
+}
+
 fn create_in(
+    root: &Path,
     c: &ContainerDir,
     bundle: &Bundle,
-    spawn_monitor: impl FnOnce(&ContainerDir) -> io::Result<Child>,
+    console: Option<&Path>,
     child: &mut Option<Child>,
-) -> Result<Record, OciError> {
-    let text = serde_json::to_vec_pretty(&bundle.spec).expect("json");
-    let cfg = c.config_path();
-    // Private (0600): the spec holds the container's environment, i.e. secrets.
-    crate::paths::write_private(&cfg, &text).map_err(io_err(&cfg))?;
-    let rec = Record::new(
-        &c.id,
-        &bundle.dir,
-        &bundle.rootfs,
-        bundle.annotations.clone(),
-    );
-    c.save(&rec)?;
-    let m = child.insert(spawn_monitor(c).map_err(|e| OciError::MonitorFailed {
+) -> Result<(Record, Vec<String>), OciError> {
+    let job = Job::Container {
+        root: root.to_owned(),
         id: c.id.clone(),
-        reason: format!("starting it: {e}"),
-    })?);
-    let rec = loop {
-        let rec = c.load()?;
-        match rec.phase {
-            Phase::Created => break rec,
-            Phase::Failed => {
-                return Err(OciError::MonitorFailed {
-                    id: c.id.clone(),
-                    reason: rec.error.unwrap_or_default(),
-                })
-            }
-            _ => {}
-        }
-        if let Ok(Some(st)) = m.try_wait() {
-            let rec = c.load()?;
-            return Err(OciError::MonitorFailed {
-                id: c.id.clone(),
-                reason: rec.error.unwrap_or_else(|| st.to_string()),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(10));
+        console: console.map(Path::to_owned),
     };
+    let started = monitor::start(job, false).map_err(|source| OciError::MonitorFailed {
+        id: c.id.clone(),
+        source,
+    })?;
+    *child = Some(started.child);
+    let rec = c.load()?;
     let state = rec.oci_state();
     hooks::run(&bundle.spec, HookKind::Prestart, &state)?;
     hooks::run(&bundle.spec, HookKind::CreateRuntime, &state)?;
-    Ok(rec)
+    Ok((rec, started.warnings))
 }
 
 /// Kills what runs for `c` (the VMM, then the monitor) and waits until it is gone.
@@ -166,7 +168,7 @@ pub fn start(root: &Path, id: &str) -> Result<Option<OciError>, OciError> {
         &[Status::Created],
         "only a created container starts",
     )?;
-    monitor::request(&c, "start")?;
+    oci_monitor::request(&c, "start")?;
     let rec = c.load()?;
     let spec = saved_spec(&c)?;
     Ok(hooks::run_warn(
@@ -184,7 +186,7 @@ pub fn pause(root: &Path, id: &str) -> Result<(), OciError> {
         &[Status::Running],
         "only a running container pauses",
     )?;
-    monitor::request(&c, "pause")
+    oci_monitor::request(&c, "pause")
 }
 
 /// Resumes a paused container.
@@ -195,7 +197,7 @@ pub fn resume(root: &Path, id: &str) -> Result<(), OciError> {
         &[Status::Paused],
         "only a paused container resumes",
     )?;
-    monitor::request(&c, "resume")
+    oci_monitor::request(&c, "resume")
 }
 
 const LIVE: &[Status] = &[Status::Created, Status::Running, Status::Paused];
@@ -348,16 +350,4 @@ fn unexpected(c: &ContainerDir, r: Response) -> OciError {
         id: c.id.clone(),
         reason: format!("unexpected agent answer {r:?}"),
     }
-}
-
-/// Polls until `f` is true or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    f()
 }

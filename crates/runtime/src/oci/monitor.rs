@@ -31,6 +31,8 @@ use crate::agent::{Agent, Control};
 use crate::home::{pid_alive, process_start_time};
 use crate::instance::{self, Stdio};
 use crate::paths;
+use crate::signals;
+use crate::sync::SyncWriter;
 use crate::tty;
 use crate::vm::VmConfig;
 use crate::RuntimeError;
@@ -482,5 +484,49 @@ pub fn request(c: &ContainerDir, cmd: &str) -> Result<(), OciError> {
         "ok" => Ok(()),
         "" => Err(err(format!("no answer to {cmd} (the monitor exited)"))),
         other => Err(err(other.trim_start_matches("error: ").to_owned())),
+    }
+}
+
+/// The container monitor's job ([`crate::monitor::Job::Container`]): boots the VM and
+/// creates the container, forwards the signals it gets to the container, reports "ready" on
+/// `sync` once the container is created (or why not), and exits with the container's status
+/// (dying by its signal). Its stdio is the container's: nothing is printed.
+pub fn run(root: &Path, id: &str, console: Option<&Path>, sync: SyncWriter) -> i32 {
+    let m = match ContainerDir::open(root, id).and_then(|c| Monitor::boot(c, console)) {
+        Ok(m) => m,
+        Err(e) => {
+            sync.failed(&e);
+            return 1;
+        }
+    };
+    let mut warnings = Vec::new();
+    if !m.left_out().is_empty() {
+        warnings.push(format!(
+            "container {}: bind mounts of single files are not shared with the VM yet, left out: {}",
+            m.id(),
+            m.left_out().join(", ")
+        ));
+    }
+    let (agent, cid) = (m.agent().clone(), m.id().to_owned());
+    let forwarded = signals::forward(move |sig| {
+        let _ = agent.signal(&cid, sig);
+    });
+    if let Err(e) = forwarded
+        .map_err(OciError::Signals)
+        .and_then(|()| m.serve())
+    {
+        sync.failed(&e);
+        return 1;
+    }
+    sync.ready(warnings);
+    match m.wait() {
+        // Validated again: only a signal that ends a process is re-raised here (a reported
+        // SIGSTOP would stop the monitor, and everyone waiting on it).
+        Ok(st) => match st.validated().signal {
+            Some(sig) => signals::die_by(sig),
+            None => st.code,
+        },
+        // Recorded (`failed`, with why) where it can be.
+        Err(_) => 1,
     }
 }

@@ -1,7 +1,6 @@
-//! Signals to a process that stands for a container (the monitor, `run`, `exec`): forwarded
+//! Signals to a process that stands for a container (a monitor, `run`, `exec`): forwarded
 //! to the container's process; and dying by the signal that killed the container.
 
-use anyhow::{Context, Result};
 use nix::sys::signal::{raise, SigSet, Signal};
 
 const FORWARDED: [Signal; 6] = [
@@ -15,12 +14,12 @@ const FORWARDED: [Signal; 6] = [
 
 /// Blocks the forwarded signals in this thread (call before starting other threads: they
 /// inherit the mask) and calls `to(signal)` on a thread for each that arrives.
-pub fn forward(to: impl Fn(i32) + Send + 'static) -> Result<()> {
+pub fn forward(to: impl Fn(i32) + Send + 'static) -> Result<(), nix::Error> {
     let mut set = SigSet::empty();
     for s in FORWARDED {
         set.add(s);
     }
-    set.thread_block().context("blocking signals")?;
+    set.thread_block()?;
     std::thread::spawn(move || {
         while let Ok(sig) = set.wait() {
             to(sig as i32);
