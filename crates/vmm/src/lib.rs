@@ -15,6 +15,7 @@ pub mod layout;
 pub mod logger;
 pub mod memory;
 pub mod regs;
+pub mod seccomp;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

@@ -64,6 +64,9 @@ struct Cli {
     /// Copy the kernel and initrds into guest RAM instead of mapping them copy-on-write.
     #[arg(long)]
     copy_boot_files: bool,
+    /// Run without the seccomp filters: for debugging only (the VMM log says so).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 impl Cli {
@@ -105,18 +108,37 @@ impl Cli {
 fn run(cli: Cli, start: Instant) -> anyhow::Result<ExitCode> {
     let cfg = VmConfig::load(cli.config.as_deref(), cli.overrides()?)
         .context("invalid VM configuration")?;
-    let opts = VmOptions {
+    let mut opts = VmOptions {
         start,
         handle_signals: true,
         serial_input: true,
         ..Default::default()
     };
+    seccomp_setup(cli.no_seccomp, &mut opts)?;
     let report = crx_vmm::run_vm(&cfg, opts).context("cannot run the VM")?;
     let code = report.exit.exit_code();
     if !report.exit.is_clean() || std::env::var_os("CRX_VMM_DEBUG").is_some() {
         log(&format!("crx-vmm: {}", report.exit));
     }
     Ok(ExitCode::from(code as u8))
+}
+
+/// Turns the per-thread seccomp filters on (ADR 0010), or says in the log that they are off;
+/// adds the test-only probe device when a debug build is asked for it.
+fn seccomp_setup(no_seccomp: bool, opts: &mut VmOptions) -> anyhow::Result<()> {
+    use crx_vmm::seccomp::probe;
+    if no_seccomp {
+        log("crx-vmm: seccomp: off (--no-seccomp, for debugging only)");
+    } else {
+        crx_vmm::seccomp::enable().context("cannot enable seccomp")?;
+    }
+    if probe::requested() {
+        let (dev, sub) = probe::create().context("seccomp probe")?;
+        opts.extra_mmio
+            .push((probe::PROBE_MMIO_BASE, probe::PROBE_MMIO_LEN, dev));
+        opts.subscribers.push(sub);
+    }
+    Ok(())
 }
 
 /// Writes a line to stderr; a closed stderr must not turn a clean exit into a panic.

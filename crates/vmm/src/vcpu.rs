@@ -47,6 +47,13 @@ pub struct Vcpu {
 impl Vcpu {
     /// Runs until the VM stops; the reason (if this vCPU caused it) goes to the exit latch.
     pub fn run(mut self) {
+        if let Err(e) = crate::seccomp::enter_vcpu(&self.stop) {
+            self.exit.set(VmExit::VcpuFailed {
+                vcpu: self.id,
+                detail: e.to_string(),
+            });
+            return;
+        }
         loop {
             if self.stop.load(Ordering::Acquire) {
                 if std::env::var_os("CRX_VMM_DEBUG").is_some() {

@@ -59,6 +59,9 @@ pub enum VmError {
     /// virtio devices.
     #[error(transparent)]
     Virtio(#[from] crate::virtio::VirtioError),
+    /// A thread's seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// A vCPU thread could not be spawned.
     #[error("cannot spawn vCPU thread {0}")]
     SpawnVcpu(u8, #[source] std::io::Error),
@@ -349,6 +352,11 @@ impl Vm {
                     return Err(VmError::SpawnVcpu(id, e));
                 }
             }
+        }
+        // Both threads' filters are in force before vCPU 0 enters the guest (ADR 0010).
+        if let Err(e) = crate::seccomp::enter_main() {
+            self.stop_vcpus(threads);
+            return Err(e.into());
         }
         let result = self.event_loop.run_until_exit();
         self.stop_vcpus(threads);
