@@ -1,7 +1,7 @@
 //! Virtio devices over the virtio-mmio transport (virtio 1.x "modern" only, register layout
 //! version 2).
 //!
-//! Shape: each device ([`blk::Block`], [`rng::Rng`], [`vsock::Vsock`]) implements
+//! Shape: each device ([`blk::Block`], [`net::Net`], [`rng::Rng`], [`vsock::Vsock`]) implements
 //! [`VirtioDevice`]: config space, features and pure queue handlers that take guest memory and
 //! the queues as arguments (unit-tested with `virtio_queue::mock`). [`MmioTransport`] owns the
 //! register state and the queues and implements [`BusDevice`](crate::bus::BusDevice) for the
@@ -13,6 +13,7 @@ pub mod blk;
 pub mod fs;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod net;
 mod queue;
 pub mod ratelimit;
 pub mod rng;
@@ -38,6 +39,8 @@ pub use virtio_queue::Queue;
 pub use vm_memory::GuestMemoryMmap;
 pub use vmm_sys_util::eventfd::EventFd;
 
+/// Virtio device type of a network device.
+pub const TYPE_NET: u32 = 1;
 /// Virtio device type of a block device.
 pub const TYPE_BLOCK: u32 = 2;
 /// Virtio device type of an entropy source.

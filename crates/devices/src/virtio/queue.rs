@@ -1,8 +1,10 @@
 //! Helpers over `virtio_queue::Queue` that never log without a rate limit and never panic on
 //! guest-controlled ring contents.
 
+use std::sync::atomic::Ordering;
+
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 use crate::guest_warn;
 
@@ -40,6 +42,47 @@ pub fn add_used(queue: &mut Queue, mem: &Mem, head: u16, len: u32) -> bool {
             false
         }
     }
+}
+
+/// Puts several `(head, len)` elements in the used ring and publishes them with one index
+/// update, so the driver never sees some of them without the others (a frame spread over
+/// mergeable receive buffers). Returns whether they were added: none is when a head lies
+/// beyond the queue size or the ring cannot be written.
+pub fn add_used_batch(queue: &mut Queue, mem: &Mem, elems: &[(u16, u32)]) -> bool {
+    let size = queue.size();
+    if elems.is_empty() || size == 0 || elems.len() > usize::from(size) {
+        return false;
+    }
+    if let Some(&(head, _)) = elems.iter().find(|(head, _)| *head >= size) {
+        guest_warn!("virtio: descriptor head {head} beyond queue size {size}");
+        return false;
+    }
+    let used = GuestAddress(queue.used_ring());
+    let start = queue.next_used();
+    for (i, &(head, len)) in elems.iter().enumerate() {
+        let slot = u64::from(start.wrapping_add(i as u16) % size);
+        let Some(at) = used.checked_add(4 + 8 * slot) else {
+            return false;
+        };
+        let mut elem = [0u8; 8];
+        elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        elem[4..].copy_from_slice(&len.to_le_bytes());
+        if let Err(e) = mem.write_slice(&elem, at) {
+            guest_warn!("virtio: cannot add to the used ring: {e}");
+            return false;
+        }
+    }
+    let next = start.wrapping_add(elems.len() as u16);
+    let Some(idx_at) = used.checked_add(2) else {
+        return false;
+    };
+    // Release: the elements are visible before the index that publishes them.
+    if let Err(e) = mem.store(next.to_le(), idx_at, Ordering::Release) {
+        guest_warn!("virtio: cannot publish the used ring: {e}");
+        return false;
+    }
+    queue.set_next_used(next);
+    true
 }
 
 /// Whether the rings of a ready queue lie in guest memory and are aligned (checked once at
