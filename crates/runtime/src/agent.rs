@@ -80,6 +80,39 @@ impl Control {
         self.client
             .call_waiting(request, self.agent.timeout, CHECK_EVERY, &mut probe)
     }
+
+    /// Waits for the process `exec_id` of container `id` (its init with `None`) while
+    /// `alive()` says its VM runs (see [`Control::wait_while`]); its exit status, validated
+    /// (guest input: [`crx_proto::ExitStatus::validated`]). The agent keeps the status: a later wait
+    /// returns it again.
+    pub fn wait(
+        &mut self,
+        id: &str,
+        exec_id: Option<&str>,
+        alive: impl FnMut() -> bool,
+    ) -> Result<crx_proto::ExitStatus, RuntimeError> {
+        let request = crx_proto::Request::Wait {
+            id: id.to_owned(),
+            exec_id: exec_id.map(str::to_owned),
+        };
+        match self.wait_while(request, alive)? {
+            Response::Exited(s) => {
+                crate::trace::mark("exit seen");
+                Ok(s.validated())
+            }
+            other => Err(RuntimeError::Agent(ClientError::Unexpected(Box::new(
+                other,
+            )))),
+        }
+    }
+}
+
+/// A new exec id, unique on this host (`exec-PID-NANOS`).
+pub fn new_exec_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("exec-{}-{nanos:x}", std::process::id())
 }
 
 /// Opens a stream to guest `port`: connect to the socket, `CONNECT <port>\n`, `OK <n>\n`,

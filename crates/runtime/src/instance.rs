@@ -1,16 +1,14 @@
 //! Instances: a home, a VMM process, a container created through the agent.
 
-use std::io::{self, IsTerminal, Read, Write};
-use std::os::fd::AsFd;
+use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crx_image::Store;
-use crx_proto::{Request, Response, Rootfs, StreamKind, WritableLayer};
+use crx_proto::{Request, Rootfs, StreamKind, WritableLayer};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -18,9 +16,9 @@ use crate::agent::{Agent, Control};
 use crate::error::{io, RuntimeError};
 use crate::home::{self, Home, Status};
 use crate::paths;
+use crate::relay::{self, PtyEnds, Relay};
 use crate::spec::{self, ProcessOptions};
 use crate::trace;
-use crate::tty;
 use crate::vm::VmConfig;
 
 /// What `crx run` asks for.
@@ -37,6 +35,7 @@ pub struct RunConfig {
 }
 
 pub use crate::agent::agent_timeout;
+pub use crate::relay::{open_stdio, Stdio};
 
 /// A started container: its home, its VMM (a child of this process), the agent, and its
 /// stdio streams or, with `process.terminal`, its pty stream (foreground runs only).
@@ -48,14 +47,6 @@ pub struct Started {
     pub control: Control,
     pub stdio: Option<Stdio>,
     pub pty: Option<UnixStream>,
-}
-
-/// The host ends of a process's stdio streams.
-#[derive(Debug)]
-pub struct Stdio {
-    pub stdin: UnixStream,
-    pub stdout: UnixStream,
-    pub stderr: UnixStream,
 }
 
 /// The image store under `root`.
@@ -209,15 +200,6 @@ fn start_monitor(root: &Path, home: &Home, rm: bool) -> Result<(), RuntimeError>
         })
 }
 
-/// Opens stdin, stdout and stderr streams of `id` (or its exec).
-pub fn open_stdio(agent: &Agent, id: &str, exec_id: Option<&str>) -> Result<Stdio, RuntimeError> {
-    Ok(Stdio {
-        stdin: agent.open_stream(id, exec_id, StreamKind::Stdin)?,
-        stdout: agent.open_stream(id, exec_id, StreamKind::Stdout)?,
-        stderr: agent.open_stream(id, exec_id, StreamKind::Stderr)?,
-    })
-}
-
 /// Kills the VMM and removes the home of a start that failed half-way.
 struct Cleanup {
     home: Option<PathBuf>,
@@ -233,171 +215,6 @@ impl Drop for Cleanup {
         if let Some(dir) = self.home.take() {
             let _ = std::fs::remove_dir_all(dir);
         }
-    }
-}
-
-/// Copies the process's stdout and stderr to ours and (with `interactive`) our stdin to it,
-/// ending its stdin at our end of file (at once without `interactive`), then waits for the
-/// process on `control` and returns its exit code. Output that arrives after the exit is
-/// drained for up to two seconds.
-pub fn pump_and_wait(
-    control: &mut Control,
-    id: &str,
-    exec_id: Option<&str>,
-    stdio: Stdio,
-    interactive: bool,
-) -> Result<i32, RuntimeError> {
-    pump_and_wait_while(control, id, exec_id, stdio, interactive, || true).map(|s| s.code)
-}
-
-/// [`pump_and_wait`] whose wait also ends when `alive()` says the VM is gone (see
-/// [`Control::wait_while`]); the whole exit status, validated.
-pub fn pump_and_wait_while(
-    control: &mut Control,
-    id: &str,
-    exec_id: Option<&str>,
-    stdio: Stdio,
-    interactive: bool,
-    alive: impl FnMut() -> bool,
-) -> Result<crx_proto::ExitStatus, RuntimeError> {
-    let (done_tx, done_rx) = mpsc::channel();
-    for (src, is_err) in [(stdio.stdout, false), (stdio.stderr, true)] {
-        let tx = done_tx.clone();
-        thread::spawn(move || {
-            let _ = copy_out(src, is_err);
-            let _ = tx.send(());
-        });
-    }
-    // End of our stdin is a half-close of the stream: the VMM passes it on as a vsock
-    // SHUTDOWN, and the process reads what was sent, then end-of-file. (The agent's
-    // `close_stdin` would drop data still in flight.)
-    let stdin = stdio.stdin;
-    if interactive {
-        let mut sink = stdin.try_clone().map_err(|source| RuntimeError::Stream {
-            what: "stdin".into(),
-            source,
-        })?;
-        thread::spawn(move || {
-            let _ = io::copy(&mut io::stdin().lock(), &mut sink);
-            let _ = sink.shutdown(std::net::Shutdown::Write);
-        });
-    } else {
-        let _ = stdin.shutdown(std::net::Shutdown::Write);
-    }
-    let status = wait_status(control, id, exec_id, alive)?;
-    drop(stdin);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    for _ in 0..2 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if done_rx.recv_timeout(left).is_err() {
-            break;
-        }
-    }
-    Ok(status)
-}
-
-/// [`pump_and_wait`] for a process with a terminal: its pty stream is relayed with our stdout
-/// and (with `interactive`) our stdin, which is put in raw mode when it is a terminal (restored
-/// when this returns, whichever way); the window size of our terminal (stdin's, else stdout's)
-/// is sent at start and when it changes (see [`tty::pump`]).
-pub fn pump_tty_and_wait(
-    control: &mut Control,
-    agent: &Agent,
-    id: &str,
-    exec_id: Option<&str>,
-    pty: UnixStream,
-    interactive: bool,
-) -> Result<i32, RuntimeError> {
-    let dup = |fd: std::os::fd::BorrowedFd<'_>, what: &str| {
-        fd.try_clone_to_owned()
-            .map_err(|source| RuntimeError::Stream {
-                what: what.into(),
-                source,
-            })
-    };
-    let (stdin, stdout) = (io::stdin(), io::stdout());
-    let _raw = if interactive && stdin.is_terminal() {
-        let raw = tty::RawMode::enter(stdin.as_fd()).map_err(|e| RuntimeError::Stream {
-            what: "our terminal (raw mode)".into(),
-            source: io::Error::other(e),
-        })?;
-        Some(raw)
-    } else {
-        None
-    };
-    let size_of = if stdin.is_terminal() {
-        Some(dup(stdin.as_fd(), "stdin")?)
-    } else if stdout.is_terminal() {
-        Some(dup(stdout.as_fd(), "stdout")?)
-    } else {
-        None
-    };
-    let input = if interactive {
-        Some(dup(stdin.as_fd(), "stdin")?)
-    } else {
-        None
-    };
-    let output = dup(stdout.as_fd(), "stdout")?;
-    let resize = tty::agent_resizer(agent.clone(), id.to_owned(), exec_id.map(str::to_owned));
-    let (done_tx, done_rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tty::pump(input, output, pty, size_of, resize);
-        let _ = done_tx.send(());
-    });
-    let code = wait_code(control, id, exec_id)?;
-    let _ = done_rx.recv_timeout(Duration::from_secs(2));
-    Ok(code)
-}
-
-/// Waits for the process on `control`; its exit code (validated: guest input).
-fn wait_code(control: &mut Control, id: &str, exec_id: Option<&str>) -> Result<i32, RuntimeError> {
-    Ok(wait_status(control, id, exec_id, || true)?.code)
-}
-
-/// Waits for the process on `control` while `alive()` says its VM runs (see
-/// [`Control::wait_while`]); its exit status, validated ([`crx_proto::ExitStatus::validated`]).
-pub fn wait_status(
-    control: &mut Control,
-    id: &str,
-    exec_id: Option<&str>,
-    alive: impl FnMut() -> bool,
-) -> Result<crx_proto::ExitStatus, RuntimeError> {
-    let request = Request::Wait {
-        id: id.to_owned(),
-        exec_id: exec_id.map(str::to_owned),
-    };
-    match control.wait_while(request, alive)? {
-        Response::Exited(s) => {
-            trace::mark("exit seen");
-            Ok(s.validated())
-        }
-        other => Err(RuntimeError::Agent(crx_proto::ClientError::Unexpected(
-            Box::new(other),
-        ))),
-    }
-}
-
-/// Copies `src` to our stdout or stderr until end-of-file. When ours is closed (`crx run |
-/// head -1`) the rest is read and dropped, so that the container never blocks on a full stream.
-fn copy_out(mut src: UnixStream, is_err: bool) -> io::Result<()> {
-    let mut buf = [0u8; 16384];
-    let mut broken = false;
-    loop {
-        let n = src.read(&mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        if broken {
-            continue;
-        }
-        let written = if is_err {
-            let mut e = io::stderr().lock();
-            e.write_all(&buf[..n]).and_then(|()| e.flush())
-        } else {
-            let mut o = io::stdout().lock();
-            o.write_all(&buf[..n]).and_then(|()| o.flush())
-        };
-        broken = written.is_err();
     }
 }
 
@@ -476,7 +293,7 @@ pub fn remove(root: &Path, key: &str, force: bool) -> Result<Home, RuntimeError>
 }
 
 /// Runs `args` in the running instance `key` (its container's env, cwd and user) and returns
-/// the exit code; with `tty`, in a terminal of its own ([`pump_tty_and_wait`]).
+/// the exit code; with `tty`, in a terminal of its own ([`PtyEnds::ours`]).
 /// `on_started(agent, id, exec_id)` is called once the process runs (to forward signals to it).
 pub fn exec(
     root: &Path,
@@ -494,21 +311,21 @@ pub fn exec(
     let mut process = spec["process"].clone();
     process["args"] = serde_json::json!(args);
     process["terminal"] = serde_json::json!(tty);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let exec_id = format!("exec-{}-{nanos:x}", std::process::id());
+    let exec_id = crate::agent::new_exec_id();
     let id = home.state.id.clone();
     let agent = Agent::new(home.vsock_path());
     let mut control = agent.control()?;
-    enum Attach {
-        Stdio(Stdio),
-        Pty(UnixStream),
-    }
-    let attach = if tty {
-        Attach::Pty(agent.open_stream(&id, Some(&exec_id), StreamKind::Pty)?)
+    let relay = if tty {
+        let stream = agent.open_stream(&id, Some(&exec_id), StreamKind::Pty)?;
+        Relay::Pty {
+            stream,
+            ends: PtyEnds::ours(interactive)?,
+        }
     } else {
-        Attach::Stdio(open_stdio(&agent, &id, Some(&exec_id))?)
+        Relay::Stdio {
+            streams: open_stdio(&agent, &id, Some(&exec_id))?,
+            interactive,
+        }
     };
     control.call(Request::Exec {
         id: id.clone(),
@@ -516,12 +333,6 @@ pub fn exec(
         process,
     })?;
     on_started(&agent, &id, &exec_id);
-    match attach {
-        Attach::Stdio(stdio) => {
-            pump_and_wait(&mut control, &id, Some(&exec_id), stdio, interactive)
-        }
-        Attach::Pty(pty) => {
-            pump_tty_and_wait(&mut control, &agent, &id, Some(&exec_id), pty, interactive)
-        }
-    }
+    let alive = || home.vmm_alive();
+    Ok(relay::relay_and_wait(&mut control, &agent, &id, Some(&exec_id), relay, alive)?.code)
 }

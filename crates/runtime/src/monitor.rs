@@ -188,9 +188,7 @@ fn instance_monitor(root: &Path, id: &str, rm: bool, sync: SyncWriter) -> i32 {
     };
     sync.ready(Vec::new());
     let vmm = h.state.vmm_pid;
-    let waited = instance::wait_status(&mut control, &h.state.id, None, || {
-        vmm.is_some_and(home::pid_alive)
-    });
+    let waited = control.wait(&h.state.id, None, || vmm.is_some_and(home::pid_alive));
     if let Ok(s) = waited {
         let _ = h.set_exit(s.code);
     }

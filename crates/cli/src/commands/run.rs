@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use crx_runtime::instance::{self, RunConfig};
+use crx_runtime::relay::{self, PtyEnds, Relay};
 use crx_runtime::ProcessOptions;
 
 use crate::signals::{Forwarder, Target};
@@ -85,15 +86,21 @@ pub fn run(root: &Path, mut a: Args) -> Result<i32> {
         id: id.clone(),
         exec_id: None,
     });
-    let waited = match (s.pty.take(), s.stdio.take()) {
-        (Some(pty), _) => {
-            instance::pump_tty_and_wait(&mut s.control, &s.agent, &id, None, pty, a.interactive)
-        }
-        (None, Some(stdio)) => {
-            instance::pump_and_wait(&mut s.control, &id, None, stdio, a.interactive)
-        }
+    let relay = match (s.pty.take(), s.stdio.take()) {
+        (Some(stream), _) => Relay::Pty {
+            stream,
+            ends: PtyEnds::ours(a.interactive)?,
+        },
+        (None, Some(streams)) => Relay::Stdio {
+            streams,
+            interactive: a.interactive,
+        },
         (None, None) => unreachable!("foreground runs have stdio or a pty"),
     };
+    let vmm = s.vmm.id();
+    let alive = || crx_runtime::home::pid_alive(vmm);
+    let waited =
+        relay::relay_and_wait(&mut s.control, &s.agent, &id, None, relay, alive).map(|st| st.code);
     if let Ok(code) = waited {
         s.home.set_exit(code)?;
     }

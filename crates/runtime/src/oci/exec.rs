@@ -10,8 +10,8 @@ use super::error::{io, OciError};
 use super::lifecycle::saved_spec;
 use super::state::Status;
 use crate::agent::Agent;
-use crate::instance;
 use crate::monitor::{self, Job};
+use crate::relay::{self, PtyEnds, Relay};
 use crate::sync::{Report, SyncWriter};
 use crate::tty;
 
@@ -95,44 +95,17 @@ pub fn exec(
     if terminal && console.is_none() {
         return Err(OciError::NoConsoleSocket);
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let exec_id = format!("exec-{}-{nanos:x}", std::process::id());
+    let exec_id = crate::agent::new_exec_id();
     let agent = Agent::new(c.vsock_path());
     let mut control = agent.control()?;
-    if let (true, Some(console)) = (terminal, console) {
-        let stream = agent.open_stream(id, Some(&exec_id), StreamKind::Pty)?;
-        control
-            .call(Request::Exec {
-                id: id.to_owned(),
-                exec_id: exec_id.clone(),
-                process,
-            })
-            .map_err(crate::RuntimeError::from)?;
-        let pair = tty::open_pty()?;
-        tty::send_console(console, &pair.master, tty::PTMX_NAME)?;
-        drop(pair.master);
-        on_started(&agent, id, &exec_id);
-        let dup = |fd: &std::os::fd::OwnedFd| {
-            fd.try_clone()
-                .map_err(|source| crate::RuntimeError::Stream {
-                    what: "the console's pty".into(),
-                    source,
-                })
-        };
-        let (input, output) = (dup(&pair.slave)?, dup(&pair.slave)?);
-        let resize = tty::agent_resizer(agent.clone(), id.to_owned(), Some(exec_id.clone()));
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tty::pump(Some(input), output, stream, Some(pair.slave), resize);
-            let _ = done_tx.send(());
-        });
-        let status = instance::wait_status(&mut control, id, Some(&exec_id), || running(&c))?;
-        let _ = done_rx.recv_timeout(std::time::Duration::from_secs(2));
-        return Ok(status.code);
-    }
-    let stdio = instance::open_stdio(&agent, id, Some(&exec_id))?;
+    let pty = match terminal {
+        true => Some(agent.open_stream(id, Some(&exec_id), StreamKind::Pty)?),
+        false => None,
+    };
+    let stdio = match terminal {
+        true => None,
+        false => Some(relay::open_stdio(&agent, id, Some(&exec_id))?),
+    };
     control
         .call(Request::Exec {
             id: id.to_owned(),
@@ -140,11 +113,25 @@ pub fn exec(
             process,
         })
         .map_err(crate::RuntimeError::from)?;
+    let relay = match (pty, stdio, console) {
+        (Some(stream), _, Some(console)) => {
+            let pair = tty::open_pty()?;
+            tty::send_console(console, &pair.master, tty::PTMX_NAME)?;
+            drop(pair.master);
+            Relay::Pty {
+                stream,
+                ends: PtyEnds::slave(pair.slave)?,
+            }
+        }
+        (None, Some(streams), _) => Relay::Stdio {
+            streams,
+            interactive: true,
+        },
+        _ => return Err(OciError::NoConsoleSocket),
+    };
     on_started(&agent, id, &exec_id);
-    let status =
-        instance::pump_and_wait_while(&mut control, id, Some(&exec_id), stdio, true, || {
-            running(&c)
-        })?;
+    let alive = || running(&c);
+    let status = relay::relay_and_wait(&mut control, &agent, id, Some(&exec_id), relay, alive)?;
     Ok(status.code)
 }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crx_proto::{ExitStatus, Request, Response, StreamKind};
+use crx_proto::{ExitStatus, Request, StreamKind};
 
 use super::bundle::{fit_cpus, guest_spec, vm_size};
 use super::cgroup;
@@ -29,8 +29,9 @@ use super::rootfs::{self, Shares};
 use super::state::{Phase, Record};
 use crate::agent::{Agent, Control};
 use crate::home::{pid_alive, process_start_time};
-use crate::instance::{self, Stdio};
+use crate::instance;
 use crate::paths;
+use crate::relay::{self, PtyEnds, Relay, Stdio};
 use crate::signals;
 use crate::sync::SyncWriter;
 use crate::tty;
@@ -150,13 +151,19 @@ impl Monitor {
         let id = self.c.id.clone();
         let pid = self.vmm.id();
         let vm_alive = move || pid_alive(pid);
-        let waited = match self.attach.take() {
-            Some(Attach::Stdio(stdio)) => {
-                instance::pump_and_wait_while(&mut self.control, &id, None, stdio, true, vm_alive)
+        let relay = match self.attach.take() {
+            Some(Attach::Stdio(streams)) => Ok(Relay::Stdio {
+                streams,
+                interactive: true,
+            }),
+            Some(Attach::Pty { stream, slave }) => {
+                PtyEnds::slave(slave).map(|ends| Relay::Pty { stream, ends })
             }
-            Some(Attach::Pty { stream, slave }) => self.relay_pty(stream, slave),
             None => Err(RuntimeError::Agent(crx_proto::ClientError::Closed)),
         };
+        let (control, agent) = (&mut self.control, &self.agent);
+        let status =
+            relay.and_then(|r| relay::relay_and_wait(control, agent, &id, None, r, vm_alive));
         let died = {
             let mut vm = lock_vm(&self.vm);
             vm.stopping = true;
@@ -167,16 +174,6 @@ impl Monitor {
             self.stop_vm(Duration::from_secs(2));
             return Err(OciError::Monitor { id, reason });
         }
-        // The agent keeps the status: a second wait returns it whole (code and signal).
-        let status = waited.map(|first| {
-            match self.control.call(Request::Wait {
-                id: id.clone(),
-                exec_id: None,
-            }) {
-                Ok(Response::Exited(s)) => s.validated(),
-                _ => first,
-            }
-        });
         {
             let mut r = lock(&self.record);
             r.phase = Phase::Stopped;
@@ -251,34 +248,6 @@ fn watch_backends(
     });
 }
 
-impl Monitor {
-    /// Relays the terminal until the process exits; its exit status (validated).
-    fn relay_pty(
-        &mut self,
-        stream: UnixStream,
-        slave: OwnedFd,
-    ) -> Result<ExitStatus, RuntimeError> {
-        let dup = |fd: &OwnedFd| {
-            fd.try_clone().map_err(|source| RuntimeError::Stream {
-                what: "the console's pty".into(),
-                source,
-            })
-        };
-        let (input, output) = (dup(&slave)?, dup(&slave)?);
-        let resize = tty::agent_resizer(self.agent.clone(), self.c.id.clone(), None);
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tty::pump(Some(input), output, stream, Some(slave), resize);
-            let _ = done_tx.send(());
-        });
-        let pid = self.vmm.id();
-        let status =
-            instance::wait_status(&mut self.control, &self.c.id, None, move || pid_alive(pid))?;
-        let _ = done_rx.recv_timeout(Duration::from_secs(2));
-        Ok(status)
-    }
-}
-
 fn boot_vm(
     c: &ContainerDir,
     rec: &mut Record,
@@ -334,7 +303,7 @@ fn boot_vm(
     };
     let stdio = match stream {
         Some(_) => None,
-        None => Some(instance::open_stdio(&agent, &c.id, None)?),
+        None => Some(relay::open_stdio(&agent, &c.id, None)?),
     };
     control
         .call(Request::CreateContainer {
