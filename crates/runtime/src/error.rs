@@ -13,6 +13,12 @@ pub enum RuntimeError {
         "crx-vmm not found next to {exe} (build it with `cargo build -p crx-vmm` or set CRX_VMM)"
     )]
     VmmMissing { exe: PathBuf },
+    #[error("writing the VM config {path}")]
+    VmConfig {
+        path: PathBuf,
+        #[source]
+        source: crx_vmconfig::ConfigError,
+    },
     #[error("starting crx-vmm {path}")]
     SpawnVmm {
         path: PathBuf,

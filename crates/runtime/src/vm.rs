@@ -1,4 +1,5 @@
-//! Starting a `crx-vmm` process for an instance.
+//! Starting a `crx-vmm` process for an instance: the typed VM description (`crx-vmconfig`)
+//! written to the instance's `vm.toml`, then `crx-vmm --config vm.toml`.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -28,9 +29,9 @@ pub struct VmConfig {
     /// SIGKILL the VMM when the thread that started it dies (a foreground `crx run` that is
     /// killed takes its VM along; `crx gc` then removes the home).
     pub die_with_parent: bool,
-    /// Log the guest's boot-timer marks to `vmm_log` (`--boot-timer`).
+    /// Log the guest's boot-timer marks to `vmm_log` (`boot_timer`).
     pub boot_timer: bool,
-    /// virtio-fs devices (`crx-vmm --fs TAG=SOCKET`), each served by a running virtiofsd
+    /// virtio-fs devices (`[[fs]]` in the VM config), each served by a running virtiofsd
     /// ([`crate::virtiofs::Daemon`]); see [`VmConfig::add_fs`].
     pub fs: Vec<FsShare>,
 }
@@ -59,47 +60,54 @@ impl VmConfig {
         });
     }
 
-    /// The crx-vmm arguments.
-    pub fn args(&self) -> Vec<String> {
-        let p = |p: &Path| p.display().to_string();
-        let mut a = vec![
-            "--memory-mib".into(),
-            self.memory_mib.to_string(),
-            "--vcpus".into(),
-            self.vcpus.to_string(),
-            "--kernel".into(),
-            p(&self.boot.kernel.vmm_path()),
-            "--initrd".into(),
-            p(&self.boot.initrd.vmm_path()),
-            "--vsock-cid".into(),
-            GUEST_CID.to_string(),
-            "--vsock-uds".into(),
-            p(&self.vsock_uds),
-            "--serial".into(),
-            format!("file:{}", p(&self.console)),
-            "--init-args".into(),
-            "quiet".into(),
-            if self.boot_timer {
-                "--boot-timer"
-            } else {
-                "--no-boot-timer"
-            }
-            .into(),
-        ];
-        if !self.disk.as_os_str().is_empty() {
-            a.push("--disk".into());
-            a.push(format!("{}:ro", p(&self.disk)));
+    /// The VM as crx-vmm reads it (`crx-vmm --config`).
+    pub fn vmm_config(&self) -> crx_vmconfig::VmConfig {
+        use crx_vmconfig::{DiskConfig, FsConfig, SerialOutput, VsockConfig};
+        let disks = (!self.disk.as_os_str().is_empty()).then(|| DiskConfig {
+            path: self.disk.clone(),
+            read_only: true,
+        });
+        crx_vmconfig::VmConfig {
+            // Out of range on purpose when too large: crx-vmm refuses it naming the field.
+            vcpus: u8::try_from(self.vcpus).unwrap_or(u8::MAX),
+            initrds: vec![self.boot.initrd.vmm_path()],
+            init_args: Some("quiet".into()),
+            boot_timer: self.boot_timer,
+            serial: SerialOutput::File(self.console.clone()),
+            disks: disks.into_iter().collect(),
+            vsock: Some(VsockConfig {
+                guest_cid: GUEST_CID,
+                uds_path: self.vsock_uds.clone(),
+            }),
+            fs: self
+                .fs
+                .iter()
+                .map(|f| FsConfig {
+                    tag: f.tag.clone(),
+                    socket: f.socket.clone(),
+                })
+                .collect(),
+            ..crx_vmconfig::VmConfig::new(self.memory_mib.into(), self.boot.kernel.vmm_path())
         }
-        for f in &self.fs {
-            a.push("--fs".into());
-            a.push(format!("{}={}", f.tag, p(&f.socket)));
-        }
-        a
     }
 
-    /// Starts crx-vmm in its own process group (a terminal's Ctrl-C reaches `crx`, which
-    /// forwards it to the container, not the VMM).
+    /// Where [`VmConfig::spawn`] writes the VM's description: `vm.toml` next to the VMM's log,
+    /// in the instance's home (state) directory.
+    pub fn config_path(&self) -> PathBuf {
+        self.vmm_log.with_file_name("vm.toml")
+    }
+
+    /// Writes the VM's description ([`VmConfig::config_path`], 0600, atomically) and starts
+    /// `crx-vmm --config` on it in its own process group (a terminal's Ctrl-C reaches `crx`,
+    /// which forwards it to the container, not the VMM).
     pub fn spawn(&self) -> Result<Child, RuntimeError> {
+        let config = self.config_path();
+        self.vmm_config()
+            .write_private(&config)
+            .map_err(|source| RuntimeError::VmConfig {
+                path: config.clone(),
+                source,
+            })?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -111,7 +119,8 @@ impl VmConfig {
             crate::child::die_with_parent(&mut cmd);
         }
         crate::child::keep_fds(&mut cmd, self.boot.fds().to_vec());
-        cmd.args(self.args())
+        cmd.arg("--config")
+            .arg(&config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -121,6 +130,41 @@ impl VmConfig {
                 path: self.vmm.clone(),
                 source,
             })
+    }
+}
+
+/// A VM description in an anonymous file (a memfd), for a VM with no home directory of its
+/// own (`crx vm run`): crx-vmm inherits the descriptor ([`crate::child::keep_fds`]) and
+/// reads `--config /proc/self/fd/N` ([`ConfigFile::vmm_path`]); nothing is left on disk.
+#[derive(Debug)]
+pub struct ConfigFile {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl ConfigFile {
+    /// Writes `cfg` into a new anonymous file.
+    pub fn new(cfg: &crx_vmconfig::VmConfig) -> Result<Self, RuntimeError> {
+        use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+        let name = Path::new("vm.toml");
+        let text = cfg.to_toml().map_err(|source| RuntimeError::VmConfig {
+            path: name.to_owned(),
+            source,
+        })?;
+        let fd = memfd_create(c"vm.toml", MemFdCreateFlag::MFD_CLOEXEC)
+            .map_err(|e| io(name)(e.into()))?;
+        let mut f = std::fs::File::from(fd);
+        std::io::Write::write_all(&mut f, text.as_bytes()).map_err(io(name))?;
+        Ok(ConfigFile { fd: f.into() })
+    }
+
+    /// The descriptor crx-vmm must inherit.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.fd)
+    }
+
+    /// The path crx-vmm opens: the inherited descriptor (a fresh open, from offset 0).
+    pub fn vmm_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd()))
     }
 }
 
@@ -157,40 +201,56 @@ mod tests {
         }
     }
 
-    fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
-        args.windows(2)
-            .filter(|w| w[0] == flag)
-            .map(|w| w[1].as_str())
-            .collect()
-    }
-
     #[test]
-    fn fs_shares_become_fs_flags_and_an_empty_disk_none() {
+    fn fs_shares_become_fs_sections_and_an_empty_disk_none() {
         let mut vm = config("/img/rootfs.erofs");
-        assert_eq!(after(&vm.args(), "--disk"), ["/img/rootfs.erofs:ro"]);
-        assert!(after(&vm.args(), "--fs").is_empty());
+        let c = vm.vmm_config();
+        assert_eq!(
+            c.disks,
+            [crx_vmconfig::DiskConfig {
+                path: "/img/rootfs.erofs".into(),
+                read_only: true
+            }]
+        );
+        assert!(c.fs.is_empty());
         vm.disk = PathBuf::new();
         vm.add_fs("root", "/run/c/root.sock");
         vm.add_fs("vol0", Path::new("/run/c/vol0.sock"));
-        let a = vm.args();
-        assert!(after(&a, "--disk").is_empty());
+        let c = vm.vmm_config();
+        assert!(c.disks.is_empty());
+        let fs: Vec<_> = c.fs.iter().map(|f| (&*f.tag, &*f.socket)).collect();
         assert_eq!(
-            after(&a, "--fs"),
-            ["root=/run/c/root.sock", "vol0=/run/c/vol0.sock"]
+            fs,
+            [
+                ("root", Path::new("/run/c/root.sock")),
+                ("vol0", Path::new("/run/c/vol0.sock"))
+            ]
         );
     }
 
     #[test]
     fn the_vmm_is_handed_the_open_verified_files() {
         let vm = config("");
-        let a = vm.args();
+        let c = vm.vmm_config();
         assert_eq!(
-            after(&a, "--kernel"),
-            [format!("/proc/self/fd/{}", vm.boot.kernel.fd())]
+            c.kernel,
+            PathBuf::from(format!("/proc/self/fd/{}", vm.boot.kernel.fd()))
         );
         assert_eq!(
-            after(&a, "--initrd"),
-            [format!("/proc/self/fd/{}", vm.boot.initrd.fd())]
+            c.initrds,
+            [PathBuf::from(format!(
+                "/proc/self/fd/{}",
+                vm.boot.initrd.fd()
+            ))]
+        );
+        assert_eq!(c.memory_mib, 256);
+        assert_eq!(
+            c.serial,
+            crx_vmconfig::SerialOutput::File("/run/console".into())
+        );
+        assert_eq!(
+            c.vsock.map(|v| (v.guest_cid, v.uds_path)),
+            Some((GUEST_CID, "/run/v.sock".into()))
         );
     }
 
@@ -200,14 +260,15 @@ mod tests {
     fn a_rename_over_a_verified_file_does_not_reach_the_vmm() {
         let d = tempfile::tempdir().unwrap();
         let out = d.path().join("seen");
-        // A stand-in VMM: copies what its --kernel and --initrd arguments open.
+        // A stand-in VMM: copies the files its `--config` names as the kernel and initrds, in
+        // order, and keeps the config.
         let script = d.path().join("fake-vmm");
         std::fs::write(
             &script,
             format!(
-                "#!/bin/sh\nwhile [ $# -gt 0 ]; do\n\
-                 case $1 in --kernel|--initrd) cat \"$2\" >> {out}; echo >> {out};; esac\n\
-                 shift\ndone\n",
+                "#!/bin/sh\n[ \"$1\" = --config ] || exit 9\ncp \"$2\" {out}.toml\n\
+                 for f in $(grep -o '/proc/self/fd/[0-9]*' \"$2\"); do\n\
+                 cat \"$f\" >> {out}; echo >> {out}\ndone\n",
                 out = out.display()
             ),
         )
@@ -237,5 +298,21 @@ mod tests {
             std::fs::read_to_string(&out).unwrap(),
             "good kernel\ngood initrd\n"
         );
+        // The config it was given is the one written next to its log, private.
+        use std::os::unix::fs::PermissionsExt;
+        let written = vm.config_path();
+        assert_eq!(written, d.path().join("vm.toml"));
+        let mode = std::fs::metadata(&written).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let seen = crx_vmconfig::VmConfig::read(&out.with_extension("toml")).unwrap();
+        assert_eq!(seen, vm.vmm_config());
+    }
+
+    #[test]
+    fn a_config_file_reads_back_through_its_descriptor() {
+        let vm = config("/img/rootfs.erofs");
+        let f = ConfigFile::new(&vm.vmm_config()).unwrap();
+        let seen = crx_vmconfig::VmConfig::read(&f.vmm_path()).unwrap();
+        assert_eq!(seen, vm.vmm_config());
     }
 }

@@ -20,6 +20,6 @@ pub mod vcpu;
 pub mod virtio;
 pub mod vm;
 
-pub use config::{ConfigError, ConfigOverrides, VmConfig};
+pub use config::{ConfigError, VmConfig};
 pub use exit::VmExit;
 pub use vm::{run_vm, RunReport, Vm, VmError, VmOptions};

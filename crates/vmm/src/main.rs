@@ -11,10 +11,13 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use crx_vmm::config::{DiskConfig, FsConfig, SerialOutput};
-use crx_vmm::{ConfigOverrides, VmConfig, VmOptions};
+use crx_vmm::config::{ConfigError, DiskConfig, FsConfig, SerialOutput};
+use crx_vmm::{VmConfig, VmOptions};
 
 /// Run one KVM microVM: direct kernel boot, serial console, i8042 reset, boot timer.
+///
+/// The VM is described by a TOML file (`--config`, the `crx-vmconfig` schema); the other
+/// flags are for quick runs by hand and tests: each one given replaces the file's value.
 #[derive(Debug, Parser)]
 #[command(name = "crx-vmm", version)]
 struct Cli {
@@ -33,20 +36,17 @@ struct Cli {
     /// Initrd (repeatable; concatenated in order). Replaces the file's list.
     #[arg(long = "initrd")]
     initrds: Vec<PathBuf>,
-    /// Kernel command line (replaces the default).
-    #[arg(long)]
-    cmdline: Option<String>,
     /// Arguments appended to the command line for init, e.g. `crxrun=/bin/x`.
     #[arg(long)]
     init_args: Option<String>,
     /// Disk image `PATH` or `PATH:ro` (repeatable). Replaces the file's list.
     #[arg(long = "disk")]
     disks: Vec<String>,
-    /// vsock guest CID (3 or more).
-    #[arg(long)]
+    /// vsock guest CID (3 or more); needs --vsock-uds.
+    #[arg(long, requires = "vsock_uds")]
     vsock_cid: Option<u32>,
-    /// vsock host Unix socket path.
-    #[arg(long)]
+    /// vsock host Unix socket path; needs --vsock-cid.
+    #[arg(long, requires = "vsock_cid")]
     vsock_uds: Option<PathBuf>,
     /// virtio-fs device `TAG=SOCKET` served by a vhost-user backend (e.g. virtiofsd) listening
     /// on SOCKET (repeatable). Replaces the file's list.
@@ -56,11 +56,8 @@ struct Cli {
     #[arg(long)]
     serial: Option<String>,
     /// Log guest writes to the boot-timer port (0x440) on stderr.
-    #[arg(long, overrides_with = "no_boot_timer")]
-    boot_timer: bool,
-    /// Do not log boot-timer writes.
     #[arg(long)]
-    no_boot_timer: bool,
+    boot_timer: bool,
     /// Copy the kernel and initrds into guest RAM instead of mapping them copy-on-write.
     #[arg(long)]
     copy_boot_files: bool,
@@ -70,51 +67,81 @@ struct Cli {
 }
 
 impl Cli {
-    fn overrides(&self) -> anyhow::Result<ConfigOverrides> {
-        Ok(ConfigOverrides {
-            memory_mib: self.memory_mib,
-            vcpus: self.vcpus,
-            kernel: self.kernel.clone(),
-            initrds: self.initrds.clone(),
-            cmdline: self.cmdline.clone(),
-            init_args: self.init_args.clone(),
-            disks: self
+    /// The configuration: the file's (if any) with the flags' values put over it, validated.
+    fn vm_config(self) -> anyhow::Result<VmConfig> {
+        let mut cfg = match &self.config {
+            Some(p) => VmConfig::read(p)?,
+            None => VmConfig::new(
+                self.memory_mib.ok_or(ConfigError::Missing {
+                    field: "memory_mib",
+                })?,
+                "",
+            ),
+        };
+        self.apply(&mut cfg)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Puts each flag given over `cfg`'s value.
+    fn apply(self, cfg: &mut VmConfig) -> Result<(), ConfigError> {
+        fn set<T>(field: &mut T, flag: Option<T>) {
+            if let Some(v) = flag {
+                *field = v;
+            }
+        }
+        set(&mut cfg.memory_mib, self.memory_mib);
+        set(&mut cfg.vcpus, self.vcpus);
+        set(&mut cfg.kernel, self.kernel);
+        if !self.initrds.is_empty() {
+            cfg.initrds = self.initrds;
+        }
+        if self.init_args.is_some() {
+            cfg.init_args = self.init_args;
+        }
+        if !self.disks.is_empty() {
+            cfg.disks = self
                 .disks
                 .iter()
                 .map(|d| DiskConfig::parse_flag(d))
-                .collect(),
-            vsock_cid: self.vsock_cid,
-            vsock_uds: self.vsock_uds.clone(),
-            fs: self
+                .collect();
+        }
+        if let (Some(guest_cid), Some(uds_path)) = (self.vsock_cid, self.vsock_uds) {
+            cfg.vsock = Some(crx_vmm::config::VsockConfig {
+                guest_cid,
+                uds_path,
+            });
+        }
+        if !self.fs.is_empty() {
+            cfg.fs = self
                 .fs
                 .iter()
                 .map(|f| FsConfig::parse_flag(f))
-                .collect::<Result<_, _>>()?,
-            serial: self
-                .serial
+                .collect::<Result<_, _>>()?;
+        }
+        set(
+            &mut cfg.serial,
+            self.serial
                 .as_deref()
                 .map(SerialOutput::parse_flag)
                 .transpose()?,
-            boot_timer: match (self.boot_timer, self.no_boot_timer) {
-                (true, _) => Some(true),
-                (_, true) => Some(false),
-                _ => None,
-            },
-            copy_boot_files: self.copy_boot_files.then_some(true),
-        })
+        );
+        cfg.boot_timer |= self.boot_timer;
+        cfg.copy_boot_files |= self.copy_boot_files;
+        Ok(())
     }
 }
 
 fn run(cli: Cli, start: Instant) -> anyhow::Result<ExitCode> {
-    let cfg = VmConfig::load(cli.config.as_deref(), cli.overrides()?)
-        .context("invalid VM configuration")?;
+    let no_seccomp = cli.no_seccomp;
+    let cfg = cli.vm_config().context("invalid VM configuration")?;
     let mut opts = VmOptions {
         start,
         handle_signals: true,
         serial_input: true,
         ..Default::default()
     };
-    seccomp_setup(cli.no_seccomp, &mut opts)?;
+    seccomp_setup(no_seccomp, &mut opts)?;
     let report = crx_vmm::run_vm(&cfg, opts).context("cannot run the VM")?;
     let code = report.exit.exit_code();
     if !report.exit.is_clean() || std::env::var_os("CRX_VMM_DEBUG").is_some() {

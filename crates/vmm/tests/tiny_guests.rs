@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use crx_devices::bus::BusDevice;
 use crx_vmm::boot::elf::build_test_elf;
-use crx_vmm::config::SerialOutput;
-use crx_vmm::{run_vm, ConfigOverrides, VmConfig, VmExit, VmOptions};
+use crx_vmm::config::{DiskConfig, SerialOutput, VsockConfig};
+use crx_vmm::{run_vm, VmConfig, VmExit, VmOptions};
 
 const VMM: &str = env!("CARGO_BIN_EXE_crx-vmm");
 
@@ -275,14 +275,12 @@ fn kvm_pvh_entry_mmio_dispatch_and_second_vcpu() {
         Some(0x100000),
     );
     let k = write_kernel(d.path(), "vmlinux-pvh", &elf);
-    let cfg = VmConfig::from_toml(
-        &format!("memory_mib = 32\nvcpus = 2\nkernel = \"{}\"\n", k.display()),
-        ConfigOverrides {
-            serial: Some(SerialOutput::Off),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let cfg = VmConfig {
+        vcpus: 2,
+        serial: SerialOutput::Off,
+        ..VmConfig::new(32, &k)
+    };
+    cfg.validate().unwrap();
     let writes: Writes = Arc::default();
     let serial = Captured::default();
     let opts = VmOptions {
@@ -362,20 +360,19 @@ fn kvm_virtio_devices_answer_at_their_mmio_slots() {
     let disk = d.path().join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let uds = d.path().join("v.sock");
-    let cfg = VmConfig::from_toml(
-        &format!(
-            "memory_mib = 16\nkernel = \"{}\"\n[[disks]]\npath = \"{}\"\n\
-             [vsock]\nguest_cid = 3\nuds_path = \"{}\"\n",
-            k.display(),
-            disk.display(),
-            uds.display()
-        ),
-        ConfigOverrides {
-            serial: Some(SerialOutput::Off),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let cfg = VmConfig {
+        disks: vec![DiskConfig {
+            path: disk.clone(),
+            read_only: false,
+        }],
+        vsock: Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: uds.clone(),
+        }),
+        serial: SerialOutput::Off,
+        ..VmConfig::new(16, &k)
+    };
+    cfg.validate().unwrap();
     let writes: Writes = Arc::default();
     let opts = VmOptions {
         extra_mmio: vec![(

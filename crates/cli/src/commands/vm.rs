@@ -1,13 +1,16 @@
-//! `crx vm run CONFIG`: a system VM from a crx-vmm config file (TOML, see crates/vmm), e.g.
-//! with `init_args = "crxrun=/bin/tool crxarg=..."`. The guest kernel and base initrd are
-//! filled in when the file names none; the console goes to our stdout unless the file says
-//! otherwise; crx exits with the status crx-init reports (`crx-init: exit status N`).
+//! `crx vm run CONFIG`: a system VM from a crx-vmm config file (TOML, the `crx-vmconfig`
+//! schema), e.g. with `init_args = "crxrun=/bin/tool crxarg=..."`. The guest kernel and base
+//! initrd are filled in when the file names none; the console is relayed to our stdout unless
+//! the file sends it to a file or off; crx exits with the status crx-init reports
+//! (`crx-init: exit status N`). crx-vmm reads the completed config from an inherited memfd.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::{bail, Context, Result};
+use crx_runtime::vm::ConfigFile;
+use crx_vmconfig::{SerialOutput, VmConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,31 +29,31 @@ enum VmCommand {
 
 pub fn run(_root: &Path, a: Args) -> Result<i32> {
     let VmCommand::Run { config } = a.command;
-    let text = std::fs::read_to_string(&config)
-        .with_context(|| format!("reading the VM config {}", config.display()))?;
-    let table: toml::Table = text
-        .parse()
-        .with_context(|| format!("{}: not a TOML VM config", config.display()))?;
+    let mut cfg = VmConfig::read(&config)?;
     let mut cmd = std::process::Command::new(crx_runtime::paths::find_vmm()?);
-    cmd.arg("--config").arg(&config);
     // Verified, and handed over as the open files that were (ADR 0008): held until the spawn.
     let mut boot = None;
-    if !table.contains_key("kernel") || !table.contains_key("initrds") {
+    if cfg.kernel.as_os_str().is_empty() || cfg.initrds.is_empty() {
         let b = boot.insert(crx_runtime::paths::verified_boot_files()?);
-        if !table.contains_key("kernel") {
-            cmd.arg("--kernel").arg(b.kernel.vmm_path());
+        if cfg.kernel.as_os_str().is_empty() {
+            cfg.kernel = b.kernel.vmm_path();
         }
-        if !table.contains_key("initrds") {
-            cmd.arg("--initrd").arg(b.initrd.vmm_path());
+        if cfg.initrds.is_empty() {
+            cfg.initrds = vec![b.initrd.vmm_path()];
         }
         crx_runtime::child::keep_fds(&mut cmd, b.fds().to_vec());
     }
-    let console_ours = !table.contains_key("serial");
+    cfg.validate()
+        .with_context(|| format!("invalid VM config {}", config.display()))?;
+    let console_ours = cfg.serial == SerialOutput::Stdout;
     if console_ours {
-        cmd.args(["--serial", "stdout"]).stdout(Stdio::piped());
+        cmd.stdout(Stdio::piped());
     }
+    let file = ConfigFile::new(&cfg)?;
+    crx_runtime::child::keep_fds(&mut cmd, vec![file.fd()]);
+    cmd.arg("--config").arg(file.vmm_path());
     let mut child = cmd.spawn().context("starting crx-vmm")?;
-    drop(boot); // crx-vmm holds its own descriptors now
+    drop((boot, file)); // crx-vmm holds its own descriptors now
     let mut status = None;
     if let Some(out) = child.stdout.take() {
         let mut stdout = std::io::stdout();

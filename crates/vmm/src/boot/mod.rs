@@ -236,21 +236,18 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ConfigOverrides, VmConfig};
+    use crate::config::VmConfig;
 
     #[test]
     fn cmdline_order_is_base_devices_init_args() {
         let d = tempfile::tempdir().unwrap();
         let k = d.path().join("k");
         std::fs::write(&k, b"x").unwrap();
-        let cfg = VmConfig::from_toml(
-            &format!(
-                "memory_mib = 8\nkernel = \"{}\"\ncmdline = \"console=ttyS0\"\n\
+        let cfg = VmConfig::from_toml(&format!(
+            "memory_mib = 8\nkernel = \"{}\"\ncmdline = \"console=ttyS0\"\n\
                  init_args = \"crxrun=/bin/x\"\n",
-                k.display()
-            ),
-            ConfigOverrides::default(),
-        )
+            k.display()
+        ))
         .unwrap();
         let c = build_cmdline(&cfg, &["virtio_mmio.device=4K@0xd0000000:5".into()]).unwrap();
         assert_eq!(
@@ -274,7 +271,7 @@ mod tests {
                 k.display(),
                 i.display()
             );
-            let cfg = VmConfig::from_toml(&toml, ConfigOverrides::default()).unwrap();
+            let cfg = VmConfig::from_toml(&toml).unwrap();
             let c = build_cmdline(&cfg, &[]).unwrap();
             c.as_cstring().unwrap().into_string().unwrap()
         };
@@ -290,7 +287,7 @@ mod tests {
             i.display(),
             sock.display()
         );
-        let cfg = VmConfig::from_toml(&toml, ConfigOverrides::default()).unwrap();
+        let cfg = VmConfig::from_toml(&toml).unwrap();
         let c = build_cmdline(&cfg, &[]).unwrap();
         assert_eq!(
             c.as_cstring().unwrap().into_string().unwrap(),
