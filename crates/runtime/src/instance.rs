@@ -1,9 +1,7 @@
 //! Instances: a home, a VMM process, a container created through the agent.
 
 use std::io;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -12,11 +10,12 @@ use crx_proto::{Request, Rootfs, StreamKind, WritableLayer};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::agent::{Agent, Control};
+use crate::agent::Agent;
 use crate::error::{io, RuntimeError};
 use crate::home::{self, Home, Status};
 use crate::paths;
 use crate::relay::{self, PtyEnds, Relay};
+use crate::sandbox::{self, Sandbox, Streams};
 use crate::spec::{self, ProcessOptions};
 use crate::trace;
 use crate::vm::VmConfig;
@@ -37,16 +36,14 @@ pub struct RunConfig {
 pub use crate::agent::agent_timeout;
 pub use crate::relay::{open_stdio, Stdio};
 
-/// A started container: its home, its VMM (a child of this process), the agent, and its
-/// stdio streams or, with `process.terminal`, its pty stream (foreground runs only).
+/// A started container: its home, its sandbox (the VMM, a child of this process, and the
+/// agent), and its streams: stdio or, with `process.terminal`, its pty stream (foreground
+/// runs only).
 #[derive(Debug)]
 pub struct Started {
     pub home: Home,
-    pub vmm: Child,
-    pub agent: Agent,
-    pub control: Control,
-    pub stdio: Option<Stdio>,
-    pub pty: Option<UnixStream>,
+    pub sandbox: Sandbox,
+    pub streams: Streams,
 }
 
 /// The image store under `root`.
@@ -133,53 +130,24 @@ fn boot_and_start(
     };
     // The measured boot: what this VM boots, as verified (saved with the VMM's pid).
     home.state.boot = Some(vm.boot.digests());
-    let mut child = vm.spawn()?;
-    guard.vmm = Some(child.id());
-    home.set_vmm(child.id())?;
-    on_spawn(child.id(), &home.dir);
-    let spawned_ms = trace::now_ms();
-    trace::mark("vmm spawned");
-    let agent = Agent::new(home.vsock_path());
-    let mut control =
-        agent.wait_ready(agent_timeout(), &vm.vmm_log, &home.console_path(), || {
-            matches!(child.try_wait(), Ok(None))
-        })?;
-    if trace::enabled() {
-        let log = std::fs::read_to_string(&vm.vmm_log).unwrap_or_default();
-        for (code, ms) in trace::boot_timer_marks(&log) {
-            let phase = match code {
-                1 => "kernel booted (guest init started)",
-                2 => "guest agent up",
-                _ => continue,
-            };
-            trace::mark_at(phase, spawned_ms + ms);
-        }
-    }
-    trace::mark("agent ready");
-    let id = home.state.id.clone();
-    let (stdio, pty) = match (cfg.detached, cfg.process.terminal) {
-        (true, _) => (None, None),
-        (false, false) => (Some(open_stdio(&agent, &id, None)?), None),
-        (false, true) => (None, Some(agent.open_stream(&id, None, StreamKind::Pty)?)),
-    };
-    control.call(Request::CreateContainer {
-        id: id.clone(),
-        spec,
-        rootfs: Rootfs {
-            device: "/dev/vda".into(),
-            fs_type: image.disk_format.extension().into(),
-            writable: WritableLayer::Tmpfs { size_bytes: None },
-        },
+    let mut sandbox = sandbox::boot(&vm, |pid| {
+        guard.vmm = Some(pid);
+        home.set_vmm(pid)?;
+        on_spawn(pid, &home.dir);
+        Ok::<(), RuntimeError>(())
     })?;
-    control.call(Request::Start { id })?;
-    trace::mark("container started");
+    let id = home.state.id.clone();
+    let rootfs = Rootfs {
+        device: "/dev/vda".into(),
+        fs_type: image.disk_format.extension().into(),
+        writable: WritableLayer::Tmpfs { size_bytes: None },
+    };
+    let streams = sandbox.create(&id, spec, rootfs, cfg.detached)?;
+    sandbox.start(&id)?;
     Ok(Started {
         home,
-        vmm: child,
-        agent,
-        control,
-        stdio,
-        pty,
+        sandbox,
+        streams,
     })
 }
 

@@ -9,6 +9,7 @@
 //! - [`instance`]: run, exec, signal, remove.
 //! - [`monitor`]: the runtime's own monitor processes (this program again), started and
 //!   entered here; [`sync`]: their start-up report over an inherited pipe.
+//! - [`sandbox`]: one microVM (its VMM, its agent) holding containers: the one boot path.
 //! - [`relay`]: the one stdio/pty relay of a process, and the wait for its exit.
 //! - [`signals`]: signals forwarded to a container's process; dying by its signal.
 //! - [`check`]: host readiness (`crx check`), with a calibrated tiny KVM guest.
@@ -29,6 +30,7 @@ pub mod monitor;
 pub mod oci;
 pub mod paths;
 pub mod relay;
+pub mod sandbox;
 pub mod signals;
 pub mod spec;
 pub mod sync;

@@ -4,8 +4,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use crx_runtime::instance::{self, RunConfig};
+use crx_runtime::instance::{self, RunConfig, Started};
 use crx_runtime::relay::{self, PtyEnds, Relay};
+use crx_runtime::sandbox::Streams;
 use crx_runtime::ProcessOptions;
 
 use crate::signals::{Forwarder, Target};
@@ -79,34 +80,38 @@ pub fn run(root: &Path, mut a: Args) -> Result<i32> {
     }
     let signals = Forwarder::start()?;
     let on_spawn = |pid: u32, home: &Path| signals.set(Target::Booting(pid, home.to_owned()));
-    let mut s = instance::start_with(root, &cfg, on_spawn)?;
-    let id = s.home.state.id.clone();
+    let Started {
+        mut home,
+        sandbox: mut sb,
+        streams,
+    } = instance::start_with(root, &cfg, on_spawn)?;
+    let id = home.state.id.clone();
     signals.set(Target::Process {
-        agent: s.agent.clone(),
+        agent: sb.agent.clone(),
         id: id.clone(),
         exec_id: None,
     });
-    let relay = match (s.pty.take(), s.stdio.take()) {
-        (Some(stream), _) => Relay::Pty {
+    let relay = match streams {
+        Streams::Pty(stream) => Relay::Pty {
             stream,
             ends: PtyEnds::ours(a.interactive)?,
         },
-        (None, Some(streams)) => Relay::Stdio {
+        Streams::Stdio(streams) => Relay::Stdio {
             streams,
             interactive: a.interactive,
         },
-        (None, None) => unreachable!("foreground runs have stdio or a pty"),
+        Streams::None => unreachable!("foreground runs have stdio or a pty"),
     };
-    let vmm = s.vmm.id();
+    let vmm = sb.vmm.id();
     let alive = || crx_runtime::home::pid_alive(vmm);
-    let waited =
-        relay::relay_and_wait(&mut s.control, &s.agent, &id, None, relay, alive).map(|st| st.code);
+    let waited = relay::relay_and_wait(&mut sb.control, &sb.agent, &id, None, relay, alive)
+        .map(|st| st.code);
     if let Ok(code) = waited {
-        s.home.set_exit(code)?;
+        home.set_exit(code)?;
     }
-    instance::shutdown(&s.agent, s.vmm.id(), Duration::from_secs(30));
+    instance::shutdown(&sb.agent, vmm, Duration::from_secs(30));
     if a.rm {
-        s.home.remove()?;
+        home.remove()?;
     }
     Ok(waited?)
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crx_proto::{ExitStatus, Request, StreamKind};
+use crx_proto::{ExitStatus, Request};
 
 use super::bundle::{fit_cpus, guest_spec, vm_size};
 use super::cgroup;
@@ -32,6 +32,7 @@ use crate::home::{pid_alive, process_start_time};
 use crate::instance;
 use crate::paths;
 use crate::relay::{self, PtyEnds, Relay, Stdio};
+use crate::sandbox::{self, Sandbox, Streams};
 use crate::signals;
 use crate::sync::SyncWriter;
 use crate::tty;
@@ -77,8 +78,7 @@ const WATCH_EVERY: Duration = Duration::from_millis(200);
 
 /// What [`boot_vm`] gives.
 struct Booted {
-    agent: Agent,
-    control: Control,
+    sandbox: Sandbox,
     attach: Attach,
     shares: Shares,
     left_out: Vec<String>,
@@ -98,30 +98,24 @@ impl Monitor {
         rec.monitor_pid = Some(me);
         rec.monitor_start = process_start_time(me);
         c.save(&rec)?;
-        let mut vmm: Option<Child> = None;
-        match boot_vm(&c, &mut rec, &mut vmm, console) {
+        match boot_vm(&c, &mut rec, console) {
             Ok(Booted {
-                agent,
-                control,
+                sandbox,
                 attach,
                 shares,
                 left_out,
             }) => Ok(Monitor {
                 c,
                 record: Arc::new(Mutex::new(rec)),
-                vmm: vmm.expect("spawned"),
-                agent,
-                control,
+                vmm: sandbox.vmm,
+                agent: sandbox.agent,
+                control: sandbox.control,
                 attach: Some(attach),
                 shares: Arc::new(Mutex::new(shares)),
                 vm: Arc::default(),
                 left_out,
             }),
             Err(e) => {
-                if let Some(mut v) = vmm {
-                    let _ = v.kill();
-                    let _ = v.wait();
-                }
                 rec.phase = Phase::Failed;
                 rec.error = Some(chain(&e));
                 let _ = c.save(&rec);
@@ -248,12 +242,9 @@ fn watch_backends(
     });
 }
 
-fn boot_vm(
-    c: &ContainerDir,
-    rec: &mut Record,
-    vmm_out: &mut Option<Child>,
-    console: Option<&Path>,
-) -> Result<Booted, OciError> {
+/// Boots the container's VM (its shares first) and creates the container in it; on error
+/// the VMM is killed (the shares' daemons stop when dropped).
+fn boot_vm(c: &ContainerDir, rec: &mut Record, console: Option<&Path>) -> Result<Booted, OciError> {
     let path = c.config_path();
     let text = std::fs::read(&path).map_err(io(&path))?;
     let spec: serde_json::Value =
@@ -287,51 +278,47 @@ fn boot_vm(
     }
     // The measured boot: what this VM boots, as verified (saved with the VMM's pid).
     rec.boot = Some(vm.boot.digests());
-    let vmm = vmm_out.insert(vm.spawn()?);
-    rec.vmm_pid = Some(vmm.id());
-    c.save(rec)?;
-    let agent = Agent::new(c.vsock_path());
-    let mut control =
-        agent.wait_ready(instance::agent_timeout(), &vm.vmm_log, &vm.console, || {
-            matches!(vmm.try_wait(), Ok(None))
-        })?;
-    let terminal = gspec["process"]["terminal"].as_bool().unwrap_or(false);
-    let stream = if terminal {
-        Some(agent.open_stream(&c.id, None, StreamKind::Pty)?)
-    } else {
-        None
-    };
-    let stdio = match stream {
-        Some(_) => None,
-        None => Some(relay::open_stdio(&agent, &c.id, None)?),
-    };
-    control
-        .call(Request::CreateContainer {
-            id: c.id.clone(),
-            spec: gspec,
-            rootfs: delivery.rootfs,
-        })
-        .map_err(crate::RuntimeError::from)?;
-    let attach = match (stream, stdio) {
-        (Some(stream), _) => {
+    let mut sandbox = sandbox::boot(&vm, |pid| {
+        rec.vmm_pid = Some(pid);
+        c.save(rec)
+    })?;
+    let created = sandbox
+        .create(&c.id, gspec, delivery.rootfs, false)
+        .map_err(OciError::from)
+        .and_then(|streams| attach(streams, console));
+    match created {
+        Ok(attach) => Ok(Booted {
+            sandbox,
+            attach,
+            shares: delivery.shares,
+            left_out: delivery.left_out,
+        }),
+        Err(e) => {
+            let _ = sandbox.vmm.kill();
+            let _ = sandbox.vmm.wait();
+            Err(e)
+        }
+    }
+}
+
+/// How the created container's streams are attached here: stdio as they are; a terminal's
+/// stream through a host pty whose master is sent to the socket `console`.
+fn attach(streams: Streams, console: Option<&Path>) -> Result<Attach, OciError> {
+    match streams {
+        Streams::Pty(stream) => {
             let console = console.ok_or(OciError::NoConsoleSocket)?;
             let pair = tty::open_pty()?;
             tty::send_console(console, &pair.master, tty::PTMX_NAME)?;
-            Attach::Pty {
+            Ok(Attach::Pty {
                 stream,
                 slave: pair.slave,
-            }
+            })
         }
-        (None, Some(stdio)) => Attach::Stdio(stdio),
-        (None, None) => unreachable!("one of them is opened"),
-    };
-    Ok(Booted {
-        agent,
-        control,
-        attach,
-        shares: delivery.shares,
-        left_out: delivery.left_out,
-    })
+        Streams::Stdio(stdio) => Ok(Attach::Stdio(stdio)),
+        Streams::None => Err(OciError::Runtime(crate::RuntimeError::Agent(
+            crx_proto::ClientError::Closed,
+        ))),
+    }
 }
 
 impl Monitor {

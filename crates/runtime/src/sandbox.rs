@@ -1,0 +1,116 @@
+//! A sandbox: one microVM (its crx-vmm process, a child of ours, and its guest agent) that
+//! holds containers, created through the agent. The one boot path of both front-ends: `crx`
+//! ([`crate::instance`]) and crx-runc's monitor ([`crate::oci::monitor`]) describe their VM
+//! (a [`VmConfig`]) and their container (a spec, a rootfs), and the sandbox boots and creates
+//! them the same way. Several containers may be created in one sandbox (the agent keys them
+//! by id); `crx` and crx-runc create one each.
+
+use std::process::Child;
+
+use crx_proto::{Request, Rootfs, StreamKind};
+
+use crate::agent::{agent_timeout, Agent, Control};
+use crate::error::RuntimeError;
+use crate::relay::{open_stdio, Stdio};
+use crate::trace;
+use crate::vm::VmConfig;
+
+/// A booted VM whose agent answers.
+#[derive(Debug)]
+pub struct Sandbox {
+    pub vmm: Child,
+    pub agent: Agent,
+    pub control: Control,
+}
+
+/// How a container's process is attached, as opened before its creation.
+#[derive(Debug)]
+pub enum Streams {
+    /// Detached: no streams (its stdin is `/dev/null`, its output the console).
+    None,
+    Stdio(Stdio),
+    /// Its terminal's stream.
+    Pty(std::os::unix::net::UnixStream),
+}
+
+/// Boots `vm`: starts crx-vmm, calls `on_spawn(pid)` at once (to record it where a later
+/// process looks), and waits for the guest agent (bounded by [`agent_timeout`]; a VM that
+/// stops first fails at once). On any error the VMM is killed and reaped.
+pub fn boot<E: From<RuntimeError>>(
+    vm: &VmConfig,
+    on_spawn: impl FnOnce(u32) -> Result<(), E>,
+) -> Result<Sandbox, E> {
+    let mut vmm = vm.spawn()?;
+    let spawned_ms = trace::now_ms();
+    trace::mark("vmm spawned");
+    let agent = Agent::new(vm.vsock_uds.clone());
+    let ready = on_spawn(vmm.id()).and_then(|()| {
+        agent
+            .wait_ready(agent_timeout(), &vm.vmm_log, &vm.console, || {
+                matches!(vmm.try_wait(), Ok(None))
+            })
+            .map_err(E::from)
+    });
+    let control = match ready {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = vmm.kill();
+            let _ = vmm.wait();
+            return Err(e);
+        }
+    };
+    if trace::enabled() {
+        boot_marks(vm, spawned_ms);
+    }
+    trace::mark("agent ready");
+    Ok(Sandbox {
+        vmm,
+        agent,
+        control,
+    })
+}
+
+/// The guest's boot-timer marks from the VMM's log, as trace marks.
+fn boot_marks(vm: &VmConfig, spawned_ms: f64) {
+    let log = std::fs::read_to_string(&vm.vmm_log).unwrap_or_default();
+    for (code, ms) in trace::boot_timer_marks(&log) {
+        let phase = match code {
+            1 => "kernel booted (guest init started)",
+            2 => "guest agent up",
+            _ => continue,
+        };
+        trace::mark_at(phase, spawned_ms + ms);
+    }
+}
+
+impl Sandbox {
+    /// Opens container `id`'s streams (none when `detached`; its terminal's with
+    /// `terminal`; else stdio), then creates it from `spec` on `rootfs` (not started).
+    pub fn create(
+        &mut self,
+        id: &str,
+        spec: serde_json::Value,
+        rootfs: Rootfs,
+        detached: bool,
+    ) -> Result<Streams, RuntimeError> {
+        let terminal = spec["process"]["terminal"].as_bool() == Some(true);
+        let streams = match (detached, terminal) {
+            (true, _) => Streams::None,
+            (false, true) => Streams::Pty(self.agent.open_stream(id, None, StreamKind::Pty)?),
+            (false, false) => Streams::Stdio(open_stdio(&self.agent, id, None)?),
+        };
+        self.control.call(Request::CreateContainer {
+            id: id.to_owned(),
+            spec,
+            rootfs,
+        })?;
+        Ok(streams)
+    }
+
+    /// Starts the created container `id`'s process.
+    pub fn start(&mut self, id: &str) -> Result<(), RuntimeError> {
+        self.control.call(Request::Start { id: id.to_owned() })?;
+        trace::mark("container started");
+        Ok(())
+    }
+}
