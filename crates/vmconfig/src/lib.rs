@@ -10,6 +10,7 @@
 
 mod devices;
 mod error;
+mod net;
 mod serial;
 mod validate;
 
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use devices::{DiskConfig, FsConfig, VsockConfig, MAX_FS_TAG_LEN};
 pub use error::ConfigError;
+pub use net::{parse_mac, NetConfig, MAX_TAP_NAME_LEN, MIN_MTU};
 pub use serial::SerialOutput;
 
 /// Kernel command line used when the configuration gives none.
@@ -71,6 +73,9 @@ pub struct VmConfig {
     /// boot files are copied, not mapped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fs: Vec<FsConfig>,
+    /// virtio-net devices (`[[net]]`): `eth0`, `eth1`, ... in this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net: Vec<NetConfig>,
 }
 
 fn one_vcpu() -> u8 {
@@ -102,6 +107,7 @@ impl VmConfig {
             disks: Vec::new(),
             vsock: None,
             fs: Vec::new(),
+            net: Vec::new(),
         }
     }
 

@@ -26,6 +26,10 @@ impl VmConfig {
             f.validate(i)?;
         }
         self.validate_fs_distinct()?;
+        for (i, n) in self.net.iter().enumerate() {
+            n.validate(i)?;
+        }
+        crate::net::validate_distinct(&self.net)?;
         self.validate_serial()
     }
 
