@@ -7,7 +7,8 @@
 //! 1. Start to first vCPU entry: spawns `crx-vmm` N times with a guest whose first instruction
 //!    writes boot-timer code 1, then resets. Reports the guest-side time (`t=` of that line,
 //!    measured from the VMM's `main`), the host-side time from `spawn()` to reading that line,
-//!    and spawn to exit.
+//!    and spawn to exit; and the guest-side time again with `--no-seccomp` (runs interleaved),
+//!    with the difference of the medians: what the seccomp filters cost.
 //! 2. RSS outside guest RAM for an idle VM (from /proc/PID/smaps, with `CRX_VMM_DEBUG=1`
 //!    telling where guest RAM is), and guest-RAM RSS with a 32 MiB initrd copied vs mapped.
 //! 3. `--lab-boot N`: boots `$CRX_GUEST_KERNEL_DIR`'s kernel with a busybox initrd (built with
@@ -59,44 +60,90 @@ fn kernel(dir: &Path, name: &str, code: &[u8]) -> Result<PathBuf> {
     Ok(p)
 }
 
-fn first_entry(vmm: &Path, k: &Path, runs: usize) -> Result<()> {
-    let (mut guest, mut line_seen, mut exit) = (vec![], vec![], vec![]);
-    for _ in 0..runs {
-        let t0 = Instant::now();
-        let mut c = Command::new(vmm)
-            .args([
-                "--memory-mib",
-                "64",
-                "--serial",
-                "off",
-                "--boot-timer",
-                "--kernel",
-            ])
-            .arg(k)
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let mut err = BufReader::new(c.stderr.take().context("stderr")?);
-        let mut line = String::new();
-        err.read_line(&mut line)?;
-        let t_line = t0.elapsed();
-        let status = c.wait()?;
-        let t_exit = t0.elapsed();
-        let t: f64 = line
-            .trim()
-            .strip_prefix("boot-timer: code=1 t=")
-            .with_context(|| format!("unexpected line {line:?}"))?
-            .parse()?;
-        if !status.success() {
-            bail!("crx-vmm exited with {status}");
-        }
-        guest.push(t);
-        line_seen.push(t_line.as_secs_f64() * 1e6);
-        exit.push(t_exit.as_secs_f64() * 1e6);
+/// One crx-vmm run of the first-entry guest: (guest-side `t=` of the first instruction,
+/// spawn to that line, spawn to exit), in microseconds.
+fn first_entry_once(vmm: &Path, k: &Path, extra: &[&str]) -> Result<(f64, f64, f64)> {
+    let t0 = Instant::now();
+    let mut c = Command::new(vmm)
+        .args([
+            "--memory-mib",
+            "64",
+            "--serial",
+            "off",
+            "--boot-timer",
+            "--kernel",
+        ])
+        .arg(k)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut err = BufReader::new(c.stderr.take().context("stderr")?);
+    let mut line = String::new();
+    // `--no-seccomp` says so first: the boot-timer line is the first other one.
+    while err.read_line(&mut line)? > 0 && line.starts_with("crx-vmm: seccomp: off") {
+        line.clear();
     }
+    let t_line = t0.elapsed();
+    let status = c.wait()?;
+    let t_exit = t0.elapsed();
+    let t: f64 = line
+        .trim()
+        .strip_prefix("boot-timer: code=1 t=")
+        .with_context(|| format!("unexpected line {line:?}"))?
+        .parse()?;
+    if !status.success() {
+        bail!("crx-vmm exited with {status}");
+    }
+    Ok((t, t_line.as_secs_f64() * 1e6, t_exit.as_secs_f64() * 1e6))
+}
+
+/// Start to first vCPU entry, with the seccomp filters (the default) and with `--no-seccomp`,
+/// runs interleaved so that both see the same host; the difference of the medians is what the
+/// filters cost before the guest runs (ADR 0010).
+fn first_entry(vmm: &Path, k: &Path, runs: usize) -> Result<()> {
+    let (mut guest, mut line_seen, mut exit, mut bare) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..runs {
+        let (t, line, ex) = first_entry_once(vmm, k, &[])?;
+        guest.push(t);
+        line_seen.push(line);
+        exit.push(ex);
+        bare.push(first_entry_once(vmm, k, &["--no-seccomp"])?.0);
+    }
+    let (with, without) = (median_p90(guest.clone()).0, median_p90(bare.clone()).0);
     summary("VMM main() -> guest's first instruction", guest);
+    summary("  the same with --no-seccomp", bare);
+    println!(
+        "{:<44} median {:>9.1} us",
+        "  seccomp filters add (difference of medians)",
+        with - without
+    );
     summary("spawn() -> boot-timer line read by parent", line_seen);
     summary("spawn() -> VMM exit (guest resets at once)", exit);
+    Ok(())
+}
+
+/// Microseconds a fresh thread takes to install `kind`'s filter (the thread then ends).
+fn install_time(kind: crx_vmm::seccomp::ThreadKind) -> Result<f64> {
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        crx_vmm::seccomp::install(kind)?;
+        Ok::<_, crx_vmm::seccomp::SeccompError>(t0.elapsed().as_secs_f64() * 1e6)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("filter thread panicked"))?
+    .map_err(Into::into)
+}
+
+/// The filters' own cost, in this process: a fresh thread installs the main filter and
+/// another the vCPU filter (the kernel copies and checks each program), N times.
+fn filter_install(runs: usize) -> Result<()> {
+    use crx_vmm::seccomp::ThreadKind;
+    let mut v = vec![];
+    for _ in 0..runs {
+        v.push(install_time(ThreadKind::Main)? + install_time(ThreadKind::Vcpu)?);
+    }
+    summary("installing the main + a vCPU filter", v);
     Ok(())
 }
 
@@ -430,6 +477,7 @@ fn main() -> Result<()> {
         let k2 = kernel(&dir, "idle", IDLE)?;
         println!("crx-vmm-bench: {} ({runs} runs)", vmm.display());
         first_entry(&vmm, &k1, runs)?;
+        filter_install(runs)?;
         memory(&vmm, &k2, &dir)
     })();
     let _ = std::fs::remove_dir_all(&dir);

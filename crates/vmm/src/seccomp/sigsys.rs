@@ -12,14 +12,18 @@
 //! allow-list (no rt_sigaction, no tgkill).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::unix::io::IntoRawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use super::ThreadKind;
 
-/// Debug aid (debug builds, `CRX_VMM_SECCOMP_CONTINUE=1`): a forbidden call is named and fails
-/// with ENOSYS instead of killing the process, so that one run lists every call a workload
-/// misses. Never set in release builds.
+/// Debug aid (debug builds, `CRX_VMM_SECCOMP_CONTINUE=FILE`): a forbidden call is named (on
+/// stderr and appended to FILE, opened before any filter) and fails with ENOSYS instead of
+/// killing the process, so that one run lists every call a workload misses, even where the
+/// VMM's stderr is not kept. Never honoured in release builds.
 static CONTINUE: AtomicBool = AtomicBool::new(false);
+/// FILE's descriptor in continue mode, else -1.
+static CONTINUE_FD: AtomicI32 = AtomicI32::new(-1);
 
 /// `si_code` of a SIGSYS raised by a seccomp filter (`SYS_SECCOMP`).
 const SYS_SECCOMP: i32 = 1;
@@ -36,9 +40,14 @@ pub(super) fn set_thread_kind(kind: ThreadKind) {
 
 /// Installs [`on_sigsys`] for SIGSYS (process-wide).
 pub(super) fn install_handler() -> std::io::Result<()> {
-    if cfg!(debug_assertions)
-        && std::env::var_os("CRX_VMM_SECCOMP_CONTINUE").is_some_and(|v| v == "1")
+    if let Some(path) =
+        std::env::var_os("CRX_VMM_SECCOMP_CONTINUE").filter(|_| cfg!(debug_assertions))
     {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        CONTINUE_FD.store(log.into_raw_fd(), Ordering::SeqCst);
         CONTINUE.store(true, Ordering::SeqCst);
     }
     // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; the handler is an
@@ -139,6 +148,14 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
     // (a closed stderr only loses the line).
     unsafe { libc::write(2, line.buf.as_ptr().cast(), line.len) };
     if !fatal {
+        // SAFETY: as above, on the descriptor opened for continue mode.
+        unsafe {
+            libc::write(
+                CONTINUE_FD.load(Ordering::Relaxed),
+                line.buf.as_ptr().cast(),
+                line.len,
+            )
+        };
         // SAFETY: `ctx` is the ucontext_t the kernel restores when the handler returns; RAX
         // holds the trapped call's return value.
         unsafe {
