@@ -1,6 +1,5 @@
 //! Instances: a home, a VMM process, a container created through the agent.
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -13,6 +12,7 @@ use nix::unistd::Pid;
 use crate::agent::Agent;
 use crate::error::{io, RuntimeError};
 use crate::home::{self, Home, Status};
+use crate::monitor::MonitorError;
 use crate::paths;
 use crate::relay::{self, PtyEnds, Relay};
 use crate::sandbox::{self, Sandbox, Streams};
@@ -21,13 +21,15 @@ use crate::trace;
 use crate::vm::VmConfig;
 
 /// What `crx run` asks for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunConfig {
     pub image: String,
     pub name: Option<String>,
     pub memory_mib: u32,
     pub vcpus: u32,
     pub process: ProcessOptions,
+    /// No streams: the process's output goes to the console; a monitor waits for it
+    /// ([`start_detached`]).
     pub detached: bool,
     /// Detached: the monitor removes the home once the container exited.
     pub rm: bool,
@@ -82,13 +84,7 @@ pub fn start_with(
         home: Some(home.dir.clone()),
         vmm: None,
     };
-    let result = boot_and_start(home, &image, boot, vmm, process, cfg, &mut guard, on_spawn)
-        .and_then(|s| {
-            if cfg.detached {
-                start_monitor(root, &s.home, cfg.rm)?;
-            }
-            Ok(s)
-        });
+    let result = boot_and_start(home, &image, boot, vmm, process, cfg, &mut guard, on_spawn);
     if result.is_ok() {
         guard.home = None;
         guard.vmm = None;
@@ -124,7 +120,8 @@ fn boot_and_start(
         vsock_uds: home.vsock_path(),
         console: home.console_path(),
         vmm_log: home.dir.join("vmm.log"),
-        die_with_parent: !cfg.detached,
+        // A detached instance's VMM is its monitor's child.
+        die_with_parent: true,
         boot_timer: trace::enabled(),
         fs: Vec::new(),
     };
@@ -151,21 +148,20 @@ fn boot_and_start(
     })
 }
 
-/// Starts the monitor of the detached instance `home` (this program again, see
-/// [`crate::monitor`]): it records the container's exit, shuts the VM down and, with `rm`,
-/// removes the home. Returns once it holds the agent's connection.
-fn start_monitor(root: &Path, home: &Home, rm: bool) -> Result<(), RuntimeError> {
+/// Starts `cfg` (detached) in a monitor of its own (this program again, see
+/// [`crate::monitor`]), which boots the VM (its child: it dies with the monitor), creates and
+/// starts the container, reports, then waits for it, records its exit code, shuts the VM
+/// down and, with `cfg.rm`, removes the home. Returns the instance's id once it runs, or why
+/// it did not start (nothing is left then).
+pub fn start_detached(root: &Path, cfg: &RunConfig) -> Result<String, MonitorError> {
     let job = crate::monitor::Job::Instance {
         root: root.to_owned(),
-        id: home.state.id.clone(),
-        rm,
+        config: cfg.clone(),
     };
-    crate::monitor::start(job, true)
-        .map(drop)
-        .map_err(|e| RuntimeError::Io {
-            path: "the instance's monitor".into(),
-            source: io::Error::other(crx_proto::chain(&e)),
-        })
+    let started = crate::monitor::start(job, true)?;
+    started
+        .id
+        .ok_or(MonitorError::Failed("no instance id reported".into()))
 }
 
 /// Kills the VMM and removes the home of a start that failed half-way.

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent::Agent;
 use crate::child::keep_fds;
 use crate::sync::{self, Report, SyncError, SyncReader, SyncWriter};
 use crate::{home, instance};
@@ -44,8 +43,11 @@ pub enum Job {
         console: Option<PathBuf>,
         ignore_paused: bool,
     },
-    /// The monitor of the detached `crx run` instance `id`.
-    Instance { root: PathBuf, id: String, rm: bool },
+    /// A detached `crx run`: its instance, booted and monitored.
+    Instance {
+        root: PathBuf,
+        config: instance::RunConfig,
+    },
 }
 
 /// The job and the number of its sync pipe's write end, as passed on the command line.
@@ -72,11 +74,13 @@ pub enum MonitorError {
     Died(std::process::ExitStatus),
 }
 
-/// A monitor that reported ready: its process (a child of ours) and its warnings.
+/// A monitor that reported ready: its process (a child of ours), its warnings and the id of
+/// what it made (when it reports one).
 #[derive(Debug)]
 pub struct Started {
     pub child: Child,
     pub warnings: Vec<String>,
+    pub id: Option<String>,
 }
 
 /// Starts `job` in a monitor process (this program again, in its own process group, with our
@@ -101,17 +105,24 @@ pub fn start(job: Job, null_stdio: bool) -> Result<Started, MonitorError> {
     }
     let mut child = cmd.spawn().map_err(MonitorError::Spawn)?;
     drop(writer); // the monitor's copy alone: its exit is our end-of-file
-    wait_report(reader, &mut child).map(|warnings| Started { child, warnings })
+    wait_report(reader, &mut child).map(|(warnings, id)| Started {
+        child,
+        warnings,
+        id,
+    })
 }
 
-fn wait_report(reader: SyncReader, child: &mut Child) -> Result<Vec<String>, MonitorError> {
+fn wait_report(
+    reader: SyncReader,
+    child: &mut Child,
+) -> Result<(Vec<String>, Option<String>), MonitorError> {
     let report = reader.wait();
     let failed = |e: MonitorError, child: &mut Child| {
         let _ = child.wait();
         Err(e)
     };
     match report {
-        Ok(Report::Ready { warnings }) => Ok(warnings),
+        Ok(Report::Ready { warnings, id }) => Ok((warnings, id)),
         Ok(Report::Failed { reason }) => failed(MonitorError::Failed(reason), child),
         Err(SyncError::Gone) => match child.wait() {
             Ok(st) => Err(MonitorError::Died(st)),
@@ -164,39 +175,39 @@ fn run(job: Job, sync: SyncWriter) -> i32 {
             ignore_paused,
             sync,
         ),
-        Job::Instance { root, id, rm } => instance_monitor(&root, &id, rm, sync),
+        Job::Instance { root, config } => instance_monitor(&root, &config, sync),
     }
 }
 
-/// The monitor of a detached instance: ready once it holds a connection to the agent; then
-/// waits for the container, records its exit code and shuts the VM down.
-fn instance_monitor(root: &Path, id: &str, rm: bool, sync: SyncWriter) -> i32 {
-    let mut h = match home::find(root, id) {
-        Ok(h) => h,
+/// The monitor of a detached instance: boots it ([`instance::start`]: its VMM is our child and
+/// dies with us), reports its id, then waits for the container, records its exit code, shuts
+/// the VM down and, with `rm`, removes the home.
+fn instance_monitor(root: &Path, cfg: &instance::RunConfig, sync: SyncWriter) -> i32 {
+    let instance::Started {
+        mut home,
+        sandbox: mut sb,
+        ..
+    } = match instance::start(root, cfg) {
+        Ok(s) => s,
         Err(e) => {
             sync.failed(&e);
             return 1;
         }
     };
-    let agent = Agent::new(h.vsock_path());
-    let mut control = match agent.control() {
-        Ok(c) => c,
-        Err(e) => {
-            sync.failed(&e);
-            return 1;
-        }
-    };
-    sync.ready(Vec::new());
-    let vmm = h.state.vmm_pid;
-    let waited = control.wait(&h.state.id, None, || vmm.is_some_and(home::pid_alive));
+    sync.report(&Report::Ready {
+        warnings: Vec::new(),
+        id: Some(home.state.id.clone()),
+    });
+    let vmm = sb.vmm.id();
+    let waited = sb
+        .control
+        .wait(&home.state.id, None, || home::pid_alive(vmm));
     if let Ok(s) = waited {
-        let _ = h.set_exit(s.code);
+        let _ = home.set_exit(s.code);
     }
-    if let Some(pid) = vmm {
-        instance::shutdown(&agent, pid, Duration::from_secs(30));
-    }
-    if rm {
-        let _ = h.remove();
+    instance::shutdown(&sb.agent, vmm, Duration::from_secs(30));
+    if cfg.rm {
+        let _ = home.remove();
     }
     0
 }
@@ -227,10 +238,12 @@ mod tests {
     /// starter sees at once as a typed error (no wait on any file).
     #[test]
     fn a_monitor_that_cannot_run_is_reported() {
-        let job = Job::Instance {
+        let job = Job::Exec {
             root: "/nonexistent".into(),
             id: "x".into(),
-            rm: false,
+            process: "/nonexistent/p.json".into(),
+            console: None,
+            ignore_paused: false,
         };
         // The test harness takes the arguments as filters, runs nothing and exits.
         match start(job, true) {

@@ -13,7 +13,7 @@ use crate::error::SpecError;
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What the user asked for on top of the image.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProcessOptions {
     /// Replaces the image's `Cmd` when not empty (the entrypoint stays).
     pub args: Vec<String>,

@@ -22,8 +22,13 @@ const MAX_REPORT: u64 = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Report {
-    /// Up (a container created, an exec running); warnings for the starter to log.
-    Ready { warnings: Vec<String> },
+    /// Up (a container created, an exec running); warnings for the starter to log, and the
+    /// id of what it made when the starter could not know it.
+    Ready {
+        warnings: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+    },
     /// It failed before that: why (an error chain on one line).
     Failed { reason: String },
 }
@@ -108,7 +113,7 @@ impl SyncWriter {
 
     /// [`Report::Ready`].
     pub fn ready(self, warnings: Vec<String>) {
-        self.report(&Report::Ready { warnings });
+        self.report(&Report::Ready { warnings, id: None });
     }
 
     /// [`Report::Failed`] with `e`'s chain.
@@ -130,7 +135,8 @@ mod tests {
         assert_eq!(
             r.wait().unwrap(),
             Report::Ready {
-                warnings: vec!["left out: /etc/x".into()]
+                warnings: vec!["left out: /etc/x".into()],
+                id: None,
             }
         );
         t.join().unwrap();

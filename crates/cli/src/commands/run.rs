@@ -73,9 +73,8 @@ pub fn run(root: &Path, mut a: Args) -> Result<i32> {
         rm: a.rm,
     };
     if a.detach {
-        // The runtime starts the instance's monitor, which records the exit.
-        let started = instance::start(root, &cfg)?;
-        println!("{}", started.home.state.id);
+        // A monitor started by the runtime boots the instance and records its exit.
+        println!("{}", instance::start_detached(root, &cfg)?);
         return Ok(0);
     }
     let signals = Forwarder::start()?;
