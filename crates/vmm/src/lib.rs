@@ -11,6 +11,7 @@ pub mod console;
 pub mod cpuid;
 pub mod event_loop;
 pub mod exit;
+pub mod inherited;
 pub mod layout;
 pub mod logger;
 pub mod memory;

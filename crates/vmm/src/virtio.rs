@@ -2,7 +2,7 @@
 //! ioeventfds (registered here, never in crx-devices), event-loop subscribers, and the kernel
 //! command-line fragments that tell Linux where the devices are.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::sync::{Arc, Mutex};
 
 use crx_devices::virtio::blk::Block;
@@ -20,6 +20,8 @@ use crate::bus::Bus;
 use crate::config::VmConfig;
 use crate::event_loop::Subscriber;
 use crate::layout::{GSI_MAX, VIRTIO_GSI_START, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
+
+mod net;
 
 /// Errors attaching virtio devices.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,9 @@ pub enum VirtioError {
     /// The virtio-fs device could not be created.
     #[error("virtio-fs `{0}`")]
     Fs(String, #[source] crx_devices::virtio::fs::FsError),
+    /// A virtio-net device could not be set up.
+    #[error(transparent)]
+    Net(#[from] net::NetAttachError),
     /// The transport could not be created.
     #[error("virtio-mmio transport")]
     Transport(#[source] crx_devices::virtio::TransportError),
@@ -111,7 +116,7 @@ impl Attacher<'_> {
     }
 }
 
-/// Creates the configured disks, vsock and virtio-fs devices, plus one virtio-rng, in that order (so disk `i` is
+/// Creates the configured disks, vsock, virtio-fs and virtio-net devices, plus one virtio-rng, in that order (so disk `i` is
 /// `/dev/vda`, `/dev/vdb`, ... in configuration order).
 pub fn attach(
     vm: &VmFd,
@@ -128,10 +133,7 @@ pub fn attach(
     };
     for d in &cfg.disks {
         let name = d.path.display().to_string();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!d.read_only)
-            .open(&d.path)
+        let file = crate::inherited::open(&d.path, !d.read_only)
             .map_err(|e| VirtioError::OpenDisk(name.clone(), e))?;
         if !d.read_only {
             let dup = file
@@ -152,6 +154,9 @@ pub fn attach(
             VirtioError::FsConnect(f.tag.clone(), f.socket.display().to_string(), e)
         })?;
         let dev = Fs::new(&f.tag, Box::new(conn)).map_err(|e| VirtioError::Fs(f.tag.clone(), e))?;
+        a.add(dev)?;
+    }
+    for dev in net::devices(&cfg.net)? {
         a.add(dev)?;
     }
     a.add(Rng::new())?;
