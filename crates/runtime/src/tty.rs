@@ -97,44 +97,31 @@ pub struct WinSize {
 
 /// The window size of terminal `fd` (TIOCGWINSZ); `None` when it is not a terminal.
 pub fn window_size(fd: impl AsFd) -> Option<WinSize> {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
+    let mut ws = winsize(WinSize { rows: 0, cols: 0 });
     // SAFETY: TIOCGWINSZ writes one `winsize` through the pointer, which points to a live
     // local of that type; the descriptor is borrowed, hence open.
-    let r = unsafe {
-        libc::ioctl(
-            fd.as_fd().as_raw_fd(),
-            libc::TIOCGWINSZ,
-            &mut ws as *mut libc::winsize,
-        )
-    };
+    let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
     (r == 0).then_some(WinSize {
         rows: ws.ws_row,
         cols: ws.ws_col,
     })
 }
 
-/// Sets the window size of terminal `fd` (TIOCSWINSZ; on a pty master it is the pair's size).
-pub fn set_window_size(fd: impl AsFd, size: WinSize) -> Result<(), TtyError> {
-    let ws = libc::winsize {
+fn winsize(size: WinSize) -> libc::winsize {
+    libc::winsize {
         ws_row: size.rows,
         ws_col: size.cols,
         ws_xpixel: 0,
         ws_ypixel: 0,
-    };
+    }
+}
+
+/// Sets the window size of terminal `fd` (TIOCSWINSZ; on a pty master it is the pair's size).
+pub fn set_window_size(fd: impl AsFd, size: WinSize) -> Result<(), TtyError> {
+    let ws = winsize(size);
     // SAFETY: TIOCSWINSZ reads one `winsize` through the pointer, which points to a live local
     // of that type; the descriptor is borrowed, hence open.
-    let r = unsafe {
-        libc::ioctl(
-            fd.as_fd().as_raw_fd(),
-            libc::TIOCSWINSZ,
-            &ws as *const libc::winsize,
-        )
-    };
+    let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     if r != 0 {
         return Err(TtyError::SetWindowSize(std::io::Error::last_os_error()));
     }

@@ -15,9 +15,7 @@ pub struct Args {
 }
 
 pub fn run(root: &Path, a: Args) -> Result<i32> {
-    for id in &a.ids {
-        let home = crx_runtime::instance::remove(root, id, a.force)?;
-        println!("{}", home.state.id);
-    }
-    Ok(0)
+    super::each_instance(&a.ids, |id| {
+        crx_runtime::instance::remove(root, id, a.force)
+    })
 }

@@ -180,23 +180,15 @@ pub fn start(root: &Path, id: &str) -> Result<Option<OciError>, OciError> {
 
 /// Pauses (freezes) a running container.
 pub fn pause(root: &Path, id: &str) -> Result<(), OciError> {
-    let (c, _lock, _) = locked(
-        root,
-        id,
-        &[Status::Running],
-        "only a running container pauses",
-    )?;
+    let what = "only a running container pauses";
+    let (c, _lock, _) = locked(root, id, &[Status::Running], what)?;
     oci_monitor::request(&c, "pause")
 }
 
 /// Resumes a paused container.
 pub fn resume(root: &Path, id: &str) -> Result<(), OciError> {
-    let (c, _lock, _) = locked(
-        root,
-        id,
-        &[Status::Paused],
-        "only a paused container resumes",
-    )?;
+    let what = "only a paused container resumes";
+    let (c, _lock, _) = locked(root, id, &[Status::Paused], what)?;
     oci_monitor::request(&c, "resume")
 }
 
