@@ -83,14 +83,8 @@ pub fn exec(
     on_started: impl FnOnce(&Agent, &str, &str),
 ) -> Result<i32, OciError> {
     let c = ContainerDir::open(root, id)?;
-    let rec = c.load()?;
-    if rec.status() != Status::Running {
-        return Err(OciError::WrongState {
-            id: id.to_owned(),
-            status: rec.status().to_string(),
-            what: "exec needs a running container",
-        });
-    }
+    c.load()?
+        .expect(&[Status::Running], "exec needs a running container")?;
     let terminal = process["terminal"].as_bool() == Some(true);
     if terminal && console.is_none() {
         return Err(OciError::NoConsoleSocket);

@@ -148,14 +148,7 @@ fn locked(
     let c = ContainerDir::open(root, id)?;
     let lock = c.lock()?;
     let rec = c.load()?;
-    let status = rec.status();
-    if !ok.contains(&status) {
-        return Err(OciError::WrongState {
-            id: id.to_owned(),
-            status: status.to_string(),
-            what,
-        });
-    }
+    rec.expect(ok, what)?;
     Ok((c, lock, rec))
 }
 
@@ -197,15 +190,7 @@ const LIVE: &[Status] = &[Status::Created, Status::Running, Status::Paused];
 /// Sends `signal` to the container's init (`all`: every process of the container).
 pub fn signal(root: &Path, id: &str, signal: i32, all: bool) -> Result<(), OciError> {
     let c = ContainerDir::open(root, id)?;
-    let rec = c.load()?;
-    let status = rec.status();
-    if !LIVE.contains(&status) {
-        return Err(OciError::WrongState {
-            id: id.to_owned(),
-            status: status.to_string(),
-            what: "container not running",
-        });
-    }
+    c.load()?.expect(LIVE, "container not running")?;
     agent_call(
         &c,
         Request::Signal {
@@ -320,15 +305,7 @@ pub fn saved_spec(c: &ContainerDir) -> Result<serde_json::Value, OciError> {
 
 /// The agent of a container whose VM runs.
 pub fn agent(c: &ContainerDir) -> Result<Agent, OciError> {
-    let rec = c.load()?;
-    let status = rec.status();
-    if !LIVE.contains(&status) {
-        return Err(OciError::WrongState {
-            id: c.id.clone(),
-            status: status.to_string(),
-            what: "its VM is not running",
-        });
-    }
+    c.load()?.expect(LIVE, "its VM is not running")?;
     Ok(Agent::new(c.vsock_path()))
 }
 

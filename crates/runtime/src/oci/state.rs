@@ -130,6 +130,19 @@ impl Record {
         }
     }
 
+    /// The status, which must be one of `ok` ([`OciError::WrongState`] saying `what` else).
+    pub fn expect(&self, ok: &[Status], what: &'static str) -> Result<Status, OciError> {
+        let status = self.status();
+        if !ok.contains(&status) {
+            return Err(OciError::WrongState {
+                id: self.id.clone(),
+                status: status.to_string(),
+                what,
+            });
+        }
+        Ok(status)
+    }
+
     /// The OCI state document (runc's fields: the spec's, plus rootfs, created, owner).
     /// With `boot` (the measured boot: boot files and their verified digests) once the VM was
     /// started, an extra field as runc's `rootfs` and `created` are.
