@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use crx_vmm::config::{ConfigError, DiskConfig, FsConfig, SerialOutput};
+use crx_vmm::config::{ConfigError, DiskConfig, FsConfig, NetConfig, SerialOutput};
 use crx_vmm::{VmConfig, VmOptions};
 
 /// Run one KVM microVM: direct kernel boot, serial console, i8042 reset, boot timer.
@@ -52,6 +52,10 @@ struct Cli {
     /// on SOCKET (repeatable). Replaces the file's list.
     #[arg(long = "fs")]
     fs: Vec<String>,
+    /// virtio-net device over a tap: `tap=NAME` or `fd=N` (an inherited tap), then optionally
+    /// `,mac=MAC` and `,mtu=N` (repeatable). Replaces the file's list.
+    #[arg(long = "net")]
+    net: Vec<String>,
     /// Serial console: stdout, off or file:PATH.
     #[arg(long)]
     serial: Option<String>,
@@ -117,6 +121,13 @@ impl Cli {
                 .fs
                 .iter()
                 .map(|f| FsConfig::parse_flag(f))
+                .collect::<Result<_, _>>()?;
+        }
+        if !self.net.is_empty() {
+            cfg.net = self
+                .net
+                .iter()
+                .map(|n| NetConfig::parse_flag(n))
                 .collect::<Result<_, _>>()?;
         }
         set(
