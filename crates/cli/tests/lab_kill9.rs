@@ -234,8 +234,23 @@ fn lab_kill9_crx_cli_during_boot() {
 fn lab_kill9_runc_vmm() {
     let lab = Lab::new();
     let b = lab.bundle(&["sleep", "600"]);
-    let out = lab.runc(&["create", "--bundle", b.to_str().unwrap(), "k1"]);
-    assert_eq!(code(&out), 0, "create: {}", text(&out.stderr));
+    // Its output to a file: the monitor keeps create's stdout and stderr (pipes would not
+    // reach end-of-file while the container runs).
+    let out = lab.dir.path().join("k1.out");
+    let created = Command::new(env!("CARGO_BIN_EXE_crx-runc"))
+        .arg("--root")
+        .arg(lab.root())
+        .args(["create", "--bundle", b.to_str().unwrap(), "k1"])
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::create(&out).unwrap())
+        .status()
+        .unwrap();
+    assert!(
+        created.success(),
+        "create: {}",
+        fs::read_to_string(&out).unwrap()
+    );
     assert_eq!(code(&lab.runc(&["start", "k1"])), 0);
     let rec: Value =
         serde_json::from_slice(&fs::read(lab.root().join("k1/state.json")).unwrap()).unwrap();
