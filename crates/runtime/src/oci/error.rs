@@ -112,6 +112,8 @@ pub enum OciError {
         #[source]
         source: std::io::Error,
     },
+    #[error("state file {path} has format version {version}, newer than this crx-runc's: use the crx-runc that wrote it")]
+    NewerState { path: PathBuf, version: u32 },
     #[error("state file {path} is corrupt")]
     CorruptState {
         path: PathBuf,

@@ -30,9 +30,19 @@ pub enum Phase {
     Failed,
 }
 
+/// The version of the record's format this runtime writes (a record without one is 1).
+pub const RECORD_VERSION: u32 = 1;
+
+fn version_1() -> u32 {
+    1
+}
+
 /// `state.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
+    /// The format's version ([`RECORD_VERSION`]); a newer one is refused, never misread.
+    #[serde(default = "version_1")]
+    pub version: u32,
     pub id: String,
     pub bundle: PathBuf,
     /// The bundle's rootfs (absolute).
@@ -92,6 +102,7 @@ impl Record {
         annotations: BTreeMap<String, String>,
     ) -> Record {
         Record {
+            version: RECORD_VERSION,
             id: id.to_owned(),
             bundle: bundle.to_owned(),
             rootfs: rootfs.to_owned(),
@@ -169,13 +180,20 @@ impl Record {
         s
     }
 
-    /// Reads `path`.
+    /// Reads `path`: a record of a newer format than ours is an error, never misread.
     pub fn load(path: &Path) -> Result<Record, OciError> {
         let text = fs::read(path).map_err(io(path))?;
-        serde_json::from_slice(&text).map_err(|source| OciError::CorruptState {
+        let r: Record = serde_json::from_slice(&text).map_err(|source| OciError::CorruptState {
             path: path.to_owned(),
             source,
-        })
+        })?;
+        if r.version > RECORD_VERSION {
+            return Err(OciError::NewerState {
+                path: path.to_owned(),
+                version: r.version,
+            });
+        }
+        Ok(r)
     }
 
     /// Writes `path` atomically: a temporary file in the same directory, synced, then renamed
@@ -194,7 +212,10 @@ impl Record {
             let _ = fs::remove_file(&tmp);
             return Err(io(&tmp)(e));
         }
-        fs::rename(&tmp, path).map_err(io(path))
+        fs::rename(&tmp, path).map_err(io(path))?;
+        // The rename itself survives a crash of the machine too.
+        let _ = fs::File::open(dir).and_then(|d| d.sync_all());
+        Ok(())
     }
 }
 
@@ -341,6 +362,26 @@ mod tests {
         assert_eq!(names, vec!["state.json".to_owned()]);
         r.phase = Phase::Stopped;
         assert_ne!(Record::load(&path).unwrap(), r);
+    }
+
+    /// A record without a version (an older crx-runc's) is version 1; a newer one is refused.
+    #[test]
+    fn records_are_versioned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let r = record();
+        r.save(&path).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(v["version"], RECORD_VERSION);
+        v.as_object_mut().unwrap().remove("version");
+        fs::write(&path, v.to_string()).unwrap();
+        assert_eq!(Record::load(&path).unwrap().version, 1);
+        v["version"] = (RECORD_VERSION + 1).into();
+        fs::write(&path, v.to_string()).unwrap();
+        assert!(matches!(
+            Record::load(&path),
+            Err(OciError::NewerState { version, .. }) if version == RECORD_VERSION + 1
+        ));
     }
 
     #[test]
