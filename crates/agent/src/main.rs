@@ -13,6 +13,7 @@ mod boot_timer;
 mod call;
 mod cmdline;
 mod containers;
+mod network;
 mod pid1;
 mod reaper;
 mod sysvm;
@@ -67,6 +68,10 @@ fn pid1_main() -> ! {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let cfg = cmdline::parse(&cmdline);
     pid1::set_hostname(cfg.hostname.as_deref().unwrap_or("crx"));
+    // Loopback always, whatever else the host describes later (ConfigureNetwork).
+    if let Err(e) = network::loopback_up() {
+        eprintln!("crx-init: {}", crx_proto::chain(&e));
+    }
     let reaper = match Reaper::start() {
         Ok(r) => r,
         Err(e) => {

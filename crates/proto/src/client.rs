@@ -164,6 +164,7 @@ pub fn op_name(r: &Request) -> &'static str {
         Request::Stats { .. } => "stats",
         Request::Update { .. } => "update",
         Request::Remove { .. } => "remove",
+        Request::ConfigureNetwork { .. } => "configure_network",
         Request::Shutdown => "shutdown",
     }
 }

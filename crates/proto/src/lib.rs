@@ -5,6 +5,7 @@
 //! - [`message`]: the typed messages (serde, JSON payloads): requests, responses, typed errors,
 //!   and the header that opens a stdio stream connection.
 //! - [`codec`]: messages to and from frames over any `Read` / `Write`; decoding never panics.
+//! - [`network`]: the guest network the host describes (interfaces by MAC, addresses, routes).
 //! - [`client`]: a blocking client for the host side (handshake, one call at a time).
 //! - [`error_chain`]: an error and its sources on one line (shared by every crate).
 //!
@@ -17,12 +18,14 @@ pub mod codec;
 pub mod error_chain;
 pub mod frame;
 pub mod message;
+pub mod network;
 
 pub use client::{Client, ClientError};
 pub use codec::{decode, encode, read_message, write_message, ProtoError};
 pub use error_chain::chain;
 pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME_LEN};
 pub use message::*;
+pub use network::NetworkConfig;
 
 /// The protocol version this crate speaks. Bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;

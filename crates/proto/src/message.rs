@@ -85,6 +85,11 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Configure the guest's interfaces and routes (answered by `Ok` once all of it is
+    /// applied). Added after version 1 as a new value only.
+    ConfigureNetwork {
+        network: crate::network::NetworkConfig,
+    },
     /// Stop everything and power off the VM (the agent answers `Ok` first).
     Shutdown,
 }

@@ -215,6 +215,16 @@ impl<S: Read + Write + AsFd> Session<S> {
                 "send hello with the protocol version first".into(),
             ),
             Request::Ping => (Response::Pong, None),
+            // Only the VM's PID 1 owns the network it would change (not a host-tier agent).
+            Request::ConfigureNetwork { .. } if std::process::id() != 1 => err(
+                ErrorKind::Unsupported,
+                "configure_network: only the agent running as the VM's PID 1 configures its network"
+                    .into(),
+            ),
+            Request::ConfigureNetwork { network } => match crate::network::apply(&network) {
+                Ok(()) => (Response::Ok, None),
+                Err(e) => err(e.kind(), crx_proto::chain(&e)),
+            },
             Request::Shutdown => {
                 // Containers first: the helper kills them and unmounts their layers.
                 if let Some(h) = self.helper.as_ref().filter(|h| h.started()) {
