@@ -52,8 +52,7 @@ pub fn ensure() -> Result<PathBuf> {
         fs::rename(&base, staging.join("base.cpio"))?;
         symlink(&kernel.vmlinux, staging.join("vmlinux"))?;
         symlink(&kernel.bzimage, staging.join("bzImage"))?;
-        crx_runtime::boot_files::write_manifest(&staging)
-            .context("writing the boot files' manifest")?;
+        write_manifest(&staging).context("writing the boot files' manifest")?;
         cache::publish(&staging, &dest)?;
     }
     fs::remove_dir_all(&scratch)?;
@@ -63,6 +62,30 @@ pub fn ensure() -> Result<PathBuf> {
     symlink(dest.file_name().context("boot dir name")?, &tmp)?;
     fs::rename(&tmp, &link).with_context(|| format!("publishing {}", link.display()))?;
     Ok(link)
+}
+
+/// The boot files a boot directory's manifest covers (`crx_runtime::boot_files::BOOT_NAMES`).
+const BOOT_NAMES: [&str; 3] = ["vmlinux", "bzImage", "base.cpio"];
+
+/// Writes `dir/SHA256SUMS` in `sha256sum`'s format (`HEX  NAME`), which the runtime verifies
+/// the boot files against (`crx_runtime::boot_files::verify`); symbolic links are followed.
+fn write_manifest(dir: &std::path::Path) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    let mut text = String::new();
+    for name in BOOT_NAMES {
+        let path = dir.join(name);
+        let mut file = fs::File::open(&path).with_context(|| format!("{}", path.display()))?;
+        let mut h = Sha256::new();
+        std::io::copy(&mut file, &mut h).with_context(|| format!("{}", path.display()))?;
+        let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        text.push_str(&format!("{hex}  {name}\n"));
+    }
+    // Readable by all (the boot directory is shared), written whole or not at all.
+    let tmp = dir.join(format!(".SHA256SUMS.{}.tmp", std::process::id()));
+    fs::write(&tmp, text)?;
+    fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    fs::rename(&tmp, dir.join("SHA256SUMS"))?;
+    Ok(())
 }
 
 fn build_static_init() -> Result<PathBuf> {
@@ -95,4 +118,37 @@ fn build_initrd_tool() -> Result<PathBuf> {
             .args(["build", "--quiet", "-p", "crx-initrd"]),
     )?;
     Ok(workspace_root().join("target/debug/crx-initrd"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The manifest is what `sha256sum` writes for the same files (the format the runtime
+    /// verifies against), links followed.
+    #[test]
+    fn the_manifest_is_sha256sums_format() {
+        let d = std::env::temp_dir().join(format!("xtask-manifest-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("vmlinux"), b"kernel").unwrap();
+        fs::write(d.join("real-bz"), b"bz").unwrap();
+        symlink("real-bz", d.join("bzImage")).unwrap();
+        fs::write(d.join("base.cpio"), b"").unwrap();
+        write_manifest(&d).unwrap();
+        let ours = fs::read_to_string(d.join("SHA256SUMS")).unwrap();
+        let theirs = Command::new("sha256sum")
+            .args(BOOT_NAMES)
+            .current_dir(&d)
+            .output()
+            .unwrap();
+        assert!(theirs.status.success());
+        assert_eq!(ours, String::from_utf8(theirs.stdout).unwrap());
+        let mode = fs::metadata(d.join("SHA256SUMS")).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o644
+        );
+        fs::remove_dir_all(&d).unwrap();
+    }
 }

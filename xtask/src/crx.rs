@@ -34,7 +34,7 @@ pub fn run(args: &[String]) -> Result<i32> {
     );
 
     match kvm::loop_speed_ns() {
-        Ok(ns) if ns < 50.0 => {
+        Ok(ns) if crx_kvmspeed::fast_enough(ns) => {
             let status = Command::new(&argv[0])
                 .args(&argv[1..])
                 .env(&boot_env.0, &boot_env.1)

@@ -37,10 +37,10 @@ pub fn probe() -> Result<()> {
 /// runs guest code natively, ~1000 where KVM emulates every instruction (as on this project's
 /// development machines, which therefore cannot boot Linux). The same calibration as `crx check`.
 pub fn loop_speed_ns() -> Result<f64> {
-    crx_runtime::kvm_speed::loop_speed_ns().map_err(anyhow::Error::msg)
+    Ok(crx_kvmspeed::loop_speed_ns()?)
 }
 
 /// Whether this host's KVM runs guest code fast enough to boot Linux.
 pub fn can_boot_linux() -> bool {
-    matches!(loop_speed_ns(), Ok(ns) if ns < 50.0)
+    matches!(loop_speed_ns(), Ok(ns) if crx_kvmspeed::fast_enough(ns))
 }

@@ -16,7 +16,7 @@
 //! - [`trace`]: boot-phase timestamps with `CRX_TRACE=1`.
 //! - [`virtiofs`]: host directories shared live with a VM (one virtiofsd each).
 //! - [`tty`]: host terminals: raw mode, the pty pump and window sizes, console-socket fd passing.
-#![deny(unsafe_code)] // allowed in `kvm_speed`, `tty`, `oci::namespace` (ioctls), `child` (pre_exec) and `sync` (an inherited fd) alone
+#![deny(unsafe_code)] // allowed in `tty`, `oci::namespace` (ioctls), `child` (pre_exec) and `sync` (an inherited fd) alone
 
 pub mod agent;
 pub mod boot_files;
@@ -25,7 +25,6 @@ pub mod child;
 pub mod error;
 pub mod home;
 pub mod instance;
-pub mod kvm_speed;
 pub mod monitor;
 pub mod oci;
 pub mod paths;

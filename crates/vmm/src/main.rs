@@ -65,6 +65,10 @@ struct Cli {
     /// Copy the kernel and initrds into guest RAM instead of mapping them copy-on-write.
     #[arg(long)]
     copy_boot_files: bool,
+    /// Run no VM: print the nanoseconds per iteration of a calibrated tiny guest loop (~1 on a
+    /// KVM running guest code natively, ~1000 where it emulates) and exit (`crx check` uses it).
+    #[arg(long, exclusive = true)]
+    kvm_speed: bool,
     /// Run without the seccomp filters: for debugging only (the VMM log says so).
     #[arg(long)]
     no_seccomp: bool,
@@ -144,6 +148,11 @@ impl Cli {
 }
 
 fn run(cli: Cli, start: Instant) -> anyhow::Result<ExitCode> {
+    if cli.kvm_speed {
+        let ns = crx_kvmspeed::loop_speed_ns().context("the KVM speed probe")?;
+        println!("{ns:.3}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let no_seccomp = cli.no_seccomp;
     let cfg = cli.vm_config().context("invalid VM configuration")?;
     let mut opts = VmOptions {

@@ -328,6 +328,18 @@ fn invalid_config_exits_1_naming_the_field() {
     assert!(o.stderr.contains("`kernel`"), "{}", o.stderr);
 }
 
+/// `--kvm-speed` prints the probe's figure and runs no VM; with any VM flag it is a usage error.
+#[test]
+fn kvm_speed_flag_prints_the_loop_speed() {
+    require_kvm();
+    let o = run_vmm(&["--kvm-speed"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let ns: f64 = o.stdout.trim().parse().expect("a number");
+    assert!(ns > 0.0, "{ns}");
+    let o = run_vmm(&["--kvm-speed", "--memory-mib", "16"]);
+    assert_eq!(o.code, Some(2), "{}", o.stderr);
+}
+
 #[test]
 fn unknown_flag_is_a_usage_error() {
     let o = run_vmm(&["--bogus"]);
