@@ -14,9 +14,19 @@ use serde::{Deserialize, Serialize};
 use crate::error::{io, RuntimeError};
 use crate::paths;
 
+/// The version of `state.json`'s format this runtime writes (a record without one is 1).
+pub const STATE_VERSION: u32 = 1;
+
+fn version_1() -> u32 {
+    1
+}
+
 /// What `state.json` records about an instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceState {
+    /// The format's version ([`STATE_VERSION`]); a newer one is refused, never misread.
+    #[serde(default = "version_1")]
+    pub version: u32,
     pub id: String,
     pub name: String,
     /// The image reference as the user gave it.
@@ -119,6 +129,7 @@ impl Home {
         let home = Home {
             dir,
             state: InstanceState {
+                version: STATE_VERSION,
                 name: name.map_or_else(|| id.clone(), str::to_owned),
                 id,
                 image: image.to_owned(),
@@ -142,7 +153,13 @@ impl Home {
     pub fn load(dir: &Path) -> Result<Home, RuntimeError> {
         let path = dir.join("state.json");
         let text = fs::read(&path).map_err(io(&path))?;
-        let state = serde_json::from_slice(&text)
+        let state: InstanceState = serde_json::from_slice(&text)
+            .and_then(|s: InstanceState| match s.version {
+                v if v > STATE_VERSION => Err(serde::de::Error::custom(format!(
+                    "format version {v} is newer than this crx's {STATE_VERSION}"
+                ))),
+                _ => Ok(s),
+            })
             .map_err(|source| RuntimeError::CorruptState { path, source })?;
         Ok(Home {
             dir: dir.to_owned(),
@@ -150,13 +167,11 @@ impl Home {
         })
     }
 
-    /// Writes `state.json` (atomically: a temporary file renamed over it).
+    /// Writes `state.json` atomically and durably ([`paths::write_atomic`]).
     pub fn save(&self) -> Result<(), RuntimeError> {
         let path = self.state_path();
-        let tmp = self.dir.join(".state.json.tmp");
         let text = serde_json::to_vec_pretty(&self.state).expect("state serializes");
-        paths::write_private(&tmp, &text).map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))
+        paths::write_atomic(&path, &text).map_err(io(&path))
     }
 
     /// Writes `config.json`, the OCI spec (private: it holds the container's environment).
@@ -319,6 +334,23 @@ mod tests {
         let back = Home::load(&h.dir).unwrap();
         assert_eq!(back.state, h.state);
         assert_eq!(back.status(), Status::Exited(3));
+    }
+
+    /// A record without a version (an older crx's) is version 1; a newer one is refused.
+    #[test]
+    fn state_is_versioned() {
+        let root = tempfile::tempdir().unwrap();
+        let h = home(root.path(), None);
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&fs::read(h.state_path()).unwrap()).unwrap();
+        assert_eq!(v["version"], STATE_VERSION);
+        v.as_object_mut().unwrap().remove("version");
+        fs::write(h.state_path(), v.to_string()).unwrap();
+        assert_eq!(Home::load(&h.dir).unwrap().state.version, 1);
+        v["version"] = (STATE_VERSION + 1).into();
+        fs::write(h.state_path(), v.to_string()).unwrap();
+        let e = Home::load(&h.dir).unwrap_err();
+        assert!(crx_proto::chain(&e).contains("newer"), "{e}");
     }
 
     #[test]

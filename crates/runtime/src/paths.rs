@@ -134,6 +134,27 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     create_private_file(path)?.write_all(data)
 }
 
+/// Replaces `path` with `data` atomically and durably: a private temporary file in the same
+/// directory ([`create_private_file`]), synced, renamed over it, the directory synced. A
+/// writer killed at any point leaves the old content or the new, never a part.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = create_private_file(&tmp).and_then(|mut f| {
+        f.write_all(data)?;
+        f.sync_data()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // The rename itself survives a crash of the machine too.
+    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    Ok(())
+}
+
 /// Sets the permission bits of `path`.
 pub fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;

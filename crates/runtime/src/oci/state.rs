@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -199,23 +198,9 @@ impl Record {
     /// Writes `path` atomically: a temporary file in the same directory, synced, then renamed
     /// over it. A writer killed at any point leaves the old record or the new one.
     pub fn save(&self, path: &Path) -> Result<(), OciError> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(".state.{}.tmp", std::process::id()));
         let text = serde_json::to_vec_pretty(self).expect("record serializes");
-        let write = || -> std::io::Result<()> {
-            // Private: the record is part of the container's state (0600 whatever the umask).
-            let mut f = crate::paths::create_private_file(&tmp)?;
-            f.write_all(&text)?;
-            f.sync_data()
-        };
-        if let Err(e) = write() {
-            let _ = fs::remove_file(&tmp);
-            return Err(io(&tmp)(e));
-        }
-        fs::rename(&tmp, path).map_err(io(path))?;
-        // The rename itself survives a crash of the machine too.
-        let _ = fs::File::open(dir).and_then(|d| d.sync_all());
-        Ok(())
+        // Private: the record is part of the container's state (0600 whatever the umask).
+        crate::paths::write_atomic(path, &text).map_err(io(path))
     }
 }
 
