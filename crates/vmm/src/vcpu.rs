@@ -1,22 +1,21 @@
-//! The vCPU thread: KVM_RUN, dispatch port I/O and MMIO exits to the buses, report why it
-//! stopped.
+//! The vCPU thread: KVM_RUN, then [`handle::handle_exit`] (a pure function of the exit)
+//! decides: resume, or stop and report why.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::Bus;
 use crate::exit::{ExitLatch, VmExit};
 
-const I8042_COMMAND_PORT: u16 = 0x64;
-const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
-const KVM_SYSTEM_EVENT_RESET: u32 = 2;
-const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
+pub mod handle;
+
+use handle::{handle_exit, Buses, ExitAction};
 
 /// Everything a vCPU thread owns.
 pub struct Vcpu {
@@ -65,103 +64,40 @@ impl Vcpu {
                 f(Instant::now());
             }
             self.stats.0 += 1;
-            let reason = match self.fd.run() {
-                Ok(VcpuExit::IoOut(port, data)) => {
-                    self.pio.write(u64::from(port), data);
-                    match &self.reset_evt {
-                        Some(evt) if port == I8042_COMMAND_PORT && evt.read().is_ok() => {
-                            Some(VmExit::GuestReset)
-                        }
-                        _ => None,
-                    }
-                }
-                Ok(VcpuExit::IoIn(port, data)) => {
-                    self.pio.read(u64::from(port), data);
-                    None
-                }
-                Ok(VcpuExit::MmioRead(addr, data)) => {
-                    self.mmio.read(addr, data);
-                    None
-                }
-                Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    self.mmio.write(addr, data);
-                    None
-                }
-                Ok(VcpuExit::Shutdown) => Some(VmExit::TripleFault { vcpu: self.id }),
-                Ok(VcpuExit::Hlt) => Some(VmExit::GuestPowerOff),
-                Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
-                    KVM_SYSTEM_EVENT_RESET => Some(VmExit::GuestReset),
-                    KVM_SYSTEM_EVENT_SHUTDOWN => Some(VmExit::GuestPowerOff),
-                    other => Some(VmExit::VcpuFailed {
-                        vcpu: self.id,
-                        detail: format!("unexpected KVM system event {other}"),
-                    }),
-                },
-                Ok(VcpuExit::InternalError) => Some(self.internal_error()),
-                Ok(VcpuExit::FailEntry(reason, cpu)) => Some(VmExit::VcpuFailed {
-                    vcpu: self.id,
-                    detail: format!(
-                        "KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {reason:#x} on host \
-                         CPU {cpu}"
-                    ),
-                }),
-                Ok(other) => Some(VmExit::VcpuFailed {
-                    vcpu: self.id,
-                    detail: format!("unexpected KVM exit {other:?}"),
-                }),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    self.stats.1 += 1;
-                    None
-                }
-                Err(e) => Some(VmExit::VcpuFailed {
-                    vcpu: self.id,
-                    detail: format!("KVM_RUN failed: {e}"),
-                }),
+            let buses = Buses {
+                pio: &self.pio,
+                mmio: &self.mmio,
+                reset_evt: self.reset_evt.as_ref(),
             };
-            if let Some(r) = reason {
-                self.exit.set(r);
-                return;
-            }
+            let reason = match handle_exit(self.id, self.fd.run(), &buses) {
+                ExitAction::Resume => continue,
+                ExitAction::Interrupted => {
+                    self.stats.1 += 1;
+                    continue;
+                }
+                ExitAction::Stop(reason) => reason,
+                ExitAction::InternalError => self.internal_error(),
+            };
+            self.exit.set(reason);
+            return;
         }
     }
 
+    /// The exit for KVM_EXIT_INTERNAL_ERROR, with the details KVM and the guest give.
     fn internal_error(&mut self) -> VmExit {
         let run = self.fd.get_kvm_run();
         // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so KVM filled the `internal`
         // member of the exit union; it is plain integers.
         let internal = unsafe { run.__bindgen_anon_1.internal };
-        let suberror = internal.suberror;
         let ndata = (internal.ndata as usize).min(internal.data.len());
-        let data: Vec<String> = internal.data[..ndata]
-            .iter()
-            .map(|d| format!("{d:#x}"))
-            .collect();
-        let (rip, bytes) = self.code_at_rip();
-        let insn = match &bytes {
-            Some(b) if !b.is_empty() => b
-                .iter()
-                .map(|x| format!("{x:02x}"))
-                .collect::<Vec<_>>()
-                .join(" "),
-            _ => "unreadable".to_owned(),
-        };
-        let detail = if suberror == KVM_INTERNAL_ERROR_EMULATION {
-            format!(
-                "emulation failure at RIP {rip:#x}, instruction bytes [{insn}]. This host's KVM \
-                 is emulating guest instructions and does not implement this one: it cannot run \
-                 this guest (use the nested lab, `cargo xtask lab`)"
-            )
-        } else {
-            format!(
-                "RIP {rip:#x}, instruction bytes [{insn}], data [{}]",
-                data.join(", ")
-            )
-        };
-        VmExit::InternalError {
-            vcpu: self.id,
-            suberror,
-            detail,
-        }
+        let (rip, code) = self.code_at_rip();
+        handle::internal_error(
+            self.id,
+            internal.suberror,
+            &internal.data[..ndata],
+            rip,
+            code.as_deref(),
+        )
     }
 
     /// Debug aid (`CRX_VMM_DEBUG=1`): where this vCPU was when the VM was stopped.

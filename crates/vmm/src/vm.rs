@@ -1,6 +1,5 @@
 //! One microVM: KVM objects, guest memory, devices, vCPU threads and the event loop.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,26 +7,20 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crx_devices::legacy::{
-    BootTimer, Serial, BOOT_TIMER_LEN, BOOT_TIMER_PORT, COM1_GSI, COM1_LEN, COM1_PORT, I8042,
-    I8042_KBD_GSI, I8042_LEN, I8042_PORT,
-};
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use crx_devices::legacy::Serial;
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vmm_sys_util::eventfd::EventFd;
+use vm_memory::GuestMemoryMmap;
 
 use crate::boot::{self, BootError, BootPlan};
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::config::{SerialOutput, VmConfig};
 use crate::event_loop::{install_signal_handlers, EventLoop, EventLoopError, Subscriber};
 use crate::exit::{ExitLatch, VmExit};
-use crate::memory::{create_guest_memory, create_shared_guest_memory, MemoryError};
-use crate::regs::{self, RegsError};
+use crate::memory::MemoryError;
+use crate::regs::RegsError;
 use crate::vcpu::Vcpu;
 
-/// Where KVM puts the TSS (three pages, below the IOAPIC; Intel needs it).
-const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+mod attach;
 
 /// Errors while building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -129,132 +122,39 @@ pub struct Vm {
     shutdown_hooks: Vec<Box<dyn FnOnce() + Send>>,
 }
 
-fn evt() -> Result<EventFd, VmError> {
-    EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Io("cannot create an eventfd", e))
-}
-
 impl Vm {
-    /// Creates the VM, loads the kernel, sets up devices and vCPUs.
+    /// Creates the VM, loads the kernel, sets up devices and vCPUs: one attach step each.
     pub fn new(cfg: &VmConfig, mut opts: VmOptions) -> Result<Self, VmError> {
-        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
-        let vm = kvm
-            .create_vm()
-            .map_err(|e| VmError::Kvm("KVM_CREATE_VM", e))?;
-        vm.set_tss_address(KVM_TSS_ADDRESS)
-            .map_err(|e| VmError::Kvm("KVM_SET_TSS_ADDR", e))?;
-        vm.create_irq_chip()
-            .map_err(|e| VmError::Kvm("KVM_CREATE_IRQCHIP", e))?;
-        vm.create_pit2(kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        })
-        .map_err(|e| VmError::Kvm("KVM_CREATE_PIT2", e))?;
-
-        let mem = if cfg.fs.is_empty() {
-            create_guest_memory(cfg.memory_mib << 20)?
-        } else {
-            create_shared_guest_memory(cfg.memory_mib << 20)?
-        };
+        let (kvm, vm) = attach::create_vm()?;
+        let mem = attach::guest_memory(cfg)?;
         let mut mmio = Bus::new();
         let virtio = crate::virtio::attach(&vm, &mem, cfg, &mut mmio)?;
         let boot = boot::load(&mem, cfg, &virtio.cmdline)?;
-        for (slot, region) in mem.iter().enumerate() {
-            let host = mem.get_host_address(region.start_addr()).map_err(|_| {
-                VmError::Io(
-                    "guest RAM region without host address",
-                    std::io::Error::other("vm-memory"),
-                )
-            })?;
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-                flags: 0,
-            };
-            if std::env::var_os("CRX_VMM_DEBUG").is_some() {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "guest-ram: host={:#x}-{:#x} guest={:#x}",
-                    host as u64,
-                    host as u64 + region.len(),
-                    region.start_addr().0
-                );
-            }
-            // SAFETY: `host..host+len` is a live mapping owned by `mem`, which the returned
-            // Vm keeps alive for as long as the VM fd (both dropped together); slots are unique.
-            unsafe { vm.set_user_memory_region(r) }
-                .map_err(|e| VmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
-        }
+        attach::register_memory(&vm, &mem)?;
 
-        // Devices.
         let latch = Arc::new(ExitLatch::new().map_err(|e| VmError::Io("eventfd", e))?);
         let mut pio = Bus::new();
-        let serial_irq = evt()?;
-        vm.register_irqfd(&serial_irq, COM1_GSI)
-            .map_err(|e| VmError::Kvm("KVM_IRQFD (serial)", e))?;
-        let out: Box<dyn Write + Send> = match opts.serial_out.take() {
-            Some(o) => o,
-            None => match &cfg.serial {
-                SerialOutput::Stdout => Box::new(std::io::stdout()),
-                SerialOutput::Off => Box::new(std::io::sink()),
-                SerialOutput::File(p) => Box::new(
-                    OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(p)
-                        .map_err(|e| VmError::Io("cannot open the serial output file", e))?,
-                ),
-            },
-        };
-        let serial = Arc::new(Mutex::new(Serial::new(serial_irq, out)));
-        pio.insert(COM1_PORT, COM1_LEN, serial.clone())?;
-        let reset_evt = evt()?;
-        let kbd_irq = evt()?;
-        vm.register_irqfd(&kbd_irq, I8042_KBD_GSI)
-            .map_err(|e| VmError::Kvm("KVM_IRQFD (i8042)", e))?;
-        let reset_clone = reset_evt
-            .try_clone()
-            .map_err(|e| VmError::Io("eventfd", e))?;
-        let reset_for_vcpus = reset_evt
-            .try_clone()
-            .map_err(|e| VmError::Io("eventfd", e))?;
-        pio.insert(
-            I8042_PORT,
-            I8042_LEN,
-            Arc::new(Mutex::new(
-                I8042::new(reset_clone).with_kbd_interrupt(kbd_irq),
-            )),
-        )?;
+        let serial = attach::serial(&vm, cfg, opts.serial_out.take(), &mut pio)?;
+        let reset_evt = attach::i8042(&vm, &mut pio)?;
         if cfg.boot_timer {
-            let out = opts
-                .boot_timer_out
-                .take()
-                .unwrap_or_else(|| Box::new(std::io::stderr()));
-            pio.insert(
-                BOOT_TIMER_PORT,
-                BOOT_TIMER_LEN,
-                Arc::new(Mutex::new(BootTimer::new(opts.start, out))),
-            )?;
+            attach::boot_timer(opts.start, opts.boot_timer_out.take(), &mut pio)?;
         }
         for (base, len, dev) in opts.extra_mmio.drain(..) {
             mmio.insert(base, len, dev)?;
         }
 
-        let signal = if opts.handle_signals {
-            Some(
+        let signal = match opts.handle_signals {
+            true => Some(
                 install_signal_handlers()
                     .map_err(|e| VmError::Io("cannot install signal handlers", e))?,
-            )
-        } else {
-            None
+            ),
+            false => None,
         };
+        let reset_for_vcpus = reset_evt
+            .try_clone()
+            .map_err(|e| VmError::Io("eventfd", e))?;
         let mut event_loop = EventLoop::new(reset_evt, signal, latch.clone())?;
-        for s in virtio
-            .subscribers
-            .into_iter()
-            .chain(opts.subscribers.drain(..))
-        {
+        for s in virtio.subscribers.into_iter().chain(opts.subscribers) {
             event_loop.add_subscriber(s);
         }
         if opts.serial_input && cfg.serial == SerialOutput::Stdout {
@@ -271,50 +171,16 @@ impl Vm {
             }));
         }
 
-        // vCPUs: CPUID before SREGS (KVM refuses long-mode SREGS otherwise).
-        let base_cpuid = regs::supported_cpuid(&kvm).map_err(|e| VmError::Regs(0, e))?;
-        let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
-        let stop = Arc::new(AtomicBool::new(false));
-        let first_entry = Arc::new(Mutex::new(None));
-        let mut vcpus = Vec::new();
-        for id in 0..cfg.vcpus {
-            let fd = vm
-                .create_vcpu(u64::from(id))
-                .map_err(|e| VmError::Kvm("KVM_CREATE_VCPU", e))?;
-            let r = |e| VmError::Regs(id, e);
-            regs::set_cpuid(&fd, &base_cpuid, id, cfg.vcpus).map_err(r)?;
-            regs::set_msrs(&fd).map_err(r)?;
-            regs::set_fpu(&fd).map_err(r)?;
-            regs::set_lint(&fd).map_err(r)?;
-            if id == 0 {
-                regs::set_boot_registers(&fd, boot.entry).map_err(r)?;
-            }
-            let on_first_entry: Option<Box<dyn FnOnce(Instant) + Send>> = if id == 0 {
-                let slot = first_entry.clone();
-                Some(Box::new(move |t| {
-                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
-                }))
-            } else {
-                None
-            };
-            vcpus.push(Vcpu {
-                fd,
-                id,
-                pio: pio.clone(),
-                mmio: mmio.clone(),
-                mem: mem.clone(),
-                stop: stop.clone(),
-                exit: latch.clone(),
-                on_first_entry,
-                reset_evt: Some(
-                    reset_for_vcpus
-                        .try_clone()
-                        .map_err(|e| VmError::Io("eventfd", e))?,
-                ),
-                stats: (0, 0),
-            });
-        }
-
+        let shared = attach::VcpuShared {
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            mem: mem.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            latch: latch.clone(),
+            reset_evt: reset_for_vcpus,
+            first_entry: Arc::new(Mutex::new(None)),
+        };
+        let vcpus = attach::vcpus(&kvm, &vm, cfg.vcpus, boot.entry, &shared)?;
         Ok(Vm {
             _kvm: kvm,
             _vm: vm,
@@ -323,9 +189,9 @@ impl Vm {
             event_loop,
             serial,
             latch,
-            stop,
+            stop: shared.stop,
             boot,
-            first_entry,
+            first_entry: shared.first_entry,
             start: opts.start,
             shutdown_hooks,
         })
