@@ -30,6 +30,21 @@ fn unknown_image_is_a_one_line_125() {
     assert!(!homes.exists() || std::fs::read_dir(homes).unwrap().count() == 0);
 }
 
+/// `run -d` starts in a monitor (the runtime's): its failure comes back over the monitor's
+/// pipe as the same one line, and nothing is left.
+#[test]
+fn detached_unknown_image_is_the_monitors_one_line_125() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = crx(dir.path(), &["run", "-d", "--rm", "nope:1", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    let e = stderr(&out);
+    assert!(e.starts_with("crx: image nope:1 not found"), "{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(out.stdout.is_empty(), "no id printed");
+    let homes = dir.path().join("instances");
+    assert!(!homes.exists() || std::fs::read_dir(homes).unwrap().count() == 0);
+}
+
 #[test]
 fn bad_reference_is_125() {
     let dir = tempfile::tempdir().unwrap();
