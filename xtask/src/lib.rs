@@ -2,6 +2,7 @@
 //! nested KVM lab, and the test tiers. `cargo xtask --help` lists the commands.
 
 pub mod apt;
+pub mod arrows;
 pub mod bench_lab;
 pub mod bench_oci;
 pub mod bench_run;
