@@ -1,6 +1,7 @@
 //! The VMM's boot-timer port: crx-init writes one byte to I/O port 0x440 at milestones so the
-//! VMM can time the boot (1: init started, 2: ready — agent listening or program about to run;
-//! 3 and 4 mark steps between them, 5 the container helper started, after 2).
+//! VMM can time the boot (the codes: `crx_proto::console::mark`; 1: init started, 2: ready —
+//! agent listening or program about to run; 3 and 4 mark steps between them, 5 the container
+//! helper started, after 2).
 //!
 //! Two ways, tried in order:
 //! 1. `ioperm(0x440, 1, 1)` then `out` from this thread. Needs CAP_SYS_RAWIO (PID 1 is root with
@@ -12,17 +13,8 @@
 #![allow(unsafe_code)]
 
 /// The boot-timer I/O port.
-pub const PORT: u16 = 0x440;
-/// Written when crx-init starts.
-pub const INIT_STARTED: u8 = 1;
-/// Written when crx-init is ready (agent listening, or the system-VM program about to run).
-pub const READY: u8 = 2;
-/// Between 1 and 2, for the breakdown: the pseudo filesystems are mounted.
-pub const MOUNTED: u8 = 3;
-/// Console, hostname and the reaper thread are set up.
-pub const REAPING: u8 = 4;
-/// The container helper process is started (agent mode; after [`READY`], from a thread).
-pub const HELPER_STARTED: u8 = 5;
+pub const PORT: u16 = crx_proto::console::BOOT_TIMER_PORT;
+pub use crx_proto::console::mark::{HELPER_STARTED, INIT_STARTED, MOUNTED, READY, REAPING};
 
 /// Writes `value` to the boot-timer port if any way works; returns which way did.
 pub fn mark(value: u8) -> Option<&'static str> {

@@ -1,6 +1,7 @@
 //! System-VM mode: run one program with the console as its stdio, then report how it ended.
 //!
-//! The report is one line on the console (stdout), which the host reads from the serial log:
+//! The report is one line on the console (stdout), which the host reads from the serial log
+//! (`crx_proto::console::status_line`):
 //!
 //! ```text
 //! crx-init: exit status N
@@ -13,9 +14,6 @@ use std::io::Write;
 use std::process::Command;
 
 use crate::reaper::Reaper;
-
-/// The line prefix the host looks for.
-pub const STATUS_PREFIX: &str = "crx-init: exit status ";
 
 /// The environment the program starts with (plus `crxenv=` additions).
 const BASE_ENV: [(&str, &str); 3] = [
@@ -49,7 +47,7 @@ pub fn run(reaper: &Reaper, prog: &str, args: &[String], env: &[(String, String)
             }
         }
     };
-    println!("{STATUS_PREFIX}{code}");
+    println!("{}", crx_proto::console::status_line(code));
     let _ = std::io::stdout().flush();
     code
 }

@@ -7,6 +7,8 @@
 //! - [`codec`]: messages to and from frames over any `Read` / `Write`; decoding never panics.
 //! - [`network`]: the guest network the host describes (interfaces by MAC, addresses, routes).
 //! - [`client`]: a blocking client for the host side (handshake, one call at a time).
+//! - [`console`]: the boot-timer marks and a system VM's status line (outside the agent
+//!   connection: an I/O port and the serial console).
 //! - [`error_chain`]: an error and its sources on one line (shared by every crate).
 //!
 //! The first exchange on a control connection is `Hello { version }` answered by
@@ -15,6 +17,7 @@
 
 pub mod client;
 pub mod codec;
+pub mod console;
 pub mod error_chain;
 pub mod frame;
 pub mod message;

@@ -43,15 +43,12 @@ pub fn mark_at(phase: &str, ms: f64) {
     }
 }
 
-/// The guest's boot-timer marks in a crx-vmm log (`boot-timer: code=N t=MICROS`), as
+/// The guest's boot-timer marks in a crx-vmm log (`crx_proto::console::mark_line`), as
 /// (code, milliseconds since the VMM started).
 pub fn boot_timer_marks(log: &str) -> Vec<(u8, f64)> {
     log.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("boot-timer: code=")?;
-            let (code, t) = rest.split_once(" t=")?;
-            Some((code.parse().ok()?, t.trim().parse::<f64>().ok()? / 1000.0))
-        })
+        .filter_map(crx_proto::console::parse_mark_line)
+        .map(|(code, us)| (code, us as f64 / 1000.0))
         .collect()
 }
 

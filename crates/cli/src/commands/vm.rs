@@ -59,9 +59,9 @@ pub fn run(_root: &Path, a: Args) -> Result<i32> {
         let mut stdout = std::io::stdout();
         for line in BufReader::new(out).split(b'\n') {
             let line = line.context("reading the console")?;
-            let text = String::from_utf8_lossy(&line);
-            if let Some(n) = text.trim_end().strip_prefix("crx-init: exit status ") {
-                status = n.parse::<i32>().ok();
+            if let Some(n) = crx_proto::console::parse_status_line(&String::from_utf8_lossy(&line))
+            {
+                status = Some(n);
             }
             stdout.write_all(&line)?;
             stdout.write_all(b"\n")?;

@@ -1,18 +1,14 @@
 //! The boot-timer port: the guest writes a 1-byte code, the VMM logs when it arrived.
 //!
-//! Protocol: `outb(code, 0x440)`. Code 1 = init started, 2 = agent ready, any other value is
-//! a custom mark. Each write is logged as `boot-timer: code=N t=<microseconds since VMM
-//! process start>`. Reads return 0.
+//! Protocol (`crx_proto::console`): `outb(code, 0x440)`, the codes in `crx_proto::console::mark`
+//! (any other value is a custom mark). Each write is logged as
+//! `crx_proto::console::mark_line`: `boot-timer: code=N t=<microseconds since VMM process
+//! start>`. Reads return 0.
 
 use std::io::Write;
 use std::time::Instant;
 
 use crate::bus::BusDevice;
-
-/// Guest init (PID 1) has started.
-pub const BOOT_TIMER_CODE_INIT_START: u8 = 1;
-/// The in-guest agent is ready to serve requests.
-pub const BOOT_TIMER_CODE_AGENT_READY: u8 = 2;
 
 /// Logs guest boot milestones relative to `start`.
 pub struct BootTimer {
@@ -50,7 +46,7 @@ impl BusDevice for BootTimer {
             let _ = writeln!(self.out, "boot-timer: further codes not logged");
         }
         // Logging is best effort: a closed stderr must not stop the guest.
-        let _ = writeln!(self.out, "boot-timer: code={} t={us}", data[0]);
+        let _ = writeln!(self.out, "{}", crx_proto::console::mark_line(data[0], us));
         let _ = self.out.flush();
     }
 }
@@ -77,7 +73,7 @@ mod tests {
     fn writes_are_logged_with_code_and_time() {
         let out = Shared::default();
         let mut t = BootTimer::new(Instant::now(), Box::new(out.clone()));
-        t.write(0, &[BOOT_TIMER_CODE_INIT_START]);
+        t.write(0, &[crx_proto::console::mark::INIT_STARTED]);
         t.write(0, &[42]);
         t.write(3, &[7]);
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();

@@ -11,7 +11,7 @@ mod boot_timer;
 mod i8042;
 mod serial;
 
-pub use boot_timer::{BootTimer, BOOT_TIMER_CODE_AGENT_READY, BOOT_TIMER_CODE_INIT_START};
+pub use boot_timer::BootTimer;
 pub use i8042::I8042;
 pub use serial::{EventFdTrigger, Serial};
 
@@ -29,6 +29,6 @@ pub const I8042_LEN: u64 = 5;
 pub const I8042_KBD_GSI: u32 = 1;
 /// The boot-timer port: unassigned on a PC, and reachable with one `out` instruction from any
 /// guest mode (Firecracker's boot timer is an MMIO page instead).
-pub const BOOT_TIMER_PORT: u64 = 0x440;
+pub const BOOT_TIMER_PORT: u64 = crx_proto::console::BOOT_TIMER_PORT as u64;
 /// Boot-timer port count.
 pub const BOOT_TIMER_LEN: u64 = 1;
