@@ -4,7 +4,7 @@
 //! - [`boot_files`]: the boot artefacts verified against their sha256 manifest (ADR 0008).
 //! - [`home`]: instance homes and their `state.json`; listing, lookup, gc of dead VMMs.
 //! - [`spec`]: the OCI runtime spec from an image config and the `run` flags.
-//! - [`vm`]: the crx-vmm command line and process.
+//! - [`vm`]: the VM description crx-vmm reads (`vm.toml`, `crx-vmconfig`) and its process.
 //! - [`agent`]: control and stdio connections to the guest agent over the hybrid vsock.
 //! - [`instance`]: run, exec, signal, remove.
 //! - [`monitor`]: the runtime's own monitor processes (this program again), started and

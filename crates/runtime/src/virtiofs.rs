@@ -2,7 +2,7 @@
 //!
 //! ```ignore
 //! let d = virtiofs::Daemon::spawn(&bundle_rootfs, &dir.join("root.fs.sock"), false)?;
-//! vm.add_fs("root", d.socket());           // crx-vmm --fs root=SOCKET
+//! vm.add_fs("root", d.socket());           // [[fs]] tag = "root" in vm.toml
 //! // the agent mounts it: crx_proto::Rootfs::virtiofs("root", WritableLayer::Direct)
 //! ```
 //!

@@ -1,6 +1,7 @@
 //! How a bundle's rootfs and bind mounts reach the guest: one function, [`deliver`].
 //!
-//! virtio-fs, at most two virtiofsd per container, each a `crx-vmm --fs` device: the rootfs
+//! virtio-fs, at most two virtiofsd per container, each a virtio-fs device (`[[fs]]` in the
+//! VM's `vm.toml`): the rootfs
 //! (tag `root`, mounted as it is, no overlay: writes land in the bundle, as with runc;
 //! `root.readonly` is applied by libcontainer in the guest, a read-only remount after the
 //! mounts, as runc), and every bind mount through one staging directory (tag `binds`). Each
