@@ -11,7 +11,7 @@ use crate::{boot, cmd, lab, workspace_root};
 /// Builds release `crx` and `crx-vmm` and the boot artefacts, then runs
 /// `xtask bench NAME --inner --runs=RUNS` in the lab with `CRX_BOOT_DIR` and `env` set.
 pub fn outer(name: &str, runs: usize, mut env: Vec<(String, String)>) -> Result<i32> {
-    build_release(&["crx", "crx-vmm"])?;
+    build_release(&["crx", "crx-vmm", "crx-jailer"])?;
     let boot_dir = boot::ensure()?;
     env.push((
         "CRX_BOOT_DIR".into(),

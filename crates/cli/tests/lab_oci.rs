@@ -876,10 +876,12 @@ fn lab_oci_dead_virtiofsd_is_noticed() {
     assert_eq!(code(&lab.runc(&["start", "v1"])), 0);
     let mode = |name: &str| fs::metadata(root.join(name)).unwrap().mode() & 0o777;
     assert_eq!(mode("v1"), 0o700);
+    // The VMM's jail (owned by the sandbox's own user), ADR 0011.
+    assert_eq!(mode("v1/vm"), 0o700);
     for f in [
         "config.json",
         "state.json",
-        "vsock.sock",
+        "vm/vsock.sock",
         "console.log",
         "vmm.log",
     ] {

@@ -107,6 +107,31 @@ impl Control {
     }
 }
 
+/// Connects to the socket at `uds` unless its last component is a link or not a socket: a
+/// jailed VMM owns the directory its socket is in (ADR 0011), and must not be able to point
+/// the runtime at another VM's socket. The socket is opened `O_PATH|O_NOFOLLOW` and connected
+/// to through `/proc/self/fd/N`, so what was checked is what is connected to.
+pub fn connect_no_follow(uds: &Path) -> io::Result<UnixStream> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_PATH | nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(uds)?;
+    if !f.metadata()?.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is not a socket (a link, or another file)",
+                uds.display()
+            ),
+        ));
+    }
+    UnixStream::connect(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&f)
+    ))
+}
+
 /// A new exec id, unique on this host (`exec-PID-NANOS`).
 pub fn new_exec_id() -> String {
     let nanos = std::time::SystemTime::now()
@@ -118,7 +143,7 @@ pub fn new_exec_id() -> String {
 /// Opens a stream to guest `port`: connect to the socket, `CONNECT <port>\n`, `OK <n>\n`,
 /// within `limit` (the stream is returned without timeouts).
 pub fn connect_port(uds: &Path, port: u32, limit: Duration) -> io::Result<UnixStream> {
-    let mut s = UnixStream::connect(uds)?;
+    let mut s = connect_no_follow(uds)?;
     let deadline = Instant::now() + limit;
     let left = || {
         let l = deadline.saturating_duration_since(Instant::now());

@@ -22,6 +22,24 @@ fn check(name: &'static str, ok: bool, detail: String, fix: &str) -> Check {
     }
 }
 
+/// Whether VMMs run jailed (ADR 0011), and the jailer that does it.
+fn jail() -> Check {
+    if !crate::jail::enabled() {
+        let detail =
+            "off: VMMs run unconfined (CRX_JAIL=1 as root jails them; not yet the default)";
+        return check("jail", true, detail.into(), "");
+    }
+    match paths::find_vmm().and_then(|vmm| crate::jail::find_jailer(&vmm)) {
+        Ok(p) => check("jail", true, format!("on: {}", p.display()), ""),
+        Err(e) => check(
+            "jail",
+            false,
+            e.to_string(),
+            "`cargo build -p crx-jailer` and keep crx-jailer next to crx-vmm, or set CRX_JAILER",
+        ),
+    }
+}
+
 /// The KVM speed probe, run by `crx-vmm --kvm-speed` (the runtime links no KVM crate).
 fn kvm_speed() -> Check {
     let measured = paths::find_vmm()
@@ -85,6 +103,7 @@ pub fn run_all(root: &Path) -> Vec<Check> {
             "`cargo build -p crx-vmm` and keep crx-vmm next to crx, or set CRX_VMM",
         ),
     });
+    out.push(jail());
     let tool = [
         "/usr/bin/mkfs.erofs",
         "/usr/sbin/mkfs.erofs",

@@ -13,6 +13,10 @@ pub enum RuntimeError {
         "crx-vmm not found next to {exe} (build it with `cargo build -p crx-vmm` or set CRX_VMM)"
     )]
     VmmMissing { exe: PathBuf },
+    #[error("crx-jailer not found at {looked} (build it with `cargo build -p crx-jailer`, set CRX_JAILER, or CRX_JAIL=0 to run VMMs unconfined, for debugging only)")]
+    JailerMissing { looked: PathBuf },
+    #[error("internal: a VMM's jail must be its own `vm` directory, not {dir}")]
+    JailDir { dir: PathBuf },
     #[error("writing the VM config {path}")]
     VmConfig {
         path: PathBuf,

@@ -90,7 +90,8 @@ impl Home {
         self.dir.join("console.log")
     }
     pub fn vsock_path(&self) -> PathBuf {
-        self.dir.join("vsock.sock")
+        // In the VM's own directory: a jailed VMM's root (crate::jail).
+        self.dir.join("vm").join("vsock.sock")
     }
 
     /// Creates a new home under `root` for an instance named `name` (its id when `None`).

@@ -25,6 +25,7 @@ pub mod child;
 pub mod error;
 pub mod home;
 pub mod instance;
+pub mod jail;
 pub mod monitor;
 pub mod oci;
 pub mod paths;

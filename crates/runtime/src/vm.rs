@@ -97,40 +97,92 @@ impl VmConfig {
         self.vmm_log.with_file_name("vm.toml")
     }
 
-    /// Writes the VM's description ([`VmConfig::config_path`], 0600, atomically) and starts
-    /// `crx-vmm --config` on it in its own process group (a terminal's Ctrl-C reaches `crx`,
-    /// which forwards it to the container, not the VMM).
+    /// Writes the VM's description ([`VmConfig::config_path`], 0600, atomically: the record of
+    /// what was started) and starts crx-vmm on it in its own process group (a terminal's Ctrl-C
+    /// reaches `crx`, which forwards it to the container, not the VMM), jailed as root
+    /// ([`crate::jail`]). Its inputs reach it as inherited descriptors (`/proc/self/fd/N`: the
+    /// boot files, the disk, the description itself), its console as stdout, its log as stderr.
     pub fn spawn(&self) -> Result<Child, RuntimeError> {
-        let config = self.config_path();
-        self.vmm_config()
-            .write_private(&config)
+        self.spawn_with(crate::jail::enabled())
+    }
+
+    /// [`VmConfig::spawn`], jailed or not.
+    pub(crate) fn spawn_with(&self, jailed: bool) -> Result<Child, RuntimeError> {
+        let vm_dir = self.vsock_uds.parent().unwrap_or(Path::new("."));
+        crate::paths::create_private_dir_all(vm_dir).map_err(io(vm_dir))?;
+        let mut jail = match jailed {
+            true => Some(crate::jail::VmJail::prepare(vm_dir, &self.vmm)?),
+            false => None,
+        };
+        let mut cfg = self.vmm_config();
+        let mut fds = self.boot.fds().to_vec();
+        let disk = match cfg.disks.first_mut() {
+            Some(d) => {
+                let f = std::fs::File::open(&d.path).map_err(io(&d.path))?;
+                d.path = fd_path(&f);
+                Some(f)
+            }
+            None => None,
+        };
+        fds.extend(disk.iter().map(std::os::fd::AsRawFd::as_raw_fd));
+        cfg.serial = crx_vmconfig::SerialOutput::Stdout;
+        if let Some(j) = &mut jail {
+            if let Some(v) = &mut cfg.vsock {
+                v.uds_path = j.inside(&v.uds_path);
+            }
+            for (i, f) in cfg.fs.iter_mut().enumerate() {
+                f.socket = j.bind_socket(&f.socket, i)?;
+            }
+        }
+        let record = self.config_path();
+        cfg.write_private(&record)
             .map_err(|source| RuntimeError::VmConfig {
-                path: config.clone(),
+                path: record.clone(),
                 source,
             })?;
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&self.vmm_log)
-            .map_err(io(&self.vmm_log))?;
-        let mut cmd = Command::new(&self.vmm);
+        let config = ConfigFile::new(&cfg)?;
+        fds.push(config.fd());
+        let open_private = |p: &Path| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(p)
+                .map_err(io(p))
+        };
+        let console = open_private(&self.console)?;
+        let log = open_private(&self.vmm_log)?;
+        let args = [
+            "--config".to_owned(),
+            config.vmm_path().display().to_string(),
+        ];
+        let (mut cmd, program) = match &jail {
+            Some(j) => (j.command(&args), j.jailer().to_owned()),
+            None => {
+                let mut c = Command::new(&self.vmm);
+                c.args(args);
+                (c, self.vmm.clone())
+            }
+        };
         if self.die_with_parent {
             crate::child::die_with_parent(&mut cmd);
         }
-        crate::child::keep_fds(&mut cmd, self.boot.fds().to_vec());
-        cmd.arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+        crate::child::keep_fds(&mut cmd, fds);
+        cmd.stdin(Stdio::null())
+            .stdout(console)
             .stderr(log)
             .process_group(0)
             .spawn()
             .map_err(|source| RuntimeError::SpawnVmm {
-                path: self.vmm.clone(),
+                path: program,
                 source,
             })
     }
+}
+
+/// `/proc/self/fd/N` of an open file: the path crx-vmm opens it by once it inherits it.
+fn fd_path(f: &impl std::os::fd::AsRawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
 }
 
 /// A VM description in an anonymous file (a memfd), for a VM with no home directory of its
@@ -254,15 +306,10 @@ mod tests {
         );
     }
 
-    /// A file renamed over the verified initrd after verification is not what the VMM boots:
-    /// it reads the verified file through the descriptor it inherits.
-    #[test]
-    fn a_rename_over_a_verified_file_does_not_reach_the_vmm() {
-        let d = tempfile::tempdir().unwrap();
-        let out = d.path().join("seen");
-        // A stand-in VMM: copies the files its `--config` names as the kernel and initrds, in
-        // order, and keeps the config.
-        let script = d.path().join("fake-vmm");
+    /// A stand-in VMM: copies the files its `--config` names as `/proc/self/fd/N` (kernel,
+    /// initrds, disk), in order, and keeps the config it read.
+    fn fake_vmm(d: &Path, out: &Path) -> PathBuf {
+        let script = d.join("fake-vmm");
         std::fs::write(
             &script,
             format!(
@@ -274,38 +321,111 @@ mod tests {
         )
         .unwrap();
         crate::paths::set_mode(&script, 0o755).unwrap();
-        let boot_dir = d.path().join("boot");
-        std::fs::create_dir(&boot_dir).unwrap();
-        let mut vm = config("");
-        vm.boot = boot(&boot_dir, b"good kernel", b"good initrd");
-        vm.vmm = script;
-        vm.vmm_log = d.path().join("vmm.log");
-        vm.console = d.path().join("console");
-        let evil = boot_dir.join("evil");
-        std::fs::write(&evil, b"evil initrd").unwrap();
-        std::fs::rename(&evil, boot_dir.join("base.cpio")).unwrap();
-        let mut child = loop {
-            match vm.spawn() {
+        script
+    }
+
+    fn spawn_retrying(vm: &VmConfig, jailed: bool) -> Child {
+        loop {
+            match vm.spawn_with(jailed) {
                 // The script was just written: another test's fork may briefly hold it open.
                 Err(RuntimeError::SpawnVmm { source, .. }) if source.raw_os_error() == Some(26) => {
                     std::thread::sleep(std::time::Duration::from_millis(50))
                 }
                 r => break r.unwrap(),
             }
-        };
+        }
+    }
+
+    /// A file renamed over the verified initrd after verification is not what the VMM boots:
+    /// it reads the verified file through the descriptor it inherits; so is the disk.
+    #[test]
+    fn a_rename_over_a_verified_file_does_not_reach_the_vmm() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("seen");
+        let boot_dir = d.path().join("boot");
+        std::fs::create_dir(&boot_dir).unwrap();
+        let disk = d.path().join("disk.erofs");
+        std::fs::write(&disk, b"disk").unwrap();
+        let mut vm = config(&disk.display().to_string());
+        vm.boot = boot(&boot_dir, b"good kernel", b"good initrd");
+        vm.vmm = fake_vmm(d.path(), &out);
+        vm.vmm_log = d.path().join("vmm.log");
+        vm.console = d.path().join("console");
+        vm.vsock_uds = d.path().join("vm/v.sock");
+        let evil = boot_dir.join("evil");
+        std::fs::write(&evil, b"evil initrd").unwrap();
+        std::fs::rename(&evil, boot_dir.join("base.cpio")).unwrap();
+        let mut child = spawn_retrying(&vm, false);
         assert!(child.wait().unwrap().success());
         assert_eq!(
             std::fs::read_to_string(&out).unwrap(),
-            "good kernel\ngood initrd\n"
+            "good kernel\ngood initrd\ndisk\n"
         );
-        // The config it was given is the one written next to its log, private.
+        // The config it was given is the one recorded next to its log, private.
         use std::os::unix::fs::PermissionsExt;
         let written = vm.config_path();
         assert_eq!(written, d.path().join("vm.toml"));
         let mode = std::fs::metadata(&written).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let seen = crx_vmconfig::VmConfig::read(&out.with_extension("toml")).unwrap();
-        assert_eq!(seen, vm.vmm_config());
+        assert_eq!(seen, crx_vmconfig::VmConfig::read(&written).unwrap());
+        assert_eq!(seen.serial, crx_vmconfig::SerialOutput::Stdout);
+    }
+
+    /// Jailed, the runtime starts crx-jailer with the VM's own directory, given to the
+    /// sandbox's user, and the VMM sees its socket from the jail's root.
+    #[test]
+    fn a_jailed_vmm_is_started_through_the_jailer() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("seen");
+        let boot_dir = d.path().join("boot");
+        std::fs::create_dir(&boot_dir).unwrap();
+        let mut vm = config("");
+        vm.boot = boot(&boot_dir, b"kernel", b"initrd");
+        vm.vmm = fake_vmm(d.path(), &out);
+        vm.vmm_log = d.path().join("vmm.log");
+        vm.console = d.path().join("console");
+        vm.vsock_uds = d.path().join("vm/v.sock");
+        // A stand-in jailer: records its arguments, then runs the VMM bound at /crx-vmm.
+        let jailer = d.path().join("crx-jailer");
+        std::fs::write(
+            &jailer,
+            format!(
+                "#!/bin/sh\necho \"$@\" > {args}\nwhile [ \"$1\" != -- ]; do shift; done\n\
+                 shift; shift; exec {vmm} \"$@\"\n",
+                args = d.path().join("args").display(),
+                vmm = vm.vmm.display()
+            ),
+        )
+        .unwrap();
+        crate::paths::set_mode(&jailer, 0o755).unwrap();
+        let mut child = spawn_retrying(&vm, true);
+        assert!(child.wait().unwrap().success());
+        let args = std::fs::read_to_string(d.path().join("args")).unwrap();
+        let vm_dir = d.path().join("vm");
+        let uid = crate::jail::uid_for(&vm_dir);
+        for want in [
+            format!("--root {}", vm_dir.display()),
+            format!("--uid {uid} --gid {uid}"),
+            "--device kvm".into(),
+            format!("--bind {}:/crx-vmm:ro", vm.vmm.display()),
+            "-- /crx-vmm --config /proc/self/fd/".into(),
+        ] {
+            assert!(args.contains(&want), "{want:?} not in {args}");
+        }
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&vm_dir).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (uid, uid, 0o700));
+        let seen = crx_vmconfig::VmConfig::read(&out.with_extension("toml")).unwrap();
+        assert_eq!(seen.vsock.unwrap().uds_path, Path::new("/v.sock"));
+    }
+
+    /// Only a directory named `vm` is ever given to a jail's user.
+    #[test]
+    fn a_state_directory_is_never_a_jail() {
+        let d = tempfile::tempdir().unwrap();
+        let err = crate::jail::VmJail::prepare(d.path(), Path::new("/bin/true")).unwrap_err();
+        assert!(matches!(err, RuntimeError::JailDir { .. }), "{err}");
     }
 
     #[test]

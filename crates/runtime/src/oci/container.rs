@@ -46,7 +46,8 @@ impl ContainerDir {
         self.dir.join("config.json")
     }
     pub fn vsock_path(&self) -> PathBuf {
-        self.dir.join("vsock.sock")
+        // In the VM's own directory: a jailed VMM's root (crate::jail).
+        self.dir.join("vm").join("vsock.sock")
     }
     pub fn monitor_socket(&self) -> PathBuf {
         self.dir.join("monitor.sock")
