@@ -115,6 +115,8 @@ pub struct VmOpts {
     pub init_args: Option<String>,
     pub disks: Vec<String>,
     pub vsock: bool,
+    /// `--net` flags (`tap=NAME,mac=..`).
+    pub net: Vec<String>,
 }
 
 impl Vm {
@@ -134,6 +136,9 @@ impl Vm {
         }
         if let Some(a) = &opts.init_args {
             cmd.arg("--init-args").arg(a);
+        }
+        for n in &opts.net {
+            cmd.arg("--net").arg(n);
         }
         for d in &opts.disks {
             cmd.arg("--disk").arg(d);
