@@ -2,7 +2,7 @@
 //! ioeventfds (registered here, never in crx-devices), event-loop subscribers, and the kernel
 //! command-line fragments that tell Linux where the devices are.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::sync::{Arc, Mutex};
 
 use crx_devices::virtio::blk::Block;
@@ -133,10 +133,7 @@ pub fn attach(
     };
     for d in &cfg.disks {
         let name = d.path.display().to_string();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!d.read_only)
-            .open(&d.path)
+        let file = crate::inherited::open(&d.path, !d.read_only)
             .map_err(|e| VirtioError::OpenDisk(name.clone(), e))?;
         if !d.read_only {
             let dup = file
