@@ -30,16 +30,10 @@ pub struct NetConfig {
     pub mtu: Option<u16>,
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff` into bytes (`None`: not six colon-separated hex bytes).
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut b = [0u8; 6];
-    let mut parts = s.split(':');
-    for byte in &mut b {
-        let p = parts.next().filter(|p| p.len() == 2)?;
-        *byte = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(b)
-}
+/// Parses `aa:bb:cc:dd:ee:ff` into bytes (`None`: not six colon-separated hex bytes): the
+/// one parser, the agent protocol's, so that a MAC the VM config takes is one the guest's
+/// network description takes too.
+pub use crx_proto::network::parse_mac;
 
 impl NetConfig {
     /// Parses the command-line form: `tap=NAME` or `fd=N`, then optional `,mac=MAC` and
