@@ -25,8 +25,7 @@ fn check(name: &'static str, ok: bool, detail: String, fix: &str) -> Check {
 /// Whether VMMs run jailed (ADR 0011), and the jailer that does it.
 fn jail() -> Check {
     if !crate::jail::enabled() {
-        let detail =
-            "off: VMMs run unconfined (CRX_JAIL=1 as root jails them; not yet the default)";
+        let detail = "off: VMMs run unconfined (CRX_JAIL=0, or not root)";
         return check("jail", true, detail.into(), "");
     }
     match paths::find_vmm().and_then(|vmm| crate::jail::find_jailer(&vmm)) {

@@ -19,6 +19,66 @@ use crx_runtime::vm::VmConfig;
 
 const BOOT: Duration = Duration::from_secs(180);
 
+/// The VMM runs jailed (ADR 0011), seen from the host: the jailer's only child is crx-vmm,
+/// as the sandbox's own user with no capabilities, `no_new_privs` and its seccomp filters, in
+/// namespaces of its own, with the VM's directory as its `/`.
+fn assert_jailed(jailer: u32, vm_dir: &Path) {
+    // Its child, by parent pid (the lab's kernel has no /proc/PID/task/TID/children).
+    let vmm = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let after = stat.rsplit_once(") ").map_or("", |(_, a)| a);
+            after.split(' ').nth(1) == Some(jailer.to_string().as_str())
+        })
+        .unwrap_or_else(|| panic!("the VMM's process {jailer} (the jailer) has no child"));
+    let comm = std::fs::read_to_string(format!("/proc/{vmm}/comm")).unwrap();
+    assert_eq!(comm.trim(), "crx-vmm");
+    let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in /proc/{vmm}/status"))
+            .trim()
+            .to_owned()
+    };
+    let uid = crx_runtime::jail::uid_for(vm_dir);
+    assert_eq!(field("Uid"), format!("{uid}\t{uid}\t{uid}\t{uid}"));
+    assert_eq!(field("Gid"), format!("{uid}\t{uid}\t{uid}\t{uid}"));
+    for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(field(caps), "0000000000000000", "{caps}");
+    }
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(
+        field("Seccomp"),
+        "2",
+        "the VMM's seccomp filters (ADR 0010)"
+    );
+    for ns in ["mnt", "pid", "net", "ipc", "uts"] {
+        let theirs = std::fs::read_link(format!("/proc/{vmm}/ns/{ns}")).unwrap();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        assert_ne!(theirs, ours, "the VMM shares the host's {ns} namespace");
+    }
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{vmm}/root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for want in ["crx-vmm", "dev", "proc", "v.sock", "fs-0.sock"] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "no /{want} in the jail: {names:?}"
+        );
+    }
+    for host_only in ["etc", "root", "home", "var", "tmp", "boot"] {
+        assert!(
+            !names.iter().any(|n| n == host_only),
+            "/{host_only} in the jail: {names:?}"
+        );
+    }
+}
+
 fn busybox_tree(root: &Path) {
     std::fs::create_dir_all(root.join("bin")).unwrap();
     for d in ["proc", "dev", "sys", "tmp", "etc", "vol", "rovol"] {
@@ -131,7 +191,8 @@ fn lab_containers_on_virtiofs_shares() {
         memory_mib: 256,
         vcpus: 1,
         disk: PathBuf::new(),
-        vsock_uds: t.join("v.sock"),
+        // In the VM's own directory: its jail when jailed (ADR 0011).
+        vsock_uds: t.join("vm").join("v.sock"),
         console: t.join("console.log"),
         vmm_log: t.join("vmm.log"),
         die_with_parent: true,
@@ -154,6 +215,7 @@ fn lab_containers_on_virtiofs_shares() {
     let ctl = agent.wait_ready(BOOT, &vm.vmm_log, &vm.console, || true);
     assert!(ctl.is_ok(), "{:?}\n{}", ctl.err(), logs());
     eprintln!("agent ready after {:?}", t0.elapsed());
+    assert_jailed(child.id(), &t.join("vm"));
 
     // Writable root written directly, a writable and a read-only extra share.
     let (out, code) = run(
