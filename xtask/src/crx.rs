@@ -17,7 +17,16 @@ pub fn run(args: &[String]) -> Result<i32> {
     cmd::run(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(workspace_root())
-            .args(["build", "--quiet", "-p", "crx", "-p", "crx-vmm", "-p", "crx-jailer"]),
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "crx",
+                "-p",
+                "crx-vmm",
+                "-p",
+                "crx-jailer",
+            ]),
     )?;
     let boot_dir = boot::ensure()?;
     let crx = workspace_root().join("target/debug/crx");
