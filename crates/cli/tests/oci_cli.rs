@@ -249,6 +249,12 @@ fn failed_boot_leaves_nothing() {
         .output()
         .unwrap();
     refused(&root, &out, "c1");
+    // The missing program is the one named (jailed or not).
+    assert!(
+        text(&out.stderr).contains("no-such-vmm"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(!pid_file.exists());
     let list = runc(&root, &["list", "-q"]);
     assert_eq!(text(&list.stdout), "");

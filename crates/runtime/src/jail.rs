@@ -72,6 +72,13 @@ impl VmJail {
                 dir: root.to_owned(),
             });
         }
+        // A missing VMM is named as such, not as a missing jailer next to it.
+        if !vmm.is_file() {
+            return Err(RuntimeError::SpawnVmm {
+                path: vmm.to_owned(),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
         let jailer = find_jailer(vmm)?;
         let uid = uid_for(root);
         match std::fs::DirBuilder::new().mode(0o700).create(root) {
