@@ -5,7 +5,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 
 /// The descriptor number of a `/proc/self/fd/N` path.
@@ -20,12 +20,7 @@ pub fn open(path: &Path, write: bool) -> io::Result<File> {
     let Some(fd) = fd_number(path) else {
         return OpenOptions::new().read(true).write(write).open(path);
     };
-    // SAFETY: fcntl(F_GETFL) on any integer is safe: an fd we do not hold fails with EBADF.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mode = flags & libc::O_ACCMODE;
+    let mode = status_flags(fd)? & libc::O_ACCMODE;
     let readable = mode == libc::O_RDONLY || mode == libc::O_RDWR;
     let writable = mode == libc::O_WRONLY || mode == libc::O_RDWR;
     if !readable || (write && !writable) {
@@ -37,9 +32,26 @@ pub fn open(path: &Path, write: bool) -> io::Result<File> {
             ),
         ));
     }
+    Ok(File::from(dup(fd)?))
+}
+
+/// A close-on-exec duplicate of inherited descriptor `fd`; the inherited number itself is
+/// left alone, so nothing else in this process owns what the duplicate's holder closes.
+pub fn dup(fd: RawFd) -> io::Result<OwnedFd> {
+    status_flags(fd)?;
     // SAFETY: fcntl(F_GETFL) above proved `fd` open in this process for this call.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    Ok(File::from(borrowed.try_clone_to_owned()?))
+    borrowed.try_clone_to_owned()
+}
+
+/// fcntl(F_GETFL) of `fd`: fails with EBADF when `fd` is not open.
+fn status_flags(fd: RawFd) -> io::Result<libc::c_int> {
+    // SAFETY: fcntl(F_GETFL) on any integer is safe: an fd we do not hold fails with EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags)
 }
 
 #[cfg(test)]

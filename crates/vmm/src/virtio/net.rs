@@ -1,7 +1,7 @@
 //! The `[[net]]` entries as devices: each tap opened (by name) or taken over (an inherited
 //! fd), its MAC and MTU, UDP fragmentation offload offered where the host's tap takes it.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use crx_devices::virtio::net::{MacAddr, Net, NetOptions, Tap, TapError};
 
@@ -44,16 +44,9 @@ fn device(i: usize, n: &NetConfig) -> Result<Net, NetAttachError> {
     Ok(Net::new(Box::new(tap), opts))
 }
 
-/// A close-on-exec duplicate of inherited fd `fd` (the inherited number itself is left alone:
-/// nothing else in this process then owns what the device closes).
+/// A close-on-exec duplicate of inherited fd `fd` ([`crate::inherited::dup`]).
 fn dup_inherited(i: usize, fd: i32) -> Result<OwnedFd, NetAttachError> {
-    // SAFETY: F_DUPFD_CLOEXEC takes no pointer; on an fd that is not open it fails with EBADF.
-    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
-    if new < 0 {
-        return Err(NetAttachError::Fd(i, fd, std::io::Error::last_os_error()));
-    }
-    // SAFETY: `new` was just returned by F_DUPFD_CLOEXEC: an open fd nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+    crate::inherited::dup(fd).map_err(|e| NetAttachError::Fd(i, fd, e))
 }
 
 #[cfg(test)]
