@@ -28,11 +28,7 @@ const FORWARDED: [Signal; 6] = [
 pub(crate) fn fork_and_wait(
     enter: impl FnOnce(&ParentLink) -> JailError,
 ) -> Result<i32, JailError> {
-    let mut mask = SigSet::empty();
-    for s in FORWARDED {
-        mask.add(s);
-    }
-    mask.add(Signal::SIGCHLD);
+    let mask = waited_for();
     // Blocked before the fork so that none is lost; the child unblocks them before exec.
     mask.thread_block().map_err(sys("blocking signals"))?;
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
@@ -84,10 +80,17 @@ impl ParentLink {
 
 /// Unblocks what [`fork_and_wait`] blocked (in the child, before exec).
 pub(crate) fn unblock_signals() -> Result<(), JailError> {
+    waited_for()
+        .thread_unblock()
+        .map_err(sys("unblocking signals"))
+}
+
+/// The signals the jailer waits for: those it forwards, and SIGCHLD.
+fn waited_for() -> SigSet {
     let mut mask = SigSet::empty();
     for s in FORWARDED {
         mask.add(s);
     }
     mask.add(Signal::SIGCHLD);
-    mask.thread_unblock().map_err(sys("unblocking signals"))
+    mask
 }

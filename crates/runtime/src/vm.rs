@@ -216,7 +216,7 @@ impl ConfigFile {
 
     /// The path crx-vmm opens: the inherited descriptor (a fresh open, from offset 0).
     pub fn vmm_path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}", self.fd()))
+        fd_path(&self.fd)
     }
 }
 
