@@ -17,6 +17,7 @@ pub mod logger;
 pub mod memory;
 pub mod regs;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

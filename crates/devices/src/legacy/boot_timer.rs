@@ -8,7 +8,17 @@
 use std::io::Write;
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+
 use crate::bus::BusDevice;
+
+/// What the boot timer keeps across a snapshot: how many lines it has logged (its bound).
+/// Times after a restore are relative to the restoring process's start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootTimerState {
+    /// Lines logged so far.
+    pub logged: u32,
+}
 
 /// Logs guest boot milestones relative to `start`.
 pub struct BootTimer {
@@ -28,6 +38,18 @@ impl BootTimer {
             out,
             logged: 0,
         }
+    }
+
+    /// The state for a snapshot.
+    pub fn save_state(&self) -> BootTimerState {
+        BootTimerState {
+            logged: self.logged,
+        }
+    }
+
+    /// Continues from `state` (any count is valid: past the bound nothing more is logged).
+    pub fn restore_state(&mut self, state: &BootTimerState) {
+        self.logged = state.logged;
     }
 }
 

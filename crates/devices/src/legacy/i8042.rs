@@ -8,9 +8,26 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::state::DeviceStateError;
+
+/// The controller's registers and pending output (a snapshot's part).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct I8042State {
+    /// Status register.
+    pub status: u8,
+    /// Controller configuration byte.
+    pub ctr: u8,
+    /// Output port.
+    pub outp: u8,
+    /// A command waiting for its data byte.
+    pub pending_cmd: Option<u8>,
+    /// Bytes waiting for the guest (at most 16).
+    pub out: Vec<u8>,
+}
 
 const OFS_DATA: u64 = 0;
 const OFS_STATUS: u64 = 4;
@@ -89,6 +106,33 @@ impl I8042 {
     pub fn with_kbd_interrupt(mut self, irq: EventFd) -> Self {
         self.kbd_irq = Some(irq);
         self
+    }
+
+    /// The controller's state for a snapshot.
+    pub fn save_state(&self) -> I8042State {
+        I8042State {
+            status: self.status,
+            ctr: self.ctr,
+            outp: self.outp,
+            pending_cmd: self.pending_cmd,
+            out: self.out.iter().copied().collect(),
+        }
+    }
+
+    /// Puts the controller in `state`.
+    pub fn restore_state(&mut self, state: &I8042State) -> Result<(), DeviceStateError> {
+        if state.out.len() > OUT_CAPACITY {
+            return Err(DeviceStateError::Mismatch(
+                "i8042",
+                format!("{} pending bytes, at most {OUT_CAPACITY}", state.out.len()),
+            ));
+        }
+        self.status = state.status;
+        self.ctr = state.ctr;
+        self.outp = state.outp;
+        self.pending_cmd = state.pending_cmd;
+        self.out = state.out.iter().copied().collect();
+        Ok(())
     }
 
     fn push(&mut self, b: u8) {
@@ -266,6 +310,26 @@ mod tests {
         d.write(0, &[0xed]);
         assert!(irq.read().is_err());
         assert_eq!(rd(&mut d, 0), KBD_ACK);
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let (mut d, _, _) = dev();
+        d.write(4, &[CMD_WRITE_CTR]);
+        d.write(0, &[0x45]);
+        d.write(4, &[CMD_READ_CTR]);
+        d.write(4, &[CMD_WRITE_OUTP]);
+        let st = d.save_state();
+        assert_eq!(st.pending_cmd, Some(CMD_WRITE_OUTP));
+        let (mut e, _, _) = dev();
+        e.restore_state(&st).unwrap();
+        assert_eq!(e.save_state(), st);
+        assert_eq!(rd(&mut e, 0), 0x45);
+        let big = I8042State {
+            out: vec![0; 17],
+            ..st
+        };
+        assert!(e.restore_state(&big).is_err());
     }
 
     #[test]

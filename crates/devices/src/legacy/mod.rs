@@ -11,9 +11,9 @@ mod boot_timer;
 mod i8042;
 mod serial;
 
-pub use boot_timer::BootTimer;
-pub use i8042::I8042;
-pub use serial::{EventFdTrigger, Serial};
+pub use boot_timer::{BootTimer, BootTimerState};
+pub use i8042::{I8042State, I8042};
+pub use serial::{EventFdTrigger, Serial, SerialState};
 
 /// COM1 base port.
 pub const COM1_PORT: u64 = 0x3f8;

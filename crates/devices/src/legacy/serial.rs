@@ -2,11 +2,39 @@
 
 use std::io::{self, Write};
 
+use serde::{Deserialize, Serialize};
 use vm_superio::serial::NoEvents;
 use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::state::DeviceStateError;
+
+/// Bytes the 8250's receive FIFO holds (vm-superio's `FIFO_SIZE`).
+const FIFO_SIZE: usize = 64;
+
+/// The 8250's registers and the received bytes the guest has not read (a snapshot's part).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialState {
+    /// DLL, DLM.
+    pub baud_divisor: [u8; 2],
+    /// IER.
+    pub interrupt_enable: u8,
+    /// IIR.
+    pub interrupt_identification: u8,
+    /// LCR.
+    pub line_control: u8,
+    /// LSR.
+    pub line_status: u8,
+    /// MCR.
+    pub modem_control: u8,
+    /// MSR.
+    pub modem_status: u8,
+    /// SCR.
+    pub scratch: u8,
+    /// The receive FIFO (at most 64 bytes).
+    pub in_buffer: Vec<u8>,
+}
 
 /// An eventfd that raises an interrupt when written (the VMM registers it as an irqfd) or
 /// signals an event to the VMM's event loop.
@@ -49,6 +77,61 @@ impl Serial {
     /// Flushes the output.
     pub fn flush(&mut self) -> io::Result<()> {
         self.uart.writer_mut().flush()
+    }
+
+    /// The UART's state for a snapshot.
+    pub fn save_state(&self) -> SerialState {
+        let s = self.uart.state();
+        SerialState {
+            baud_divisor: [s.baud_divisor_low, s.baud_divisor_high],
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// Puts the UART in `state`, keeping its interrupt and output.
+    pub fn restore_state(&mut self, state: &SerialState) -> Result<(), DeviceStateError> {
+        if state.in_buffer.len() > FIFO_SIZE {
+            return Err(DeviceStateError::Mismatch(
+                "serial",
+                format!("{} bytes in a {FIFO_SIZE}-byte FIFO", state.in_buffer.len()),
+            ));
+        }
+        let irq = |e: io::Error| DeviceStateError::Mismatch("serial", format!("eventfd: {e}"));
+        let trigger = self.uart.interrupt_evt().0.try_clone().map_err(irq)?;
+        let spare = self.uart.interrupt_evt().0.try_clone().map_err(irq)?;
+        let sink: Box<dyn Write + Send> = Box::new(io::sink());
+        let old = std::mem::replace(
+            &mut self.uart,
+            vm_superio::Serial::new(EventFdTrigger(spare), sink),
+        );
+        let vs = vm_superio::serial::SerialState {
+            baud_divisor_low: state.baud_divisor[0],
+            baud_divisor_high: state.baud_divisor[1],
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        // Cannot fail: the FIFO length was checked above.
+        self.uart = vm_superio::Serial::from_state(
+            &vs,
+            EventFdTrigger(trigger),
+            NoEvents,
+            old.into_writer(),
+        )
+        .map_err(|e| DeviceStateError::Mismatch("serial", e.to_string()))?;
+        Ok(())
     }
 }
 
@@ -121,6 +204,32 @@ mod tests {
         let mut b = [0u8];
         s.read(0, &mut b);
         assert_eq!(b[0], b'x');
+    }
+
+    #[test]
+    fn state_round_trips_and_output_is_kept() {
+        let out = Shared::default();
+        let irq = EventFd::new(libc_nonblock()).unwrap();
+        let mut s = Serial::new(irq.try_clone().unwrap(), Box::new(out.clone()));
+        s.write(1, &[0x01]);
+        s.write(7, &[0x5a]);
+        s.enqueue_input(b"ab").unwrap();
+        let st = s.save_state();
+        assert_eq!(st.scratch, 0x5a);
+        assert_eq!(st.in_buffer, b"ab");
+        let mut t = Serial::new(irq.try_clone().unwrap(), Box::new(out.clone()));
+        t.restore_state(&st).unwrap();
+        assert_eq!(t.save_state(), st);
+        let mut b = [0u8];
+        t.read(0, &mut b);
+        assert_eq!(b[0], b'a');
+        t.write(0, b"z");
+        assert_eq!(&*out.0.lock().unwrap(), b"z");
+        let big = SerialState {
+            in_buffer: vec![0; 65],
+            ..st
+        };
+        assert!(t.restore_state(&big).is_err());
     }
 
     fn libc_nonblock() -> i32 {

@@ -32,9 +32,11 @@ pub use event_manager::EventSet;
 pub use queue::{Chain, Mem};
 pub use subscriber::VirtioSubscriber;
 pub use transport::{
-    cmdline_fragment, status, MmioTransport, TransportError, INT_CONFIG, INT_USED_RING, MMIO_SIZE,
-    QUEUE_NOTIFY_OFFSET,
+    cmdline_fragment, status, MmioTransport, QueueState, TransportError, TransportSnapshot,
+    TransportState, VirtioDeviceState, INT_CONFIG, INT_USED_RING, MMIO_SIZE, QUEUE_NOTIFY_OFFSET,
 };
+
+use crate::state::DeviceStateError;
 pub use virtio_queue::Queue;
 pub use vm_memory::GuestMemoryMmap;
 pub use vmm_sys_util::eventfd::EventFd;
@@ -49,6 +51,18 @@ pub const TYPE_RNG: u32 = 4;
 pub const TYPE_VSOCK: u32 = 19;
 /// Virtio device type of a file system device (virtio-fs).
 pub const TYPE_FS: u32 = 26;
+
+/// The name of virtio device type `t`, for messages.
+pub fn type_name(t: u32) -> &'static str {
+    match t {
+        TYPE_NET => "virtio-net",
+        TYPE_BLOCK => "virtio-blk",
+        TYPE_RNG => "virtio-rng",
+        TYPE_VSOCK => "virtio-vsock",
+        TYPE_FS => "virtio-fs",
+        _ => "virtio device",
+    }
+}
 
 /// Feature bit: the device conforms to virtio 1.x (required: legacy devices are not offered).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -144,6 +158,20 @@ pub trait VirtioDevice: Send {
     fn drain_fd_ops(&mut self, _apply: &mut dyn FnMut(FdOp)) {}
     /// Returns the device to its initial state (the driver wrote 0 to Status).
     fn reset(&mut self);
+    /// The device's own state for a snapshot. The default refuses: a device must say what it
+    /// keeps before a snapshot may include it.
+    fn save_state(&self) -> Result<VirtioDeviceState, DeviceStateError> {
+        Err(DeviceStateError::NotSnapshottable(
+            type_name(self.device_type()),
+            "its state is not saved by this version",
+        ))
+    }
+    /// Restores what [`VirtioDevice::save_state`] saved (before the transport re-activates).
+    fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), DeviceStateError> {
+        match state {
+            VirtioDeviceState::Stateless => Ok(()),
+        }
+    }
 }
 
 impl<D: VirtioDevice + ?Sized> VirtioDevice for Box<D> {
@@ -193,6 +221,12 @@ impl<D: VirtioDevice + ?Sized> VirtioDevice for Box<D> {
     }
     fn reset(&mut self) {
         (**self).reset()
+    }
+    fn save_state(&self) -> Result<VirtioDeviceState, DeviceStateError> {
+        (**self).save_state()
+    }
+    fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), DeviceStateError> {
+        (**self).restore_state(state)
     }
 }
 

@@ -97,4 +97,8 @@ impl VirtioDevice for Rng {
         }
     }
     fn reset(&mut self) {}
+    fn save_state(&self) -> Result<super::VirtioDeviceState, crate::state::DeviceStateError> {
+        // Requests complete within one event-loop turn: nothing is in flight between them.
+        Ok(super::VirtioDeviceState::Stateless)
+    }
 }

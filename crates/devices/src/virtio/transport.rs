@@ -12,6 +12,10 @@ use super::{EventSet, FdOp, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::bus::BusDevice;
 use crate::guest_warn;
 
+mod state;
+
+pub use state::{QueueState, TransportSnapshot, TransportState, VirtioDeviceState};
+
 /// Size of the MMIO window of one device.
 pub const MMIO_SIZE: u64 = 0x1000;
 /// Offset of QueueNotify in the window: the VMM registers each queue's eventfd as an ioeventfd

@@ -134,4 +134,13 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.muxer.reset()
     }
+    fn save_state(&self) -> Result<super::VirtioDeviceState, crate::state::DeviceStateError> {
+        if self.muxer.connection_count() > 0 {
+            return Err(crate::state::DeviceStateError::NotSnapshottable(
+                "virtio-vsock",
+                "it has live connections (their state is not saved)",
+            ));
+        }
+        Ok(super::VirtioDeviceState::Stateless)
+    }
 }

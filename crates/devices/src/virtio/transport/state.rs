@@ -1,0 +1,181 @@
+//! The virtio-mmio transport's part of a snapshot: its registers, each queue's configuration and
+//! ring positions, and the device's own state ([`VirtioDeviceState`]). A restore checks the
+//! saved state against the device it is restored into (type, queue count and sizes, ring
+//! addresses inside guest memory) and re-activates a device the driver had activated.
+
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueT};
+
+use super::super::queue::rings_valid;
+use super::super::{type_name, VirtioDevice};
+use super::MmioTransport;
+use crate::state::DeviceStateError;
+
+/// A device's own state beyond its transport and queues.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VirtioDeviceState {
+    /// Nothing beyond the queues (rng, blk; vsock without connections).
+    Stateless,
+}
+
+/// One queue: the driver's configuration and the device's ring positions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueState {
+    /// The device's maximum size.
+    pub max_size: u16,
+    /// The next available-ring entry the device reads.
+    pub next_avail: u16,
+    /// The next used-ring entry the device writes.
+    pub next_used: u16,
+    /// VIRTIO_F_RING_EVENT_IDX negotiated.
+    pub event_idx: bool,
+    /// The size the driver chose.
+    pub size: u16,
+    /// QueueReady.
+    pub ready: bool,
+    /// Descriptor table address.
+    pub desc_table: u64,
+    /// Available (driver) ring address.
+    pub avail_ring: u64,
+    /// Used (device) ring address.
+    pub used_ring: u64,
+}
+
+/// A virtio-mmio device's registers, queues and own state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportState {
+    /// The virtio device type (checked on restore).
+    pub device_type: u32,
+    /// DeviceFeaturesSel.
+    pub device_features_sel: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_sel: u32,
+    /// The features the driver acknowledged.
+    pub acked_features: u64,
+    /// QueueSel.
+    pub queue_sel: u32,
+    /// Status.
+    pub status: u32,
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// Whether the device was activated (DRIVER_OK accepted).
+    pub activated: bool,
+    /// The queues, by index.
+    pub queues: Vec<QueueState>,
+    /// The device's own state.
+    pub device: VirtioDeviceState,
+}
+
+/// What the VMM needs of any transport to snapshot it, whatever its device type.
+pub trait TransportSnapshot: Send {
+    /// The transport's state; fails for a device that cannot be snapshotted.
+    fn save_state(&self) -> Result<TransportState, DeviceStateError>;
+    /// Restores `state`, re-activating the device if it was active; the queues' notification
+    /// eventfds are signalled so that buffers made available before the snapshot are seen.
+    fn restore_state(&mut self, state: &TransportState) -> Result<(), DeviceStateError>;
+}
+
+impl<D: VirtioDevice> TransportSnapshot for MmioTransport<D> {
+    fn save_state(&self) -> Result<TransportState, DeviceStateError> {
+        let device = self.device.save_state()?;
+        let queues = self
+            .queues
+            .iter()
+            .map(|q| {
+                let s = q.state();
+                QueueState {
+                    max_size: s.max_size,
+                    next_avail: s.next_avail,
+                    next_used: s.next_used,
+                    event_idx: s.event_idx_enabled,
+                    size: s.size,
+                    ready: s.ready,
+                    desc_table: s.desc_table,
+                    avail_ring: s.avail_ring,
+                    used_ring: s.used_ring,
+                }
+            })
+            .collect();
+        Ok(TransportState {
+            device_type: self.device.device_type(),
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            acked_features: self.acked_features,
+            queue_sel: self.queue_sel,
+            status: self.status,
+            interrupt_status: self.interrupt_status,
+            config_generation: self.config_generation,
+            activated: self.activated,
+            queues,
+            device,
+        })
+    }
+
+    fn restore_state(&mut self, state: &TransportState) -> Result<(), DeviceStateError> {
+        let name = type_name(self.device.device_type());
+        let bad = |what: String| DeviceStateError::Mismatch(name, what);
+        if state.device_type != self.device.device_type() {
+            return Err(bad(format!(
+                "saved from a {} device",
+                type_name(state.device_type)
+            )));
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(bad(format!(
+                "{} queues saved, the device has {}",
+                state.queues.len(),
+                self.queues.len()
+            )));
+        }
+        let mut queues = Vec::with_capacity(state.queues.len());
+        for (i, (s, q)) in state.queues.iter().zip(&self.queues).enumerate() {
+            if s.max_size != q.max_size() {
+                return Err(bad(format!("queue {i}: maximum size {}", s.max_size)));
+            }
+            let restored = Queue::try_from(virtio_queue::QueueState {
+                max_size: s.max_size,
+                next_avail: s.next_avail,
+                next_used: s.next_used,
+                event_idx_enabled: s.event_idx,
+                size: s.size,
+                ready: s.ready,
+                desc_table: s.desc_table,
+                avail_ring: s.avail_ring,
+                used_ring: s.used_ring,
+            })
+            .map_err(|e| bad(format!("queue {i}: {e}")))?;
+            if state.activated && restored.ready() && !rings_valid(&restored, &self.mem) {
+                return Err(bad(format!("queue {i}: rings outside guest memory")));
+            }
+            queues.push(restored);
+        }
+        self.device.restore_state(&state.device)?;
+        self.queues = queues;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.acked_features = state.acked_features;
+        self.queue_sel = state.queue_sel;
+        self.status = state.status;
+        self.interrupt_status = state.interrupt_status;
+        self.config_generation = state.config_generation;
+        self.activated = false;
+        if state.activated {
+            self.device
+                .activate_queues(
+                    self.acked_features,
+                    &self.mem,
+                    &self.queues,
+                    &self.queue_evts,
+                )
+                .map_err(|e| bad(format!("cannot activate: {e}")))?;
+            self.activated = true;
+            for evt in &self.queue_evts {
+                // A spurious notification is harmless; a lost one would stall the queue.
+                let _ = evt.write(1);
+            }
+        }
+        Ok(())
+    }
+}
