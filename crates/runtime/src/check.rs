@@ -39,6 +39,65 @@ fn jail() -> Check {
     }
 }
 
+/// Whether jailed VMMs get a cgroup v2 of their own ([`crate::jail::cgroup`]); without a
+/// usable hierarchy they run without one (a degrade, said here and recorded per VM).
+fn sandbox_cgroups() -> Check {
+    match crate::jail::cgroup::find() {
+        Ok(h) => check(
+            "sandbox cgroups",
+            true,
+            format!(
+                "cgroup v2 at {} (memory, pids{}): each jailed VMM in {}/{}/NAME",
+                h.root.display(),
+                if h.cpu { ", cpu" } else { "" },
+                h.root.display(),
+                crate::jail::cgroup::PARENT
+            ),
+            "",
+        ),
+        Err(why) => check(
+            "sandbox cgroups",
+            true,
+            format!("off: {why}; VMMs run without per-sandbox memory/pids/cpu limits"),
+            "",
+        ),
+    }
+}
+
+/// Whether crx-vmm's seccomp filters are on for the VMMs started now.
+fn seccomp() -> Check {
+    let detail = if crate::jail::seccomp_enabled() {
+        "on: crx-vmm's filters per thread (ADR 0010)"
+    } else {
+        "OFF: CRX_SECCOMP=0 starts crx-vmm with --no-seccomp (for debugging only)"
+    };
+    check("seccomp", true, detail.into(), "")
+}
+
+/// The instances under `root` whose VMM was started without seccomp or without the jail (as
+/// their `confinement.json` records).
+fn unconfined_instances(root: &Path) -> Check {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(paths::instances_dir(root)) {
+        for e in entries.filter_map(Result::ok) {
+            if let Some(c) = crate::jail::Confinement::load(&e.path()) {
+                let missing = c.missing();
+                if !missing.is_empty() {
+                    let id: String = e.file_name().to_string_lossy().chars().take(12).collect();
+                    found.push(format!("{id} (no {})", missing.join(", no ")));
+                }
+            }
+        }
+    }
+    found.sort();
+    let detail = if found.is_empty() {
+        "none: every instance's VMM ran jailed with its seccomp filters".to_owned()
+    } else {
+        format!("started without a layer: {}", found.join("; "))
+    };
+    check("unconfined instances", true, detail, "")
+}
+
 /// The KVM speed probe, run by `crx-vmm --kvm-speed` (the runtime links no KVM crate).
 fn kvm_speed() -> Check {
     let measured = paths::find_vmm()
@@ -119,35 +178,9 @@ pub fn run_all(root: &Path) -> Vec<Check> {
             "apt-get install erofs-utils",
         ),
     });
-    let cg2 = [
-        "/sys/fs/cgroup/cgroup.controllers",
-        "/sys/fs/cgroup/unified/cgroup.controllers",
-    ]
-    .iter()
-    .find(|p| Path::new(p).exists());
-    out.push(match cg2 {
-        Some(p) => check(
-            "cgroups",
-            true,
-            format!(
-                "cgroup v2 at {}",
-                Path::new(p).parent().unwrap_or(Path::new("/")).display()
-            ),
-            "",
-        ),
-        None if Path::new("/sys/fs/cgroup").exists() => check(
-            "cgroups",
-            true,
-            "cgroup v1 only (VMM processes can still be placed in cgroups)".into(),
-            "",
-        ),
-        None => check(
-            "cgroups",
-            false,
-            "no cgroup filesystem at /sys/fs/cgroup".into(),
-            "mount cgroup2 at /sys/fs/cgroup",
-        ),
-    });
+    out.push(sandbox_cgroups());
+    out.push(seccomp());
+    out.push(unconfined_instances(root));
     let dir = existing_ancestor(root);
     out.push(match nix::sys::statvfs::statvfs(&dir) {
         Ok(s) => {
@@ -175,4 +208,42 @@ fn existing_ancestor(p: &Path) -> std::path::PathBuf {
         .find(|a| a.exists())
         .unwrap_or(Path::new("/"))
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jail::{Confinement, JailRecord};
+
+    #[test]
+    fn instances_started_without_a_layer_are_named() {
+        let t = tempfile::tempdir().unwrap();
+        let none = unconfined_instances(t.path());
+        assert!(none.detail.starts_with("none"), "{}", none.detail);
+        let jail = JailRecord {
+            jailer: "/j".into(),
+            uid: 7,
+            root: "/r".into(),
+        };
+        let record = |seccomp: bool, jail: Option<JailRecord>| Confinement {
+            seccomp,
+            jail,
+            cgroup: None,
+            cgroup_off: Some("test".into()),
+        };
+        for (id, c) in [
+            ("aaaaaaaaaaaaaaaa", record(true, Some(jail.clone()))),
+            ("bbbbbbbbbbbbbbbb", record(false, Some(jail))),
+            ("cccccccccccccccc", record(false, None)),
+        ] {
+            let dir = paths::instances_dir(t.path()).join(id);
+            std::fs::create_dir_all(&dir).unwrap();
+            c.save(&dir).unwrap();
+        }
+        let c = unconfined_instances(t.path());
+        assert_eq!(
+            c.detail,
+            "started without a layer: bbbbbbbbbbbb (no seccomp); cccccccccccc (no seccomp, no jail)"
+        );
+    }
 }

@@ -39,6 +39,23 @@ pub fn keep_fds(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>) {
     }
 }
 
+/// Makes the child started by `cmd` join the cgroup whose `cgroup.procs` is open as `procs`
+/// before it execs (writing "0" moves the writer), so it and all it starts are born there.
+pub fn join_cgroup(cmd: &mut Command, procs: std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the closure runs in the forked child before exec and only calls write(2), which
+    // is async-signal-safe; it allocates nothing. `procs` is moved into the closure, so the
+    // descriptor stays open until the command is dropped.
+    unsafe {
+        cmd.pre_exec(move || {
+            if nix::libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,14 +9,24 @@
 //! read-only. The vsock socket it creates in its directory, where the runtime connects to it
 //! without following links ([`crate::agent::connect_port`]).
 //!
-//! `CRX_JAIL=0` runs VMMs unconfined (for debugging; `crx check` says which is in force).
-//! The jail needs root: as another user VMMs run unconfined.
+//! The VMM is born in a cgroup v2 of its own, sized from its VM ([`crate::jail::cgroup`]),
+//! unless the runtime already runs the sandbox in its host cgroup (crx-runc's `cgroupsPath`).
+//!
+//! `CRX_JAIL=0` runs VMMs unconfined and `CRX_SECCOMP=0` without crx-vmm's seccomp filters
+//! (`--no-seccomp`), both for debugging only; what confined each VMM is recorded beside its
+//! `vm.toml` ([`Confinement`]: `crx inspect` shows it, `crx check` names the instances that ran
+//! without a layer). The jail needs root: as another user VMMs run unconfined.
+
+pub mod cgroup;
 
 use std::os::unix::fs::{chown, DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{io, RuntimeError};
+use cgroup::{CgroupRecord, VmCgroup};
 
 /// The first uid (and gid) of the range jailed VMMs run as; each sandbox gets one of
 /// [`UID_COUNT`] by a hash of its directory.
@@ -30,6 +40,82 @@ const LIBRARY_DIRS: [&str; 4] = ["/lib", "/lib64", "/usr/lib", "/usr/lib64"];
 /// Whether VMMs are jailed: as root, unless `CRX_JAIL=0` (for debugging).
 pub fn enabled() -> bool {
     std::env::var_os("CRX_JAIL").is_none_or(|v| v != "0") && nix::unistd::geteuid().is_root()
+}
+
+/// Whether crx-vmm runs with its seccomp filters (ADR 0010): unless `CRX_SECCOMP=0`, which
+/// makes the runtime pass `--no-seccomp` (for debugging only: it is recorded and shown).
+pub fn seccomp_enabled() -> bool {
+    std::env::var_os("CRX_SECCOMP").is_none_or(|v| v != "0")
+}
+
+/// The file beside a VM's `vm.toml` recording what confined its VMM.
+pub const CONFINEMENT_FILE: &str = "confinement.json";
+
+/// What confined one VM's VMM, as the runtime started it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confinement {
+    /// crx-vmm's seccomp filters; `false`: started with `--no-seccomp` (`CRX_SECCOMP=0`).
+    pub seccomp: bool,
+    /// The jail; `None`: unconfined (`CRX_JAIL=0`, or the runtime was not root).
+    pub jail: Option<JailRecord>,
+    /// The VMM's own cgroup; `None`: see `cgroup_off`.
+    pub cgroup: Option<CgroupRecord>,
+    /// Why the VMM has no cgroup of its own, when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_off: Option<String>,
+}
+
+/// The jail a VMM ran in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JailRecord {
+    pub jailer: PathBuf,
+    /// Its user and group.
+    pub uid: u32,
+    pub root: PathBuf,
+}
+
+impl Confinement {
+    /// The record of a VMM started with `jail` (or none) and its filters on or off.
+    pub fn of(jail: Option<&VmJail>, seccomp: bool) -> Self {
+        Confinement {
+            seccomp,
+            jail: jail.map(|j| JailRecord {
+                jailer: j.jailer.clone(),
+                uid: j.uid,
+                root: j.root.clone(),
+            }),
+            cgroup: jail.and_then(|j| j.cgroup.as_ref()).map(VmCgroup::record),
+            cgroup_off: match jail {
+                Some(j) => j.cgroup_off.clone(),
+                None => Some("not jailed".into()),
+            },
+        }
+    }
+
+    /// Writes the record into the state directory `dir` (0600).
+    pub fn save(&self, dir: &Path) -> Result<(), RuntimeError> {
+        let path = dir.join(CONFINEMENT_FILE);
+        let text = serde_json::to_vec_pretty(self).expect("record serializes");
+        crate::paths::write_private(&path, &text).map_err(io(path))
+    }
+
+    /// The record in the state directory `dir`, if any (a VM not yet started has none).
+    pub fn load(dir: &Path) -> Option<Self> {
+        let text = std::fs::read(dir.join(CONFINEMENT_FILE)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// The layers this VMM ran without, for `crx check` (empty: fully confined).
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        if !self.seccomp {
+            m.push("seccomp");
+        }
+        if self.jail.is_none() {
+            m.push("jail");
+        }
+        m
+    }
 }
 
 /// `$CRX_JAILER`, else `crx-jailer` next to crx-vmm.
@@ -60,6 +146,9 @@ pub struct VmJail {
     pub uid: u32,
     jailer: PathBuf,
     binds: Vec<String>,
+    /// The VMM's own cgroup, made by [`VmJail::limit`]; `cgroup_off` says why there is none.
+    cgroup: Option<VmCgroup>,
+    cgroup_off: Option<String>,
 }
 
 impl VmJail {
@@ -97,7 +186,27 @@ impl VmJail {
             uid,
             jailer,
             binds,
+            cgroup: None,
+            cgroup_off: Some("not made".into()),
         })
+    }
+
+    /// Makes the VMM's own cgroup, sized for `memory_mib` and `vcpus`, unless `own` is false
+    /// (the runtime runs the sandbox in its host cgroup) or the host has no usable cgroup2
+    /// (the documented degrade: recorded, and `crx check` says so).
+    pub fn limit(&mut self, memory_mib: u32, vcpus: u32, own: bool) -> Result<(), RuntimeError> {
+        if !own {
+            self.cgroup_off = Some("in the sandbox's host cgroup (linux.cgroupsPath)".into());
+            return Ok(());
+        }
+        match VmCgroup::create(&self.root, memory_mib, vcpus)? {
+            Ok(cg) => {
+                self.cgroup = Some(cg);
+                self.cgroup_off = None;
+            }
+            Err(why) => self.cgroup_off = Some(why),
+        }
+        Ok(())
     }
 
     pub fn jailer(&self) -> &Path {
@@ -122,8 +231,8 @@ impl VmJail {
         Ok(inside)
     }
 
-    /// `crx-jailer ... -- /crx-vmm ARGS`.
-    pub fn command(&self, vmm_args: &[String]) -> Command {
+    /// `crx-jailer ... -- /crx-vmm ARGS`, joining the VMM's cgroup before it execs.
+    pub fn command(&self, vmm_args: &[String]) -> Result<Command, RuntimeError> {
         let mut cmd = Command::new(&self.jailer);
         let id = self.uid.to_string();
         cmd.arg("--root")
@@ -134,7 +243,10 @@ impl VmJail {
             cmd.arg("--bind").arg(b);
         }
         cmd.arg("--").arg("/crx-vmm").args(vmm_args);
-        cmd
+        if let Some(cg) = &self.cgroup {
+            crate::child::join_cgroup(&mut cmd, cg.procs()?);
+        }
+        Ok(cmd)
     }
 }
 
@@ -160,6 +272,8 @@ mod tests {
             uid: UID_BASE,
             jailer: "/bin/crx-jailer".into(),
             binds: vec![],
+            cgroup: None,
+            cgroup_off: None,
         };
         assert_eq!(
             j.inside(Path::new("/s/x/vm/vsock.sock")),

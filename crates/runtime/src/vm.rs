@@ -103,17 +103,22 @@ impl VmConfig {
     /// ([`crate::jail`]). Its inputs reach it as inherited descriptors (`/proc/self/fd/N`: the
     /// boot files, the disk, the description itself), its console as stdout, its log as stderr.
     pub fn spawn(&self) -> Result<Child, RuntimeError> {
-        self.spawn_with(crate::jail::enabled())
+        self.spawn_with(crate::jail::enabled(), crate::jail::seccomp_enabled())
     }
 
-    /// [`VmConfig::spawn`], jailed or not.
-    pub(crate) fn spawn_with(&self, jailed: bool) -> Result<Child, RuntimeError> {
+    /// [`VmConfig::spawn`], jailed or not, with crx-vmm's seccomp filters or not.
+    pub(crate) fn spawn_with(&self, jailed: bool, seccomp: bool) -> Result<Child, RuntimeError> {
         let vm_dir = self.vsock_uds.parent().unwrap_or(Path::new("."));
         crate::paths::create_private_dir_all(vm_dir).map_err(io(vm_dir))?;
         let mut jail = match jailed {
             true => Some(crate::jail::VmJail::prepare(vm_dir, &self.vmm)?),
             false => None,
         };
+        if let Some(j) = &mut jail {
+            // A process in the sandbox's host cgroup (crx-runc's cgroupsPath) keeps the VMM there.
+            let own = !crate::oci::cgroup::joined();
+            j.limit(self.memory_mib, self.vcpus, own)?;
+        }
         let mut cfg = self.vmm_config();
         let mut fds = self.boot.fds().to_vec();
         let disk = match cfg.disks.first_mut() {
@@ -152,12 +157,18 @@ impl VmConfig {
         };
         let console = open_private(&self.console)?;
         let log = open_private(&self.vmm_log)?;
-        let args = [
+        let mut args = vec![
             "--config".to_owned(),
             config.vmm_path().display().to_string(),
         ];
+        if !seccomp {
+            args.push("--no-seccomp".to_owned());
+        }
+        // What confines this VMM, recorded beside vm.toml (`crx inspect`, `crx check`).
+        crate::jail::Confinement::of(jail.as_ref(), seccomp)
+            .save(record.parent().unwrap_or(Path::new(".")))?;
         let (mut cmd, program) = match &jail {
-            Some(j) => (j.command(&args), j.jailer().to_owned()),
+            Some(j) => (j.command(&args)?, j.jailer().to_owned()),
             None => {
                 let mut c = Command::new(&self.vmm);
                 c.args(args);
@@ -324,9 +335,9 @@ mod tests {
         script
     }
 
-    fn spawn_retrying(vm: &VmConfig, jailed: bool) -> Child {
+    fn spawn_retrying(vm: &VmConfig, jailed: bool, seccomp: bool) -> Child {
         loop {
-            match vm.spawn_with(jailed) {
+            match vm.spawn_with(jailed, seccomp) {
                 // The script was just written: another test's fork may briefly hold it open.
                 Err(RuntimeError::SpawnVmm { source, .. }) if source.raw_os_error() == Some(26) => {
                     std::thread::sleep(std::time::Duration::from_millis(50))
@@ -355,7 +366,7 @@ mod tests {
         let evil = boot_dir.join("evil");
         std::fs::write(&evil, b"evil initrd").unwrap();
         std::fs::rename(&evil, boot_dir.join("base.cpio")).unwrap();
-        let mut child = spawn_retrying(&vm, false);
+        let mut child = spawn_retrying(&vm, false, true);
         assert!(child.wait().unwrap().success());
         assert_eq!(
             std::fs::read_to_string(&out).unwrap(),
@@ -370,6 +381,15 @@ mod tests {
         let seen = crx_vmconfig::VmConfig::read(&out.with_extension("toml")).unwrap();
         assert_eq!(seen, crx_vmconfig::VmConfig::read(&written).unwrap());
         assert_eq!(seen.serial, crx_vmconfig::SerialOutput::Stdout);
+        // What confined it is recorded beside: nothing but its filters.
+        let rec = crate::jail::Confinement::load(d.path()).unwrap();
+        assert!(
+            rec.seccomp && rec.jail.is_none() && rec.cgroup.is_none(),
+            "{rec:?}"
+        );
+        assert_eq!(rec.missing(), ["jail"]);
+        let mode = std::fs::metadata(d.path().join(crate::jail::CONFINEMENT_FILE)).unwrap();
+        assert_eq!(mode.permissions().mode() & 0o777, 0o600);
     }
 
     /// Jailed, the runtime starts crx-jailer with the VM's own directory, given to the
@@ -399,7 +419,7 @@ mod tests {
         )
         .unwrap();
         crate::paths::set_mode(&jailer, 0o755).unwrap();
-        let mut child = spawn_retrying(&vm, true);
+        let mut child = spawn_retrying(&vm, true, false);
         assert!(child.wait().unwrap().success());
         let args = std::fs::read_to_string(d.path().join("args")).unwrap();
         let vm_dir = d.path().join("vm");
@@ -410,6 +430,8 @@ mod tests {
             "--device kvm".into(),
             format!("--bind {}:/crx-vmm:ro", vm.vmm.display()),
             "-- /crx-vmm --config /proc/self/fd/".into(),
+            // Started without its filters (CRX_SECCOMP=0): passed on, and recorded.
+            " --no-seccomp".into(),
         ] {
             assert!(args.contains(&want), "{want:?} not in {args}");
         }
@@ -418,6 +440,15 @@ mod tests {
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (uid, uid, 0o700));
         let seen = crx_vmconfig::VmConfig::read(&out.with_extension("toml")).unwrap();
         assert_eq!(seen.vsock.unwrap().uds_path, Path::new("/v.sock"));
+        let rec = crate::jail::Confinement::load(d.path()).unwrap();
+        let jail = rec.jail.as_ref().unwrap();
+        assert_eq!((jail.uid, &jail.root), (uid, &vm_dir));
+        assert_eq!(rec.missing(), ["seccomp"]);
+        // This host's cgroup2 decides whether it got a cgroup; either way the record says.
+        assert!(rec.cgroup.is_some() != rec.cgroup_off.is_some(), "{rec:?}");
+        if let Some(cg) = &rec.cgroup {
+            let _ = crate::jail::cgroup::remove_dir(&cg.path);
+        }
     }
 
     /// Only a directory named `vm` is ever given to a jail's user.

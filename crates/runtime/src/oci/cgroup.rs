@@ -307,6 +307,15 @@ fn limit_files(h: &Hierarchy, l: &Limits) -> Vec<(&'static str, String)> {
     v
 }
 
+/// Set once this process has joined a sandbox's host cgroup ([`join`] of its own pid).
+static JOINED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process runs in a sandbox's host cgroup: its jailed VMM then stays there
+/// instead of getting a cgroup of its own ([`crate::jail::cgroup`]).
+pub fn joined() -> bool {
+    JOINED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Puts process `pid` (and its future children) into the cgroup `cg`, made with its limits
 /// where missing.
 pub fn join(cg: &HostCgroup, pid: u32) -> Result<(), OciError> {
@@ -317,6 +326,9 @@ pub fn join(cg: &HostCgroup, pid: u32) -> Result<(), OciError> {
         }
         let procs = h.dir.join("cgroup.procs");
         fs::write(&procs, pid.to_string()).map_err(io(&procs))?;
+    }
+    if pid == std::process::id() {
+        JOINED.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(())
 }
