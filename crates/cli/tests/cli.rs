@@ -184,8 +184,7 @@ fn inspect_shows_the_boot_digests() {
     use crx_runtime::boot_files::{BootDigest, BootDigests};
     let dir = tempfile::tempdir().unwrap();
     let mut home =
-        crx_runtime::Home::create(dir.path(), Some("m"), "busybox", "sha256:0", vec![], true)
-            .unwrap();
+        crx_runtime::Home::create(dir.path(), Some("m"), "busybox", "sha256:0", vec![]).unwrap();
     let digests = BootDigests {
         kernel: BootDigest {
             path: "/boot/vmlinux".into(),

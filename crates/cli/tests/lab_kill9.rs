@@ -104,7 +104,7 @@ fn code(out: &Output) -> i32 {
 }
 
 fn alive(pid: i32) -> bool {
-    crx_runtime::home::pid_alive(pid as u32)
+    crx_runtime::record::pid_alive(pid as u32)
 }
 
 /// The parent of `pid` (field 4 of its stat line), while it exists.

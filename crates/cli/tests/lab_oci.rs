@@ -124,7 +124,7 @@ fn code(out: &Output) -> i32 {
 }
 
 fn alive(pid: i32) -> bool {
-    crx_runtime::home::pid_alive(pid as u32)
+    crx_runtime::record::pid_alive(pid as u32)
 }
 
 /// Waits for our (adopted) child `pid` to exit.

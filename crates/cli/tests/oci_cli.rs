@@ -416,7 +416,7 @@ fn errors_go_to_the_json_log() {
 fn record(root: &Path, id: &str, phase: &str, monitor: Option<u32>) {
     let dir = root.join(id);
     fs::create_dir_all(&dir).unwrap();
-    let start = monitor.and_then(crx_runtime::home::process_start_time);
+    let start = monitor.and_then(crx_runtime::record::process_start_time);
     let r = json!({"id": id, "bundle": "/b", "rootfs": "/b/rootfs",
         "created": "2026-11-28T00:00:00.000000000Z", "annotations": {}, "phase": phase,
         "monitor_pid": monitor, "monitor_start": start, "vmm_pid": null, "exit_code": null,
@@ -529,9 +529,11 @@ fn errors_carry_the_word_and_the_whole_cause() {
 }
 
 /// `exec` into a paused container is refused, and with `--ignore-paused` waits for it to be
-/// resumed (here: the record says running again, and the exec goes on to the agent).
+/// resumed: it asks the monitor (`wait-unpaused` on its socket, played here by the test) and
+/// blocks until the answer; then the record says running, and the exec goes on to the agent.
 #[test]
 fn exec_into_a_paused_container_needs_ignore_paused() {
+    use std::io::{BufRead, BufReader, Write};
     let d = tempfile::tempdir().unwrap();
     let root = d.path().join("root");
     let mut monitor = Command::new("sleep").arg("600").spawn().unwrap();
@@ -541,6 +543,7 @@ fn exec_into_a_paused_container_needs_ignore_paused() {
     let msg = logged_msg(&text(&out.stderr), "error");
     assert!(msg.contains("p1 is paused"), "{msg}");
 
+    let sock = std::os::unix::net::UnixListener::bind(root.join("p1/monitor.sock")).unwrap();
     let mut waiting = Command::new(env!("CARGO_BIN_EXE_crx-runc"))
         .arg("--root")
         .arg(&root)
@@ -549,9 +552,16 @@ fn exec_into_a_paused_container_needs_ignore_paused() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    assert!(waiting.try_wait().unwrap().is_none(), "waits while paused");
+    let (conn, _) = sock.accept().unwrap();
+    let mut line = String::new();
+    BufReader::new(&conn).read_line(&mut line).unwrap();
+    assert_eq!(line, "wait-unpaused\n");
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "waits for the answer"
+    );
     record(&root, "p1", "running", Some(monitor.id()));
+    (&conn).write_all(b"ok\n").unwrap();
     let out = waiting.wait_with_output().unwrap();
     // No VM behind the record: the exec fails at the agent, not at the state check.
     assert_eq!(out.status.code(), Some(1));

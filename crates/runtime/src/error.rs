@@ -59,12 +59,8 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("state file {path} is corrupt")]
-    CorruptState {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Record(#[from] crate::record::RecordError),
     #[error("building the OCI spec")]
     Spec(#[from] SpecError),
     #[error(transparent)]

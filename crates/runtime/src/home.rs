@@ -4,48 +4,40 @@
 //! Homes are private, whatever the umask: the directories 0700, the files 0600 (`config.json`
 //! holds the container's environment; crx-vmm makes its socket and console 0600 itself).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{io, RuntimeError};
 use crate::paths;
+use crate::record::{Phase, Record, SandboxFiles};
 
-/// The version of `state.json`'s format this runtime writes (a record without one is 1).
-pub const STATE_VERSION: u32 = 1;
+/// crx's own data in the record's annotations: the instance's name, the image reference as
+/// the user gave it, its manifest digest, and the container's command line (a JSON array).
+pub const NAME: &str = "crx.name";
+pub const IMAGE: &str = "crx.image";
+pub const MANIFEST_DIGEST: &str = "crx.manifest-digest";
+pub const COMMAND: &str = "crx.command";
 
-fn version_1() -> u32 {
-    1
-}
-
-/// What `state.json` records about an instance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstanceState {
-    /// The format's version ([`STATE_VERSION`]); a newer one is refused, never misread.
-    #[serde(default = "version_1")]
-    pub version: u32,
-    pub id: String,
-    pub name: String,
-    /// The image reference as the user gave it.
-    pub image: String,
-    pub manifest_digest: String,
-    /// The container's command line.
-    pub command: Vec<String>,
-    /// Seconds since the epoch.
-    pub created: u64,
-    pub detached: bool,
-    /// The crx-vmm process and its start time (clock ticks after boot, from /proc), which tells
-    /// it apart from a later process that reused the pid.
-    pub vmm_pid: Option<u32>,
-    pub vmm_start_time: Option<u64>,
-    /// The container's exit code once seen.
-    pub exit_code: Option<i32>,
-    /// The kernel and base initrd the VM boots, with their verified sha256 digests (ADR 0008).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boot: Option<crate::boot_files::BootDigests>,
+/// The annotations that carry crx's data about an instance.
+pub fn annotations(
+    name: &str,
+    image: &str,
+    manifest_digest: &str,
+    command: &[String],
+) -> BTreeMap<String, String> {
+    let command = serde_json::to_string(command).expect("strings serialize");
+    [
+        (NAME, name),
+        (IMAGE, image),
+        (MANIFEST_DIGEST, manifest_digest),
+        (COMMAND, &command),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
 }
 
 /// An instance's state as `ps` shows it.
@@ -72,28 +64,20 @@ impl std::fmt::Display for Status {
     }
 }
 
-/// One instance's home directory.
+/// One instance's home directory and its record.
 #[derive(Debug, Clone)]
 pub struct Home {
     pub dir: PathBuf,
-    pub state: InstanceState,
+    pub state: Record,
+}
+
+impl SandboxFiles for Home {
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
 }
 
 impl Home {
-    pub fn state_path(&self) -> PathBuf {
-        self.dir.join("state.json")
-    }
-    pub fn spec_path(&self) -> PathBuf {
-        self.dir.join("config.json")
-    }
-    pub fn console_path(&self) -> PathBuf {
-        self.dir.join("console.log")
-    }
-    pub fn vsock_path(&self) -> PathBuf {
-        // In the VM's own directory: a jailed VMM's root (crate::jail).
-        self.dir.join("vm").join("vsock.sock")
-    }
-
     /// Creates a new home under `root` for an instance named `name` (its id when `None`).
     pub fn create(
         root: &Path,
@@ -101,7 +85,6 @@ impl Home {
         image: &str,
         manifest_digest: &str,
         command: Vec<String>,
-        detached: bool,
     ) -> Result<Home, RuntimeError> {
         let base = paths::instances_dir(root);
         paths::create_private_dir_all(&base).map_err(io(&base))?;
@@ -120,31 +103,18 @@ impl Home {
         let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| io(&lock_path)(e.into()))?;
         if let Some(n) = name {
-            if list(root)?.iter().any(|h| h.state.name == n) {
+            if list(root)?.iter().any(|h| h.name() == n) {
                 return Err(RuntimeError::NameInUse(n.to_owned()));
             }
         }
         let id = new_id()?;
         let dir = base.join(&id);
         paths::create_private_dir(&dir).map_err(io(&dir))?;
+        let name = name.unwrap_or(&id);
+        let annotations = annotations(name, image, manifest_digest, &command);
         let home = Home {
             dir,
-            state: InstanceState {
-                version: STATE_VERSION,
-                name: name.map_or_else(|| id.clone(), str::to_owned),
-                id,
-                image: image.to_owned(),
-                manifest_digest: manifest_digest.to_owned(),
-                command,
-                created: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-                detached,
-                vmm_pid: None,
-                vmm_start_time: None,
-                exit_code: None,
-                boot: None,
-            },
+            state: Record::new(&id, annotations),
         };
         home.save()?;
         Ok(home)
@@ -152,61 +122,70 @@ impl Home {
 
     /// Loads the home in `dir`.
     pub fn load(dir: &Path) -> Result<Home, RuntimeError> {
-        let path = dir.join("state.json");
-        let text = fs::read(&path).map_err(io(&path))?;
-        let state: InstanceState = serde_json::from_slice(&text)
-            .and_then(|s: InstanceState| match s.version {
-                v if v > STATE_VERSION => Err(serde::de::Error::custom(format!(
-                    "format version {v} is newer than this crx's {STATE_VERSION}"
-                ))),
-                _ => Ok(s),
-            })
-            .map_err(|source| RuntimeError::CorruptState { path, source })?;
         Ok(Home {
             dir: dir.to_owned(),
-            state,
+            state: Record::load(&dir.join("state.json"))?,
         })
     }
 
-    /// Writes `state.json` atomically and durably ([`paths::write_atomic`]).
+    /// Writes `state.json` ([`Record::save`]).
     pub fn save(&self) -> Result<(), RuntimeError> {
-        let path = self.state_path();
-        let text = serde_json::to_vec_pretty(&self.state).expect("state serializes");
-        paths::write_atomic(&path, &text).map_err(io(&path))
+        Ok(self.write_record(&self.state)?)
+    }
+
+    /// The instance's name.
+    pub fn name(&self) -> &str {
+        self.annotation(NAME)
+    }
+
+    /// The image reference as the user gave it.
+    pub fn image(&self) -> &str {
+        self.annotation(IMAGE)
+    }
+
+    /// The image's manifest digest.
+    pub fn manifest_digest(&self) -> &str {
+        self.annotation(MANIFEST_DIGEST)
+    }
+
+    /// The container's command line.
+    pub fn command(&self) -> Vec<String> {
+        serde_json::from_str(self.annotation(COMMAND)).unwrap_or_default()
+    }
+
+    fn annotation(&self, key: &str) -> &str {
+        self.state.annotations.get(key).map_or("", String::as_str)
     }
 
     /// Writes `config.json`, the OCI spec (private: it holds the container's environment).
     pub fn write_spec(&self, spec: &serde_json::Value) -> Result<(), RuntimeError> {
-        let path = self.spec_path();
+        let path = self.config_path();
         let text = serde_json::to_vec_pretty(spec).expect("json");
         paths::write_private(&path, &text).map_err(io(&path))
     }
 
-    /// Records the VMM process.
+    /// Records the VMM process, and this process as its monitor (the VMM's parent): the VM
+    /// runs.
     pub fn set_vmm(&mut self, pid: u32) -> Result<(), RuntimeError> {
-        self.state.vmm_pid = Some(pid);
-        self.state.vmm_start_time = process_start_time(pid);
+        self.state.set_vmm(pid);
+        self.state.set_monitor(std::process::id());
+        self.state.phase = Phase::Running;
         self.save()
     }
 
     /// Records the container's exit code.
     pub fn set_exit(&mut self, code: i32) -> Result<(), RuntimeError> {
         self.state.exit_code = Some(code);
+        self.state.phase = Phase::Stopped;
         self.save()
     }
 
     /// Whether the recorded VMM process still runs (not a zombie, not a reused pid).
     pub fn vmm_alive(&self) -> bool {
-        match self.state.vmm_pid {
-            Some(pid) => {
-                pid_alive(pid)
-                    && (self.state.vmm_start_time.is_none()
-                        || process_start_time(pid) == self.state.vmm_start_time)
-            }
-            None => false,
-        }
+        self.state.vmm_alive()
     }
 
+    /// The status, by the VMM: crx's view of the record.
     pub fn status(&self) -> Status {
         match (self.state.exit_code, self.state.vmm_pid) {
             (Some(c), _) => Status::Exited(c),
@@ -239,17 +218,14 @@ pub fn list(root: &Path) -> Result<Vec<Home>, RuntimeError> {
         .filter_map(Result::ok)
         .filter_map(|e| Home::load(&e.path()).ok())
         .collect();
-    homes.sort_by(|a, b| (a.state.created, &a.state.id).cmp(&(b.state.created, &b.state.id)));
+    homes.sort_by(|a, b| (&a.state.created, &a.state.id).cmp(&(&b.state.created, &b.state.id)));
     Ok(homes)
 }
 
 /// The home whose id, id prefix (unique) or name is `key`.
 pub fn find(root: &Path, key: &str) -> Result<Home, RuntimeError> {
     let homes = list(root)?;
-    if let Some(h) = homes
-        .iter()
-        .find(|h| h.state.id == key || h.state.name == key)
-    {
+    if let Some(h) = homes.iter().find(|h| h.state.id == key || h.name() == key) {
         return Ok(h.clone());
     }
     let mut prefixed = homes.into_iter().filter(|h| h.state.id.starts_with(key));
@@ -272,35 +248,14 @@ pub fn gc(root: &Path) -> Result<Vec<String>, RuntimeError> {
     let mut removed = Vec::new();
     for h in list(root)? {
         let gone = h.state.vmm_pid.is_some() && !h.vmm_alive();
-        let abandoned =
-            h.state.vmm_pid.is_none() && now.saturating_sub(h.state.created) > ABANDONED_AFTER_SECS;
+        let age = now.saturating_sub(h.state.created_secs());
+        let abandoned = h.state.vmm_pid.is_none() && age > ABANDONED_AFTER_SECS;
         if gone || abandoned {
             removed.push(h.state.id.clone());
             h.remove()?;
         }
     }
     Ok(removed)
-}
-
-/// Whether `pid` is a live (non-zombie) process.
-pub fn pid_alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !matches!(stat_fields(&s).first(), Some(&"Z") | Some(&"X")),
-        Err(_) => false,
-    }
-}
-
-/// Field 22 of `/proc/PID/stat` (start time in clock ticks).
-pub fn process_start_time(pid: u32) -> Option<u64> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat_fields(&s).get(19)?.parse().ok()
-}
-
-/// The fields of a stat line after `(comm)`: state is index 0.
-fn stat_fields(s: &str) -> Vec<&str> {
-    s.rfind(')')
-        .map(|i| s[i + 1..].split_whitespace().collect())
-        .unwrap_or_default()
 }
 
 /// A random 12-hex-digit id.
@@ -317,15 +272,7 @@ mod tests {
     use super::*;
 
     fn home(root: &Path, name: Option<&str>) -> Home {
-        Home::create(
-            root,
-            name,
-            "busybox",
-            "sha256:ab",
-            vec!["true".into()],
-            false,
-        )
-        .unwrap()
+        Home::create(root, name, "busybox", "sha256:ab", vec!["true".into()]).unwrap()
     }
 
     #[test]
@@ -342,28 +289,11 @@ mod tests {
         assert_eq!(back.status(), Status::Exited(3));
     }
 
-    /// A record without a version (an older crx's) is version 1; a newer one is refused.
-    #[test]
-    fn state_is_versioned() {
-        let root = tempfile::tempdir().unwrap();
-        let h = home(root.path(), None);
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&fs::read(h.state_path()).unwrap()).unwrap();
-        assert_eq!(v["version"], STATE_VERSION);
-        v.as_object_mut().unwrap().remove("version");
-        fs::write(h.state_path(), v.to_string()).unwrap();
-        assert_eq!(Home::load(&h.dir).unwrap().state.version, 1);
-        v["version"] = (STATE_VERSION + 1).into();
-        fs::write(h.state_path(), v.to_string()).unwrap();
-        let e = Home::load(&h.dir).unwrap_err();
-        assert!(crx_proto::chain(&e).contains("newer"), "{e}");
-    }
-
     #[test]
     fn names_are_unique_and_found_by_prefix() {
         let root = tempfile::tempdir().unwrap();
         let h = home(root.path(), Some("web"));
-        let e = Home::create(root.path(), Some("web"), "x", "d", vec![], false).unwrap_err();
+        let e = Home::create(root.path(), Some("web"), "x", "d", vec![]).unwrap_err();
         assert!(matches!(e, RuntimeError::NameInUse(_)));
         assert_eq!(find(root.path(), "web").unwrap().state.id, h.state.id);
         assert_eq!(
@@ -389,12 +319,13 @@ mod tests {
         // A live pid whose start time differs is a reused pid: dead.
         let mut reused = home(root.path(), None);
         reused.state.vmm_pid = Some(std::process::id());
-        reused.state.vmm_start_time = Some(1);
+        reused.state.vmm_start = Some(1);
         reused.save().unwrap();
         assert_eq!(reused.status(), Status::Dead);
         let never = home(root.path(), None);
         let mut abandoned = home(root.path(), None);
-        abandoned.state.created -= ABANDONED_AFTER_SECS + 1;
+        let long_ago = SystemTime::now() - std::time::Duration::from_secs(ABANDONED_AFTER_SECS + 1);
+        abandoned.state.created = crate::record::rfc3339(long_ago);
         abandoned.save().unwrap();
         let mut removed = gc(root.path()).unwrap();
         removed.sort();
@@ -420,9 +351,7 @@ mod tests {
         let ok: usize = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
                 .map(|_| {
-                    s.spawn(|| {
-                        Home::create(root.path(), Some("same"), "i", "d", vec![], false).is_ok()
-                    })
+                    s.spawn(|| Home::create(root.path(), Some("same"), "i", "d", vec![]).is_ok())
                 })
                 .collect();
             handles
@@ -432,14 +361,5 @@ mod tests {
         });
         assert_eq!(ok, 1);
         assert_eq!(list(root.path()).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn zombie_is_not_alive() {
-        let mut c = std::process::Command::new("true").spawn().unwrap();
-        let pid = c.id();
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        assert!(!pid_alive(pid), "a zombie counts as dead");
-        c.wait().unwrap();
     }
 }

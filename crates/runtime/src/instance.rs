@@ -10,10 +10,11 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::agent::Agent;
-use crate::error::{io, RuntimeError};
+use crate::error::RuntimeError;
 use crate::home::{self, Home, Status};
 use crate::monitor::MonitorError;
 use crate::paths;
+use crate::record::{pid_alive, SandboxFiles};
 use crate::relay::{self, PtyEnds, Relay};
 use crate::sandbox::{self, Sandbox, Streams};
 use crate::spec::{self, ProcessOptions};
@@ -78,7 +79,6 @@ pub fn start_with(
         &cfg.image,
         &image.manifest_digest.to_string(),
         command,
-        cfg.detached,
     )?;
     let mut guard = Cleanup {
         home: Some(home.dir.clone()),
@@ -103,10 +103,7 @@ fn boot_and_start(
     guard: &mut Cleanup,
     on_spawn: impl FnOnce(u32, &Path),
 ) -> Result<Started, RuntimeError> {
-    let sock = home.vsock_path();
-    if sock.as_os_str().len() > 107 {
-        return Err(RuntimeError::SocketPathTooLong(sock));
-    }
+    paths::check_socket_paths([&*home.vsock_path()])?;
     let hostname: String = home.state.id.chars().take(12).collect();
     let spec = spec::runtime_spec(process, &hostname)?;
     let spec = serde_json::to_value(&spec).expect("spec serializes");
@@ -119,7 +116,7 @@ fn boot_and_start(
         disk: image.disk_image.clone(),
         vsock_uds: home.vsock_path(),
         console: home.console_path(),
-        vmm_log: home.dir.join("vmm.log"),
+        vmm_log: home.vmm_log(),
         // A detached instance's VMM is its monitor's child.
         die_with_parent: true,
         boot_timer: trace::enabled(),
@@ -202,7 +199,7 @@ pub fn wait_gone(pid: u32, grace: Duration) {
             Ok(WaitStatus::StillAlive) => {}
             Ok(_) => return,
             // Not our child: watch /proc.
-            Err(_) if !home::pid_alive(pid) => return,
+            Err(_) if !pid_alive(pid) => return,
             Err(_) => {}
         }
         if Instant::now() > deadline && !killed {
@@ -268,10 +265,7 @@ pub fn exec(
     on_started: impl FnOnce(&Agent, &str, &str),
 ) -> Result<i32, RuntimeError> {
     let home = running(root, key)?;
-    let path = home.spec_path();
-    let text = std::fs::read(&path).map_err(io(&path))?;
-    let spec: serde_json::Value = serde_json::from_slice(&text)
-        .map_err(|source| RuntimeError::CorruptState { path, source })?;
+    let spec = home.read_config()?;
     let mut process = spec["process"].clone();
     process["args"] = serde_json::json!(args);
     process["terminal"] = serde_json::json!(tty);

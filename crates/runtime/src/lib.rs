@@ -2,7 +2,10 @@
 //!
 //! - [`paths`]: the state root, the boot artefacts (kernel, base initrd), the VMM binary.
 //! - [`boot_files`]: the boot artefacts verified against their sha256 manifest (ADR 0008).
-//! - [`home`]: instance homes and their `state.json`; listing, lookup, gc of dead VMMs.
+//! - [`record`]: the one on-disk record of a sandbox and its container (`state.json`, versioned,
+//!   written atomically), the files of its directory, process liveness.
+//! - [`home`]: crx's instance homes (their record, crx's data in its annotations); listing,
+//!   lookup, gc of dead VMMs.
 //! - [`spec`]: the OCI runtime spec from an image config and the `run` flags.
 //! - [`vm`]: the VM description crx-vmm reads (`vm.toml`, `crx-vmconfig`) and its process.
 //! - [`agent`]: control and stdio connections to the guest agent over the hybrid vsock.
@@ -29,6 +32,7 @@ pub mod jail;
 pub mod monitor;
 pub mod oci;
 pub mod paths;
+pub mod record;
 pub mod relay;
 pub mod sandbox;
 pub mod signals;
@@ -41,6 +45,7 @@ pub mod vm;
 
 pub use crx_proto::chain;
 pub use error::{RuntimeError, SpecError};
-pub use home::{Home, InstanceState, Status};
+pub use home::{Home, Status};
 pub use instance::{RunConfig, Started};
+pub use record::{Record, SandboxFiles};
 pub use spec::ProcessOptions;

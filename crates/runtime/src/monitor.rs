@@ -18,8 +18,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::child::keep_fds;
+use crate::instance;
+use crate::record::pid_alive;
 use crate::sync::{self, Report, SyncError, SyncReader, SyncWriter};
-use crate::{home, instance};
 
 /// The hidden first argument that makes a CRX binary run a monitor job.
 pub const MONITOR_ARG: &str = "__crx-monitor";
@@ -199,9 +200,7 @@ fn instance_monitor(root: &Path, cfg: &instance::RunConfig, sync: SyncWriter) ->
         id: Some(home.state.id.clone()),
     });
     let vmm = sb.vmm.id();
-    let waited = sb
-        .control
-        .wait(&home.state.id, None, || home::pid_alive(vmm));
+    let waited = sb.control.wait(&home.state.id, None, || pid_alive(vmm));
     if let Ok(s) = waited {
         let _ = home.set_exit(s.code);
     }

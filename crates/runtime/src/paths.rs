@@ -81,6 +81,23 @@ pub fn find_vmm() -> Result<PathBuf, RuntimeError> {
     Err(RuntimeError::VmmMissing { exe })
 }
 
+/// Longest Unix socket path (`sun_path` less the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Fails with [`RuntimeError::SocketPathTooLong`] on the first of `paths` that a Unix socket
+/// cannot have (checked before anything is made).
+pub fn check_socket_paths<'a>(
+    paths: impl IntoIterator<Item = &'a Path>,
+) -> Result<(), RuntimeError> {
+    match paths
+        .into_iter()
+        .find(|p| p.as_os_str().len() > MAX_SOCKET_PATH)
+    {
+        Some(p) => Err(RuntimeError::SocketPathTooLong(p.to_owned())),
+        None => Ok(()),
+    }
+}
+
 /// The image store under a state root.
 pub fn images_dir(root: &Path) -> PathBuf {
     root.join("images")

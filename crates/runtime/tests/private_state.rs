@@ -10,6 +10,7 @@ use std::process::Command;
 
 use crx_runtime::home::Home;
 use crx_runtime::oci::lifecycle;
+use crx_runtime::SandboxFiles;
 
 const CHILD_ENV: &str = "CRX_TEST_PRIVATE_STATE_DIR";
 const NOBODY: u32 = 65534;
@@ -34,7 +35,7 @@ fn make_state(base: &Path) -> Vec<PathBuf> {
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     // crx: a home and its spec.
     let root = base.join("crx");
-    let home = Home::create(&root, Some("web"), "busybox", "sha256:ab", vec![], false).unwrap();
+    let home = Home::create(&root, Some("web"), "busybox", "sha256:ab", vec![]).unwrap();
     home.write_spec(&serde_json::json!({"process": {"env": ["SECRET=1"]}}))
         .unwrap();
     // crx-runc: a container as `create` prepares it for its monitor.
@@ -55,7 +56,7 @@ fn make_state(base: &Path) -> Vec<PathBuf> {
         root.join("instances"),
         home.dir.clone(),
         home.state_path(),
-        home.spec_path(),
+        home.config_path(),
         home.dir.join("../.lock"),
         state_root.clone(),
         cdir.clone(),

@@ -19,7 +19,7 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
     if a.images {
         let in_use: Vec<crx_image::Digest> = home::list(root)?
             .iter()
-            .filter_map(|h| h.state.manifest_digest.parse().ok())
+            .filter_map(|h| h.manifest_digest().parse().ok())
             .collect();
         let r = instance::open_store(root)?.gc(&in_use)?;
         println!(

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::Result;
+use crx_runtime::SandboxFiles;
 use serde_json::json;
 
 #[derive(Debug, clap::Args)]
@@ -14,7 +15,7 @@ pub struct Args {
 
 pub fn run(root: &Path, a: Args) -> Result<i32> {
     let h = crx_runtime::home::find(root, &a.id)?;
-    let spec: serde_json::Value = std::fs::read(h.spec_path())
+    let spec: serde_json::Value = std::fs::read(h.config_path())
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(serde_json::Value::Null);

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use crx_runtime::SandboxFiles;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -32,14 +32,13 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
             println!("{}", h.state.id);
             continue;
         }
-        let s = &h.state;
         println!(
             "{:<12}  {:<16}  {:<24}  {:<12}  {}",
-            s.id,
-            s.name,
-            s.image,
+            h.state.id,
+            h.name(),
+            h.image(),
             status.to_string(),
-            s.command.join(" ")
+            h.command().join(" ")
         );
     }
     Ok(0)

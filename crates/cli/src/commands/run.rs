@@ -102,7 +102,7 @@ pub fn run(root: &Path, mut a: Args) -> Result<i32> {
         Streams::None => unreachable!("foreground runs have stdio or a pty"),
     };
     let vmm = sb.vmm.id();
-    let alive = || crx_runtime::home::pid_alive(vmm);
+    let alive = || crx_runtime::record::pid_alive(vmm);
     let waited = relay::relay_and_wait(&mut sb.control, &sb.agent, &id, None, relay, alive)
         .map(|st| st.code);
     if let Ok(code) = waited {

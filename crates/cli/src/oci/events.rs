@@ -25,7 +25,7 @@ pub fn run(root: &Path, a: liboci_cli::Events) -> Result<i32> {
         }
         std::thread::sleep(Duration::from_secs(u64::from(a.interval.max(1))));
         let c = ContainerDir::open(root, &a.container_id)?;
-        if c.load()?.status() == Status::Stopped {
+        if c.load()?.oci_status() == Status::Stopped {
             return Ok(0);
         }
     }

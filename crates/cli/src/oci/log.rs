@@ -70,7 +70,7 @@ fn quote_if_needed(s: &str) -> String {
 
 /// Writes a line to the log: the file when given, else stderr. Whether it went to stderr.
 fn write(level: &str, msg: &str) -> bool {
-    let time = crx_runtime::oci::state::rfc3339(std::time::SystemTime::now());
+    let time = crx_runtime::record::rfc3339(std::time::SystemTime::now());
     let json = LOGGER.get().is_some_and(|l| l.json);
     let line = format_line(level, msg, &time, json);
     match LOGGER.get().and_then(|l| l.file.as_ref()) {

@@ -11,10 +11,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 
 use super::error::{io, OciError};
-use super::state::Record;
-
-/// Longest Unix socket path (`sun_path` less the NUL).
-const MAX_SOCKET_PATH: usize = 107;
+use crate::record::{Record, SandboxFiles};
 
 /// One container's directory.
 #[derive(Debug, Clone)]
@@ -38,25 +35,16 @@ pub fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "_+-.".contains(c))
 }
 
+impl SandboxFiles for ContainerDir {
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
 impl ContainerDir {
-    pub fn state_path(&self) -> PathBuf {
-        self.dir.join("state.json")
-    }
-    pub fn config_path(&self) -> PathBuf {
-        self.dir.join("config.json")
-    }
-    pub fn vsock_path(&self) -> PathBuf {
-        // In the VM's own directory: a jailed VMM's root (crate::jail).
-        self.dir.join("vm").join("vsock.sock")
-    }
+    /// The monitor's socket (start, pause, resume).
     pub fn monitor_socket(&self) -> PathBuf {
         self.dir.join("monitor.sock")
-    }
-    pub fn console_path(&self) -> PathBuf {
-        self.dir.join("console.log")
-    }
-    pub fn vmm_log(&self) -> PathBuf {
-        self.dir.join("vmm.log")
     }
 
     /// Makes `<root>/<id>` (the root with mode 0700 when missing) and locks it.
@@ -69,11 +57,7 @@ impl ContainerDir {
             id: id.to_owned(),
             dir,
         };
-        for p in [c.vsock_path(), c.monitor_socket()] {
-            if p.as_os_str().len() > MAX_SOCKET_PATH {
-                return Err(OciError::SocketPathTooLong { path: p });
-            }
-        }
+        crate::paths::check_socket_paths([&*c.vsock_path(), &*c.monitor_socket()])?;
         crate::paths::create_private_dir_all(root).map_err(io(root))?;
         match crate::paths::create_private_dir(&c.dir) {
             Ok(()) => {}
@@ -131,16 +115,11 @@ impl ContainerDir {
 
     /// The record; `None` while `create` has not written one yet (or was killed before).
     pub fn record(&self) -> Result<Option<Record>, OciError> {
-        match Record::load(&self.state_path()) {
+        match self.read_record() {
             Ok(r) => Ok(Some(r)),
-            Err(OciError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                if self.dir.is_dir() {
-                    Ok(None)
-                } else {
-                    Err(OciError::NotFound(self.id.clone()))
-                }
-            }
-            Err(e) => Err(e),
+            Err(e) if e.is_missing() && self.dir.is_dir() => Ok(None),
+            Err(e) if e.is_missing() => Err(OciError::NotFound(self.id.clone())),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -151,7 +130,7 @@ impl ContainerDir {
     }
 
     pub fn save(&self, r: &Record) -> Result<(), OciError> {
-        r.save(&self.state_path())
+        Ok(self.write_record(r)?)
     }
 
     /// Removes the directory and everything in it (after its bind mounts, which must go
@@ -252,7 +231,7 @@ mod tests {
         let long = root.path().join("x".repeat(100));
         assert!(matches!(
             ContainerDir::create(&long, "c1"),
-            Err(OciError::SocketPathTooLong { .. })
+            Err(OciError::Runtime(crate::RuntimeError::SocketPathTooLong(_)))
         ));
         assert!(!long.exists());
     }

@@ -98,36 +98,22 @@ pub enum OciError {
     Signals(#[source] nix::Error),
     #[error("container {id}: monitor: {reason}")]
     Monitor { id: String, reason: String },
-    #[error("{path}: too long for a Unix socket path (at most 107 bytes): use a shorter --root")]
-    SocketPathTooLong { path: PathBuf },
     #[error("sharing {dir} with the VM (virtio-fs)")]
     Share {
         dir: PathBuf,
         #[source]
         source: crate::virtiofs::VirtiofsError,
     },
-    #[error("{path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("state file {path} has format version {version}, newer than this crx-runc's: use the crx-runc that wrote it")]
-    NewerState { path: PathBuf, version: u32 },
-    #[error("state file {path} is corrupt")]
-    CorruptState {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Record(#[from] crate::record::RecordError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
 }
 
-/// `Io` for `path`.
+/// The runtime's `Io` error for `path` ([`crate::error::io`]).
 pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> OciError {
-    let path = path.into();
-    move |source| OciError::Io { path, source }
+    let io = crate::error::io(path);
+    move |source| OciError::Runtime(io(source))
 }
 
 /// `errors` on one line, `; ` between them.

@@ -7,10 +7,10 @@ use serde_json::Value;
 
 use super::container::ContainerDir;
 use super::error::{io, OciError};
-use super::lifecycle::saved_spec;
 use super::state::Status;
 use crate::agent::Agent;
 use crate::monitor::{self, Job};
+use crate::record::{RecordError, SandboxFiles};
 use crate::relay::{self, PtyEnds, Relay};
 use crate::sync::{Report, SyncWriter};
 use crate::tty;
@@ -67,7 +67,7 @@ pub fn process_from(spec: &Value, opts: &ExecOptions) -> Value {
 /// The process for `opts` in container `id` (from its saved spec).
 pub fn default_process(root: &Path, id: &str, opts: &ExecOptions) -> Result<Value, OciError> {
     let c = ContainerDir::open(root, id)?;
-    Ok(process_from(&saved_spec(&c)?, opts))
+    Ok(process_from(&c.read_config()?, opts))
 }
 
 /// Runs `process` in the running container `id`, its stdio being ours (stdin copied until
@@ -134,7 +134,7 @@ pub fn exec(
 fn running(c: &ContainerDir) -> bool {
     c.load().is_ok_and(|r| {
         matches!(
-            r.status(),
+            r.oci_status(),
             Status::Created | Status::Running | Status::Paused
         )
     })
@@ -142,8 +142,8 @@ fn running(c: &ContainerDir) -> bool {
 
 /// [`exec`] for a process that stands for the exec (crx-runc's `exec` in the foreground, a
 /// detached exec's monitor): with `ignore_paused`, a paused container is first waited for
-/// (until it is resumed or stops; the exec counts as started meanwhile, as runc's frozen
-/// process does); our signals are forwarded to the process once it runs; `on_started` is
+/// (its monitor answers a `wait-unpaused` request once it is resumed or stopped: nothing is
+/// polled; the exec counts as started meanwhile, as runc's frozen process does); our signals are forwarded to the process once it runs; `on_started` is
 /// told once, `Ok` when it runs or the reason it did not.
 pub fn attached(
     root: &Path,
@@ -160,11 +160,11 @@ pub fn attached(
         }
     };
     let c = ContainerDir::open(root, id)?;
-    if ignore_paused && c.load()?.status() == Status::Paused {
+    if ignore_paused && c.load()?.oci_status() == Status::Paused {
         tell(Ok(()));
-        while c.load()?.status() == Status::Paused {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        // The monitor answers once it resumed (or stopped) the container, and its socket
+        // closes if it dies: either way the state is read again below, by `exec`.
+        let _ = super::monitor::request(&c, "wait-unpaused");
     }
     let (tx, rx) = std::sync::mpsc::channel::<(Agent, String, String)>();
     crate::signals::forward(move |sig| {
@@ -232,9 +232,11 @@ pub fn run_detached(
     sync: SyncWriter,
 ) -> i32 {
     let read = std::fs::read(process).map_err(io(process)).and_then(|t| {
-        serde_json::from_slice::<Value>(&t).map_err(|source| OciError::CorruptState {
-            path: process.to_owned(),
-            source,
+        serde_json::from_slice::<Value>(&t).map_err(|source| {
+            OciError::Record(RecordError::Corrupt {
+                path: process.to_owned(),
+                source,
+            })
         })
     });
     let _ = std::fs::remove_file(process);

@@ -17,9 +17,9 @@ use super::hooks::{self, HookKind};
 use super::monitor as oci_monitor;
 use super::state::{Record, Status};
 use crate::agent::Agent;
-use crate::home::pid_alive;
 use crate::instance::wait_gone;
 use crate::monitor::{self, Job};
+use crate::record::{pid_alive, SandboxFiles};
 
 /// A created container: its record and its monitor (a child of the caller), and the
 /// monitor's warnings (for the caller to log: the monitor's stderr is the container's).
@@ -83,12 +83,9 @@ pub fn prepare(root: &Path, id: &str, bundle: &Bundle) -> Result<(ContainerDir, 
         let cfg = c.config_path();
         // Private (0600): the spec holds the container's environment, i.e. secrets.
         crate::paths::write_private(&cfg, &text).map_err(io_err(&cfg))?;
-        let rec = Record::new(
-            &c.id,
-            &bundle.dir,
-            &bundle.rootfs,
-            bundle.annotations.clone(),
-        );
+        let mut rec = Record::new(&c.id, bundle.annotations.clone());
+        rec.bundle = Some(bundle.dir.clone());
+        rec.rootfs = Some(bundle.rootfs.clone());
         c.save(&rec)
     };
     if let Err(e) = write() {
@@ -163,7 +160,7 @@ pub fn start(root: &Path, id: &str) -> Result<Option<OciError>, OciError> {
     )?;
     oci_monitor::request(&c, "start")?;
     let rec = c.load()?;
-    let spec = saved_spec(&c)?;
+    let spec = c.read_config()?;
     Ok(hooks::run_warn(
         &spec,
         HookKind::Poststart,
@@ -219,7 +216,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<Option<OciError>, Oc
     };
     let rec = c.record()?;
     if let Some(r) = &rec {
-        let status = r.status();
+        let status = r.oci_status();
         if !force && matches!(status, Status::Running | Status::Paused) {
             return Err(OciError::WrongState {
                 id: id.to_owned(),
@@ -229,7 +226,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<Option<OciError>, Oc
         }
     }
     destroy(&c, rec.as_ref());
-    let warning = match (&rec, saved_spec(&c)) {
+    let warning = match (&rec, c.read_config()) {
         (Some(r), Ok(spec)) => {
             let mut state = r.oci_state();
             state["status"] = "stopped".into();
@@ -238,7 +235,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<Option<OciError>, Oc
         }
         _ => None,
     };
-    if let Some(dir) = saved_spec(&c).ok().as_ref().and_then(cgroup::host_dir) {
+    if let Some(dir) = c.read_config().ok().as_ref().and_then(cgroup::host_dir) {
         cgroup::remove(&dir);
     }
     c.remove()?;
@@ -294,13 +291,6 @@ pub fn update(root: &Path, id: &str, resources: serde_json::Value) -> Result<(),
         Response::Ok => Ok(()),
         other => Err(unexpected(&c, other)),
     }
-}
-
-/// The spec as `create` saved it.
-pub fn saved_spec(c: &ContainerDir) -> Result<serde_json::Value, OciError> {
-    let path = c.config_path();
-    let text = std::fs::read(&path).map_err(io_err(&path))?;
-    serde_json::from_slice(&text).map_err(|source| OciError::CorruptState { path, source })
 }
 
 /// The agent of a container whose VM runs.

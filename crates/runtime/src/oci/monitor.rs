@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
@@ -28,9 +28,9 @@ use super::error::{io, OciError};
 use super::rootfs::{self, Shares};
 use super::state::{Phase, Record};
 use crate::agent::{Agent, Control};
-use crate::home::{pid_alive, process_start_time};
 use crate::instance;
 use crate::paths;
+use crate::record::{pid_alive, SandboxFiles};
 use crate::relay::{self, PtyEnds, Relay, Stdio};
 use crate::sandbox::{self, Sandbox, Streams};
 use crate::signals;
@@ -53,7 +53,7 @@ enum Attach {
 #[derive(Debug)]
 pub struct Monitor {
     c: ContainerDir,
-    record: Arc<Mutex<Record>>,
+    record: Arc<Shared>,
     vmm: Child,
     agent: Agent,
     control: Control,
@@ -84,8 +84,39 @@ struct Booted {
     left_out: Vec<String>,
 }
 
-fn lock(r: &Mutex<Record>) -> MutexGuard<'_, Record> {
-    r.lock().unwrap_or_else(|e| e.into_inner())
+/// The record as the monitor's threads share it: each change is saved, then told to the
+/// requests waiting on it (`wait-unpaused`).
+#[derive(Debug)]
+struct Shared {
+    record: Mutex<Record>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn new(r: Record) -> Arc<Shared> {
+        Arc::new(Shared {
+            record: Mutex::new(r),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Saves `r` (the held record, changed) in `c` and wakes the waiters.
+    fn save(&self, c: &ContainerDir, r: &Record) -> Result<(), OciError> {
+        let saved = c.save(r);
+        self.changed.notify_all();
+        saved
+    }
+
+    /// Blocks while the container is paused (returns at once when it is not).
+    fn wait_unpaused(&self) {
+        let held = self.lock();
+        let waited = self.changed.wait_while(held, |r| r.phase == Phase::Paused);
+        drop(waited.unwrap_or_else(|e| e.into_inner()));
+    }
 }
 
 impl Monitor {
@@ -94,9 +125,7 @@ impl Monitor {
     /// With `process.terminal`, the pty master is sent to the socket `console` (runc's way).
     pub fn boot(c: ContainerDir, console: Option<&Path>) -> Result<Monitor, OciError> {
         let mut rec = c.load()?;
-        let me = std::process::id();
-        rec.monitor_pid = Some(me);
-        rec.monitor_start = process_start_time(me);
+        rec.set_monitor(std::process::id());
         c.save(&rec)?;
         match boot_vm(&c, &mut rec, console) {
             Ok(Booted {
@@ -106,7 +135,7 @@ impl Monitor {
                 left_out,
             }) => Ok(Monitor {
                 c,
-                record: Arc::new(Mutex::new(rec)),
+                record: Shared::new(rec),
                 vmm: sandbox.vmm,
                 agent: sandbox.agent,
                 control: sandbox.control,
@@ -169,13 +198,13 @@ impl Monitor {
             return Err(OciError::Monitor { id, reason });
         }
         {
-            let mut r = lock(&self.record);
+            let mut r = self.record.lock();
             r.phase = Phase::Stopped;
             if let Ok(s) = &status {
                 r.exit_code = Some(s.code);
                 r.exit_signal = s.signal;
             }
-            let _ = self.c.save(&r);
+            let _ = self.record.save(&self.c, &r);
         }
         self.stop_vm(Duration::from_secs(10));
         Ok(status?)
@@ -219,7 +248,7 @@ fn watch_backends(
     vm: Arc<Mutex<VmWatch>>,
     vmm_pid: u32,
     c: ContainerDir,
-    record: Arc<Mutex<Record>>,
+    record: Arc<Shared>,
 ) {
     std::thread::spawn(move || loop {
         std::thread::sleep(WATCH_EVERY);
@@ -231,10 +260,10 @@ fn watch_backends(
             continue;
         };
         {
-            let mut r = lock(&record);
+            let mut r = record.lock();
             r.phase = Phase::Failed;
             r.error = Some(reason.clone());
-            let _ = c.save(&r);
+            let _ = record.save(&c, &r);
         }
         v.backend_died = Some(reason);
         let _ = kill(Pid::from_raw(vmm_pid as i32), Signal::SIGKILL);
@@ -245,10 +274,7 @@ fn watch_backends(
 /// Boots the container's VM (its shares first) and creates the container in it; on error
 /// the VMM is killed (the shares' daemons stop when dropped).
 fn boot_vm(c: &ContainerDir, rec: &mut Record, console: Option<&Path>) -> Result<Booted, OciError> {
-    let path = c.config_path();
-    let text = std::fs::read(&path).map_err(io(&path))?;
-    let spec: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|source| OciError::CorruptState { path, source })?;
+    let spec = c.read_config()?;
     // Before anything starts: boot files that fail verification start nothing (ADR 0008).
     let boot = paths::verified_boot_files()?;
     if let Some(dir) = cgroup::host_dir(&spec) {
@@ -256,7 +282,8 @@ fn boot_vm(c: &ContainerDir, rec: &mut Record, console: Option<&Path>) -> Result
         cgroup::join(&dir, std::process::id())?;
     }
     let mut gspec = guest_spec(&spec);
-    let delivery = rootfs::deliver(&rec.rootfs, &mut gspec, c)?;
+    let rootfs = rec.rootfs.clone().unwrap_or_default();
+    let delivery = rootfs::deliver(&rootfs, &mut gspec, c)?;
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let (memory_mib, vcpus) = vm_size(&spec, host_cpus);
     fit_cpus(&mut gspec, vcpus);
@@ -279,7 +306,7 @@ fn boot_vm(c: &ContainerDir, rec: &mut Record, console: Option<&Path>) -> Result
     // The measured boot: what this VM boots, as verified (saved with the VMM's pid).
     rec.boot = Some(vm.boot.digests());
     let mut sandbox = sandbox::boot(&vm, |pid| {
-        rec.vmm_pid = Some(pid);
+        rec.set_vmm(pid);
         c.save(rec)
     })?;
     let created = sandbox
@@ -335,9 +362,15 @@ impl Monitor {
             Some(Attach::Pty { slave, .. }) => slave.try_clone().ok(),
             _ => None,
         };
+        let term = term.map(Arc::new);
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let _ = answer(conn, &c, &record, &agent, term.as_ref());
+                // A thread each: a `wait-unpaused` waits for a `resume` served meanwhile.
+                let (c, record, agent, term) =
+                    (c.clone(), record.clone(), agent.clone(), term.clone());
+                std::thread::spawn(move || {
+                    let _ = answer(conn, &c, &record, &agent, term.as_deref());
+                });
             }
         });
         watch_backends(
@@ -347,22 +380,29 @@ impl Monitor {
             self.c.clone(),
             self.record.clone(),
         );
-        let mut r = lock(&self.record);
+        let mut r = self.record.lock();
         r.phase = Phase::Created;
-        self.c.save(&r)
+        self.record.save(&self.c, &r)
     }
 }
 
 fn answer(
     conn: UnixStream,
     c: &ContainerDir,
-    record: &Mutex<Record>,
+    record: &Shared,
     agent: &Agent,
     term: Option<&OwnedFd>,
 ) -> std::io::Result<()> {
     let mut line = String::new();
     BufReader::new(&conn).take_line(&mut line)?;
-    let reply = match apply(line.trim(), c, record, agent, term) {
+    let done = match line.trim() {
+        "wait-unpaused" => {
+            record.wait_unpaused();
+            Ok(())
+        }
+        cmd => apply(cmd, c, record, agent, term),
+    };
+    let reply = match done {
         Ok(()) => "ok\n".to_owned(),
         Err(e) => format!("error: {}\n", e.replace('\n', " ")),
     };
@@ -375,11 +415,11 @@ fn answer(
 fn apply(
     cmd: &str,
     c: &ContainerDir,
-    record: &Mutex<Record>,
+    record: &Shared,
     agent: &Agent,
     term: Option<&OwnedFd>,
 ) -> Result<(), String> {
-    let mut r = lock(record);
+    let mut r = record.lock();
     let id = c.id.clone();
     let (from, to, req) = match cmd {
         "start" => (Phase::Created, Phase::Running, Request::Start { id }),
@@ -409,7 +449,7 @@ fn apply(
         })
         .map_err(|e| chain(&e))?;
     r.phase = to;
-    c.save(&r).map_err(|e| chain(&e))
+    record.save(c, &r).map_err(|e| chain(&e))
 }
 
 trait TakeLine {
@@ -422,7 +462,8 @@ impl<R: std::io::Read> TakeLine for BufReader<R> {
     }
 }
 
-/// Asks the monitor of `c` to carry out `cmd` (`start`, `pause`, `resume`).
+/// Asks the monitor of `c` to carry out `cmd` (`start`, `pause`, `resume`; `wait-unpaused`
+/// answers once the container is not paused).
 pub fn request(c: &ContainerDir, cmd: &str) -> Result<(), OciError> {
     let err = |reason: String| OciError::Monitor {
         id: c.id.clone(),
@@ -484,5 +525,49 @@ pub fn run(root: &Path, id: &str, console: Option<&Path>, sync: SyncWriter) -> i
         },
         // Recorded (`failed`, with why) where it can be.
         Err(_) => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `wait-unpaused` request is answered once a resume (or a stop) is recorded, and at
+    /// once when the container is not paused.
+    #[test]
+    fn wait_unpaused_returns_on_the_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ContainerDir {
+            id: "c1".into(),
+            dir: dir.path().to_owned(),
+        };
+        let mut rec = Record::new("c1", Default::default());
+        rec.phase = Phase::Running;
+        let shared = Shared::new(rec);
+        shared.wait_unpaused();
+        for then in [Phase::Running, Phase::Stopped] {
+            shared.lock().phase = Phase::Paused;
+            let (tx, rx) = std::sync::mpsc::channel();
+            let waiter = {
+                let shared = shared.clone();
+                std::thread::spawn(move || {
+                    shared.wait_unpaused();
+                    tx.send(()).unwrap();
+                })
+            };
+            // Still waiting after a change that leaves it paused.
+            {
+                let r = shared.lock();
+                shared.save(&c, &r).unwrap();
+            }
+            assert!(rx.try_recv().is_err(), "paused: still waiting");
+            {
+                let mut r = shared.lock();
+                r.phase = then;
+                shared.save(&c, &r).unwrap();
+            }
+            rx.recv().unwrap();
+            waiter.join().unwrap();
+        }
     }
 }
