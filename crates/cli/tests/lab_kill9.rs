@@ -73,7 +73,7 @@ impl Lab {
                 "env": ["PATH=/bin"], "cwd": "/"},
             "root": {"path": "rootfs"},
             "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
-            "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}]}
         });
         fs::write(b.join("config.json"), spec.to_string()).unwrap();
         b

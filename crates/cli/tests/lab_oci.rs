@@ -66,7 +66,7 @@ impl Lab {
                  "options": ["nosuid", "noexec", "nodev", "ro"]}
             ],
             "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
-                {"type": "mount"}]}
+                {"type": "mount"}, {"type": "network"}]}
         });
         merge(&mut spec, patch);
         fs::write(b.join("config.json"), spec.to_string()).unwrap();
@@ -760,6 +760,8 @@ fn lab_oci_run_uses_our_terminal() {
 #[test]
 fn lab_oci_namespace_paths_and_cpus() {
     let lab = Lab::new();
+    // A network namespace of its own (with only lo): the host's is refused (oci_cli).
+    let netns = TestNetns::add("crx-lab-oci-ns1");
     let b = lab.bundle(
         "b-ns",
         &["sh", "-c", "hostname; cat /proc/self/status"],
@@ -767,7 +769,7 @@ fn lab_oci_namespace_paths_and_cpus() {
             "namespaces": [{"type": "pid"}, {"type": "mount"},
                 {"type": "uts", "path": "/proc/self/ns/uts"},
                 {"type": "ipc", "path": "/proc/self/ns/ipc"},
-                {"type": "network", "path": "/proc/self/ns/net"}],
+                {"type": "network", "path": netns.path()}],
             "resources": {"cpu": {"cpus": "0-1", "quota": 20000, "period": 100000}}}}),
     );
     let out = lab.runc(&["run", "--bundle", b.to_str().unwrap(), "ns1"]);
@@ -776,6 +778,28 @@ fn lab_oci_namespace_paths_and_cpus() {
     assert!(stdout.starts_with("pod-member\n"), "{stdout}");
     assert!(stdout.contains("Cpus_allowed_list:\t0-1\n"), "{stdout}");
     assert!(!lab.root().join("ns1").exists());
+}
+
+/// A named network namespace (`ip netns add`), deleted when dropped.
+struct TestNetns(String);
+
+impl TestNetns {
+    fn add(name: &str) -> TestNetns {
+        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        let ok = Command::new("ip").args(["netns", "add", name]).status();
+        assert!(ok.unwrap().success(), "ip netns add {name}");
+        TestNetns(name.to_owned())
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
 }
 
 /// Bind mounts as the guest's mountinfo shows them: the root of each ends in its source's own

@@ -40,7 +40,8 @@ fn bundle(dir: &Path, config: Option<&str>, rootfs: bool) -> PathBuf {
 fn good_config(patch: Value) -> String {
     let mut v = json!({"ociVersion": "1.0.2", "root": {"path": "rootfs"},
         "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
-        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}]});
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": "network"}]}});
     for (k, x) in patch.as_object().unwrap() {
         v[k] = x.clone();
     }
@@ -103,7 +104,7 @@ fn bad_bundles_give_one_line_and_leave_nothing() {
         v.as_object_mut().unwrap().remove("ociVersion");
         v.to_string()
     };
-    let cases: [(&str, Option<String>, bool, &str); 14] = [
+    let cases: [(&str, Option<String>, bool, &str); 16] = [
         ("missing config", None, true, "no config.json"),
         (
             "invalid json",
@@ -178,6 +179,21 @@ fn bad_bundles_give_one_line_and_leave_nothing() {
                 {"type": "mount"}, {"type": "uts", "path": "/proc/self/ns/net"}]}}))),
             true,
             "uts namespace path /proc/self/ns/net is a network namespace",
+        ),
+        (
+            "host networking",
+            Some(good_config(
+                json!({"linux": {"namespaces": [{"type": "mount"}]}}),
+            )),
+            true,
+            "a VM cannot share the host's network stack",
+        ),
+        (
+            "the host's network namespace by path",
+            Some(good_config(json!({"linux": {"namespaces": [
+                {"type": "network", "path": "/proc/self/ns/net"}]}}))),
+            true,
+            "/proc/self/ns/net is the host's own",
         ),
         (
             "terminal",

@@ -121,6 +121,7 @@ fn boot_and_start(
         die_with_parent: true,
         boot_timer: trace::enabled(),
         fs: Vec::new(),
+        net: Vec::new(),
     };
     // The measured boot: what this VM boots, as verified (saved with the VMM's pid).
     home.state.boot = Some(vm.boot.digests());

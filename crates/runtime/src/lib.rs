@@ -18,8 +18,9 @@
 //! - [`check`]: host readiness (`crx check`), with a calibrated tiny KVM guest.
 //! - [`trace`]: boot-phase timestamps with `CRX_TRACE=1`.
 //! - [`virtiofs`]: host directories shared live with a VM (one virtiofsd each).
+//! - [`net`]: a container's network namespace joined by its VM (a tap, tc redirects).
 //! - [`tty`]: host terminals: raw mode, the pty pump and window sizes, console-socket fd passing.
-#![deny(unsafe_code)] // allowed in `tty`, `oci::namespace` (ioctls), `child` (pre_exec) and `sync` (an inherited fd) alone
+#![deny(unsafe_code)] // allowed in `tty`, `oci::namespace`, `net::tap` (ioctls), `child` (pre_exec) and `sync` (an inherited fd) alone
 
 pub mod agent;
 pub mod boot_files;
@@ -30,6 +31,7 @@ pub mod home;
 pub mod instance;
 pub mod jail;
 pub mod monitor;
+pub mod net;
 pub mod oci;
 pub mod paths;
 pub mod record;

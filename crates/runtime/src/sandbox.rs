@@ -107,6 +107,20 @@ impl Sandbox {
         Ok(streams)
     }
 
+    /// Configures the guest's network as `network` describes it (its loopback is up
+    /// already; an empty description changes nothing).
+    pub fn configure_network(
+        &mut self,
+        network: crx_proto::network::NetworkConfig,
+    ) -> Result<(), RuntimeError> {
+        if network.interfaces.is_empty() {
+            return Ok(());
+        }
+        self.control.call(Request::ConfigureNetwork { network })?;
+        trace::mark("network configured");
+        Ok(())
+    }
+
     /// Starts the created container `id`'s process.
     pub fn start(&mut self, id: &str) -> Result<(), RuntimeError> {
         self.control.call(Request::Start { id: id.to_owned() })?;

@@ -34,6 +34,9 @@ pub struct VmConfig {
     /// virtio-fs devices (`[[fs]]` in the VM config), each served by a running virtiofsd
     /// ([`crate::virtiofs::Daemon`]); see [`VmConfig::add_fs`].
     pub fs: Vec<FsShare>,
+    /// virtio-net devices (`[[net]]`), each over a tap crx-vmm inherits (`tap_fd`): made in
+    /// the container's network namespace by [`crate::net::attach`].
+    pub net: Vec<crate::net::Nic>,
 }
 
 /// One virtio-fs device of a VM: the tag the guest mounts and the backend's socket.
@@ -87,6 +90,16 @@ impl VmConfig {
                     socket: f.socket.clone(),
                 })
                 .collect(),
+            net: self
+                .net
+                .iter()
+                .map(|n| crx_vmconfig::NetConfig {
+                    tap_fd: Some(std::os::fd::AsRawFd::as_raw_fd(&*n.tap)),
+                    mac: Some(n.mac.clone()),
+                    mtu: Some(n.mtu),
+                    ..Default::default()
+                })
+                .collect(),
             ..crx_vmconfig::VmConfig::new(self.memory_mib.into(), self.boot.kernel.vmm_path())
         }
     }
@@ -130,6 +143,12 @@ impl VmConfig {
             None => None,
         };
         fds.extend(disk.iter().map(std::os::fd::AsRawFd::as_raw_fd));
+        // Each tap as itself: `tap_fd` in the description is its number.
+        fds.extend(
+            self.net
+                .iter()
+                .map(|n| std::os::fd::AsRawFd::as_raw_fd(&*n.tap)),
+        );
         cfg.serial = crx_vmconfig::SerialOutput::Stdout;
         if let Some(j) = &mut jail {
             if let Some(v) = &mut cfg.vsock {
@@ -261,6 +280,7 @@ mod tests {
             die_with_parent: false,
             boot_timer: false,
             fs: Vec::new(),
+            net: Vec::new(),
         }
     }
 

@@ -198,6 +198,7 @@ fn lab_containers_on_virtiofs_shares() {
         die_with_parent: true,
         boot_timer: false,
         fs: Vec::new(),
+        net: Vec::new(),
     };
     for (tag, d) in &daemons {
         vm.add_fs(*tag, d.socket());

@@ -100,6 +100,7 @@ impl Bundle {
             return Err(OciError::HostnameTooLong(h.len()));
         }
         namespace::check_paths(&spec)?;
+        crate::net::check_spec(&spec)?;
         for m in spec["mounts"].as_array().into_iter().flatten() {
             let typ = m["type"].as_str().unwrap_or("none");
             if !MOUNT_TYPES.contains(&typ) {
@@ -334,12 +335,15 @@ mod tests {
 
     fn minimal(extra: Value) -> String {
         let mut v = json!({"ociVersion": "1.0.2", "root": {"path": "rootfs"},
-            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}}});
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "linux": {"namespaces": [{"type": "network"}]}});
         for (k, x) in extra.as_object().unwrap() {
             v[k] = x.clone();
         }
         v.to_string()
     }
+
+    use crate::net::NetError;
 
     #[test]
     fn good_bundle_loads() {
@@ -408,12 +412,20 @@ mod tests {
         load(json!({"hostname": name})).unwrap();
         let e = load(json!({"hostname": format!("{name}x")})).unwrap_err();
         assert!(matches!(e, OciError::HostnameTooLong(65)), "{e}");
-        let ns = |typ: &str, path: &str| json!({"linux": {"namespaces": [{"type": "mount"}, {"type": typ, "path": path}]}});
+        let ns = |typ: &str, path: &str| json!({"linux": {"namespaces": [{"type": "mount"}, {"type": typ, "path": path}, {"type": "network"}]}});
         load(ns("uts", "/proc/self/ns/uts")).unwrap();
         let e = load(ns("uts", "/proc/self/ns/net")).unwrap_err();
         assert!(matches!(e, OciError::NamespaceMismatch { .. }), "{e}");
         let e = load(ns("network", "/etc/hostname")).unwrap_err();
         assert!(matches!(e, OciError::NotANamespace { .. }), "{e}");
+        // The host's network stack, by omission or by path, is not a VM's.
+        let e = load(json!({"linux": {"namespaces": [{"type": "mount"}]}})).unwrap_err();
+        assert!(matches!(e, OciError::Net(NetError::HostNetwork)), "{e}");
+        let e = load(ns("network", "/proc/self/ns/net")).unwrap_err();
+        assert!(
+            matches!(e, OciError::Net(NetError::HostNamespace(_))),
+            "{e}"
+        );
     }
 
     #[test]

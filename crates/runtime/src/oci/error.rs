@@ -108,6 +108,8 @@ pub enum OciError {
     Record(#[from] crate::record::RecordError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
 }
 
 /// The runtime's `Io` error for `path` ([`crate::error::io`]).

@@ -65,6 +65,7 @@ pub fn create(
                 let _ = m.wait();
             }
             destroy(&c, c.record().ok().flatten().as_ref());
+            let _ = crate::net::detach(&c.dir.join(crate::net::RECORD));
             if let Some(dir) = cgroup::host_dir(&bundle.spec) {
                 cgroup::remove(&dir);
             }
@@ -226,6 +227,8 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<Option<OciError>, Oc
         }
     }
     destroy(&c, rec.as_ref());
+    // The taps went with the VMM; the redirects on the namespace's interfaces go now.
+    crate::net::detach(&c.dir.join(crate::net::RECORD))?;
     let warning = match (&rec, c.read_config()) {
         (Some(r), Ok(spec)) => {
             let mut state = r.oci_state();

@@ -287,6 +287,9 @@ fn boot_vm(c: &ContainerDir, rec: &mut Record, console: Option<&Path>) -> Result
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let (memory_mib, vcpus) = vm_size(&spec, host_cpus);
     fit_cpus(&mut gspec, vcpus);
+    // The namespace the tool prepared, joined through taps the VMM inherits (`delete` undoes
+    // it from the record in the container's directory).
+    let network = crate::net::join(&spec, &c.dir)?;
     let mut vm = VmConfig {
         vmm: paths::find_vmm()?,
         boot,
@@ -299,6 +302,7 @@ fn boot_vm(c: &ContainerDir, rec: &mut Record, console: Option<&Path>) -> Result
         die_with_parent: true,
         boot_timer: false,
         fs: Vec::new(),
+        net: network.nics,
     };
     for (tag, d) in &delivery.shares {
         vm.add_fs(tag.clone(), d.socket());
@@ -309,8 +313,11 @@ fn boot_vm(c: &ContainerDir, rec: &mut Record, console: Option<&Path>) -> Result
         rec.set_vmm(pid);
         c.save(rec)
     })?;
+    // Only the VMM keeps the taps from here on: they go when it goes.
+    vm.net.clear();
     let created = sandbox
-        .create(&c.id, gspec, delivery.rootfs, false)
+        .configure_network(network.guest)
+        .and_then(|()| sandbox.create(&c.id, gspec, delivery.rootfs, false))
         .map_err(OciError::from)
         .and_then(|streams| attach(streams, console));
     match created {

@@ -10,6 +10,10 @@
 //! - `network`, `ipc`, `pid`, `cgroup`, `user` and `time` are dropped: the container shares the
 //!   VM's, which only this container uses (its network is the VM's network; its user is the
 //!   VM's root user; its clocks and cgroup view are the VM's).
+//!
+//! `network` is dropped with or without a path: the VM is the container's network boundary.
+//! Its NICs are joined to the namespace given by path on the host ([`crate::net`]), and
+//! without one it has only its loopback, up, which a fresh namespace in the guest would lack.
 #![allow(unsafe_code)] // NS_GET_NSTYPE
 
 use std::fs::File;
@@ -37,7 +41,8 @@ const TYPES: [(&str, i32, bool); 8] = [
 pub const IN_GUEST: &str = "a namespace path must name a namespace of its type (checked on the \
     host at create, NS_GET_NSTYPE) but cannot be joined across the VM boundary: uts and mount \
     become a new namespace in the guest (the hostname applies), network, ipc, pid, cgroup, user \
-    and time are the VM's, which only this container uses";
+    and time are the VM's, which only this container uses; a network namespace path is joined \
+    by the VM's NICs (a tap per interface, tc redirects), without one the VM has loopback only";
 
 // NS_GET_NSTYPE: _IO(0xb7, 0x3), linux/nsfs.h.
 nix::ioctl_none!(ns_get_nstype, 0xb7, 0x3);
@@ -89,14 +94,17 @@ fn check(typ: &str, path: &Path) -> Result<(), OciError> {
 }
 
 /// Rewrites a spec's `linux.namespaces` for the guest: entries with a path become fresh
-/// namespaces (`uts`, `mount`: the path removed) or are dropped (the others); a type already
-/// listed without a path is not repeated.
+/// namespaces (`uts`, `mount`: the path removed) or are dropped (the others); `network` is
+/// always dropped (the VM's); a type already listed without a path is not repeated.
 pub fn for_guest(namespaces: &mut Vec<Value>) {
     let fresh = |typ: &str| TYPES.iter().any(|t| t.0 == typ && t.2);
     let mut seen: Vec<String> = Vec::new();
     namespaces.retain_mut(|n| {
         let has_path = n["path"].as_str().is_some_and(|p| !p.is_empty());
         let typ = n["type"].as_str().unwrap_or_default().to_owned();
+        if typ == "network" {
+            return false;
+        }
         if has_path {
             if !fresh(&typ) {
                 return false;
@@ -163,6 +171,7 @@ mod tests {
         .collect();
         ns.push(json!({"type": "ipc"}));
         ns.push(json!({"type": "uts", "path": ""}));
+        ns.push(json!({"type": "network"}));
         for_guest(&mut ns);
         assert_eq!(
             ns,
