@@ -13,6 +13,9 @@ pub enum VmExit {
     GuestPowerOff,
     /// The VMM received a termination signal: clean.
     Signal(i32),
+    /// The guest asked for a snapshot (`--snapshot-on-port`): the VMM writes it and ends,
+    /// clean once written.
+    Snapshot,
     /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN).
     TripleFault {
         /// The vCPU.
@@ -27,6 +30,8 @@ pub enum VmExit {
         /// Human-readable detail (instruction bytes, RIP).
         detail: String,
     },
+    /// The guest asked for a snapshot and it could not be written (the one-line reason).
+    SnapshotFailed(String),
     /// Any other vCPU failure (failed entry, unexpected exit, KVM_RUN error).
     VcpuFailed {
         /// The vCPU.
@@ -41,18 +46,20 @@ impl VmExit {
     pub fn is_clean(&self) -> bool {
         matches!(
             self,
-            VmExit::GuestReset | VmExit::GuestPowerOff | VmExit::Signal(_)
+            VmExit::GuestReset | VmExit::GuestPowerOff | VmExit::Signal(_) | VmExit::Snapshot
         )
     }
 
     /// The `crx-vmm` exit status: 0 clean, 3 triple fault, 4 KVM internal error, 5 other vCPU
-    /// failure (1 is a setup error and 2 a usage error, both decided in `main`).
+    /// failure, 6 snapshot failed (1 is a setup error and 2 a usage error, both decided in
+    /// `main`).
     pub fn exit_code(&self) -> i32 {
         match self {
-            VmExit::GuestReset | VmExit::GuestPowerOff | VmExit::Signal(_) => 0,
+            VmExit::GuestReset | VmExit::GuestPowerOff | VmExit::Signal(_) | VmExit::Snapshot => 0,
             VmExit::TripleFault { .. } => 3,
             VmExit::InternalError { .. } => 4,
             VmExit::VcpuFailed { .. } => 5,
+            VmExit::SnapshotFailed(_) => 6,
         }
     }
 }
@@ -63,6 +70,7 @@ impl std::fmt::Display for VmExit {
             VmExit::GuestReset => write!(f, "guest reset the machine"),
             VmExit::GuestPowerOff => write!(f, "guest powered off"),
             VmExit::Signal(s) => write!(f, "stopped by signal {s}"),
+            VmExit::Snapshot => write!(f, "stopped for a snapshot"),
             VmExit::TripleFault { vcpu } => write!(
                 f,
                 "vCPU {vcpu}: triple fault (KVM_EXIT_SHUTDOWN): the guest hit an exception it \
@@ -79,6 +87,7 @@ impl std::fmt::Display for VmExit {
                 )
             }
             VmExit::VcpuFailed { vcpu, detail } => write!(f, "vCPU {vcpu}: {detail}"),
+            VmExit::SnapshotFailed(detail) => write!(f, "snapshot failed: {detail}"),
         }
     }
 }

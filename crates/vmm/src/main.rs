@@ -2,7 +2,8 @@
 //!
 //! Exit status: 0 the guest reset/powered off or the VMM got SIGTERM/SIGINT; 1 setup error
 //! (config, KVM, kernel); 2 usage error; 3 triple fault; 4 KVM internal error (emulation
-//! failure); 5 another vCPU failure.
+//! failure); 5 another vCPU failure; 6 a snapshot the guest asked for could not be written
+//! (`--snapshot-on-port`; a written one exits 0).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -72,6 +73,23 @@ struct Cli {
     /// Run without the seccomp filters: for debugging only (the VMM log says so).
     #[arg(long)]
     no_seccomp: bool,
+    /// Snapshot the VM into DIR when the guest writes to I/O port PORT (e.g. `0x4f0`), then
+    /// exit 0 (DIR/state and DIR/memory are recreated at start-up; docs/snapshot-format.md).
+    #[arg(long, num_args = 2, value_names = ["PORT", "DIR"])]
+    snapshot_on_port: Vec<String>,
+    /// Restore the VM from the snapshot in DIR instead of booting; the configuration must
+    /// describe the same VM shape (RAM, vCPUs, devices).
+    #[arg(long, value_name = "DIR")]
+    restore: Option<PathBuf>,
+}
+
+/// Parses a port number, decimal or `0x` hexadecimal.
+fn parse_port(s: &str) -> anyhow::Result<u16> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u16::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.with_context(|| format!("--snapshot-on-port: `{s}` is not a port number (0..=0xffff)"))
 }
 
 impl Cli {
@@ -154,18 +172,33 @@ fn run(cli: Cli, start: Instant) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let no_seccomp = cli.no_seccomp;
+    let snapshot = match cli.snapshot_on_port.as_slice() {
+        [port, dir] => Some((parse_port(port)?, PathBuf::from(dir))),
+        _ => None,
+    };
+    let restore = cli.restore.clone();
     let cfg = cli.vm_config().context("invalid VM configuration")?;
     let mut opts = VmOptions {
         start,
         handle_signals: true,
         serial_input: true,
+        restore,
         ..Default::default()
     };
+    if let Some((port, dir)) = &snapshot {
+        opts.snapshot = Some(
+            crx_vmm::snapshot::SnapshotTarget::prepare(dir, *port, &cfg)
+                .context("cannot prepare the snapshot directory")?,
+        );
+    }
     seccomp_setup(no_seccomp, &mut opts)?;
     let report = crx_vmm::run_vm(&cfg, opts).context("cannot run the VM")?;
     let code = report.exit.exit_code();
     if !report.exit.is_clean() || std::env::var_os("CRX_VMM_DEBUG").is_some() {
         log(&format!("crx-vmm: {}", report.exit));
+    }
+    if let (crx_vmm::VmExit::Snapshot, Some((_, dir))) = (&report.exit, &snapshot) {
+        log(&format!("crx-vmm: snapshot written to {}", dir.display()));
     }
     Ok(ExitCode::from(code as u8))
 }

@@ -41,6 +41,9 @@ pub struct Vcpu {
     pub reset_evt: Option<EventFd>,
     /// KVM_RUN calls and how many returned EINTR/EAGAIN (shown by the debug stop report).
     pub stats: (u64, u64),
+    /// Set when the VM may be snapshotted (`--snapshot-on-port`): the port, and where this
+    /// vCPU leaves its state when it stops for a snapshot.
+    pub snapshot: Option<Arc<crate::snapshot::vcpu::VcpuSync>>,
 }
 
 impl Vcpu {
@@ -58,6 +61,7 @@ impl Vcpu {
                 if std::env::var_os("CRX_VMM_DEBUG").is_some() {
                     self.report_position();
                 }
+                self.save_if_requested();
                 return;
             }
             if let Some(f) = self.on_first_entry.take() {
@@ -68,6 +72,7 @@ impl Vcpu {
                 pio: &self.pio,
                 mmio: &self.mmio,
                 reset_evt: self.reset_evt.as_ref(),
+                snapshot_port: self.snapshot.as_ref().map(|s| s.port),
             };
             let reason = match handle_exit(self.id, self.fd.run(), &buses) {
                 ExitAction::Resume => continue,
@@ -78,8 +83,23 @@ impl Vcpu {
                 ExitAction::Stop(reason) => reason,
                 ExitAction::InternalError => self.internal_error(),
             };
+            if reason == VmExit::Snapshot {
+                if let Some(s) = &self.snapshot {
+                    // Before the latch wakes the main thread, so every vCPU it then stops
+                    // sees the request.
+                    s.request();
+                }
+            }
+            self.save_if_requested();
             self.exit.set(reason);
             return;
+        }
+    }
+
+    /// Leaves this vCPU's state for the snapshot, if one was requested.
+    fn save_if_requested(&mut self) {
+        if let Some(s) = self.snapshot.clone() {
+            s.save_from(self.id, &mut self.fd);
         }
     }
 

@@ -74,6 +74,8 @@ pub struct Attached {
     pub subscribers: Vec<Subscriber>,
     /// Writable disk images, to `sync_data` at shutdown.
     pub flush_files: Vec<File>,
+    /// Each transport, in slot order, for snapshots.
+    pub transports: Vec<crate::snapshot::devices::SharedTransport>,
 }
 
 struct Attacher<'a> {
@@ -108,6 +110,7 @@ impl Attacher<'_> {
         }
         let t = Arc::new(Mutex::new(t));
         self.mmio.insert(base, MMIO_SIZE, t.clone())?;
+        self.out.transports.push(t.clone());
         self.out
             .subscribers
             .push(Arc::new(Mutex::new(VirtioSubscriber::new(t))));

@@ -18,9 +18,13 @@ use crate::event_loop::{install_signal_handlers, EventLoop, EventLoopError, Subs
 use crate::exit::{ExitLatch, VmExit};
 use crate::memory::MemoryError;
 use crate::regs::RegsError;
+use crate::snapshot::devices::Devices;
+use crate::snapshot::vcpu::VcpuSync;
+use crate::snapshot::{SnapshotError, SnapshotTarget};
 use crate::vcpu::Vcpu;
 
 mod attach;
+mod snapshot;
 
 /// Errors while building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +62,9 @@ pub enum VmError {
     /// A vCPU thread could not be spawned.
     #[error("cannot spawn vCPU thread {0}")]
     SpawnVcpu(u8, #[source] std::io::Error),
+    /// Taking or restoring a snapshot.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
 }
 
 /// Knobs for embedding the VMM (tests, benchmarks) that are not part of the VM config.
@@ -78,6 +85,11 @@ pub struct VmOptions {
     pub serial_input: bool,
     /// Run at shutdown, after vCPUs stopped (flush disks).
     pub shutdown_hooks: Vec<Box<dyn FnOnce() + Send>>,
+    /// Where a guest-requested snapshot goes (`--snapshot-on-port`), prepared before the guest
+    /// runs.
+    pub snapshot: Option<SnapshotTarget>,
+    /// Build the VM from the snapshot in this directory instead of booting (`--restore`).
+    pub restore: Option<std::path::PathBuf>,
 }
 
 impl Default for VmOptions {
@@ -91,6 +103,8 @@ impl Default for VmOptions {
             subscribers: Vec::new(),
             serial_input: false,
             shutdown_hooks: Vec::new(),
+            snapshot: None,
+            restore: None,
         }
     }
 }
@@ -102,46 +116,67 @@ pub struct RunReport {
     pub exit: VmExit,
     /// Time from `VmOptions::start` to vCPU 0's first KVM_RUN.
     pub first_entry: Option<Duration>,
-    /// How the guest was booted.
-    pub boot: BootPlan,
+    /// How the guest was booted (`None`: restored from a snapshot).
+    pub boot: Option<BootPlan>,
 }
 
 /// A configured VM, ready to run.
 pub struct Vm {
     _kvm: Kvm,
-    _vm: VmFd,
+    vm_fd: VmFd,
     mem: GuestMemoryMmap,
+    devices: Devices,
+    snapshot: Option<(SnapshotTarget, Arc<VcpuSync>)>,
     vcpus: Vec<Vcpu>,
     event_loop: EventLoop,
     serial: Arc<Mutex<Serial>>,
     latch: Arc<ExitLatch>,
     stop: Arc<AtomicBool>,
-    boot: BootPlan,
+    boot: Option<BootPlan>,
     first_entry: Arc<Mutex<Option<Instant>>>,
     start: Instant,
     shutdown_hooks: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 impl Vm {
-    /// Creates the VM, loads the kernel, sets up devices and vCPUs: one attach step each.
+    /// Creates the VM, loads the kernel (or the snapshot in `opts.restore`), sets up devices
+    /// and vCPUs: one attach step each.
     pub fn new(cfg: &VmConfig, mut opts: VmOptions) -> Result<Self, VmError> {
+        let loaded = snapshot::load(cfg, opts.restore.take())?;
         let (kvm, vm) = attach::create_vm()?;
-        let mem = attach::guest_memory(cfg)?;
+        let mem = match &loaded {
+            Some(l) => snapshot::memory(l)?,
+            None => attach::guest_memory(cfg)?,
+        };
         let mut mmio = Bus::new();
-        let virtio = crate::virtio::attach(&vm, &mem, cfg, &mut mmio)?;
-        let boot = boot::load(&mem, cfg, &virtio.cmdline)?;
+        let mut virtio = crate::virtio::attach(&vm, &mem, cfg, &mut mmio)?;
+        let boot = match loaded {
+            None => Some(boot::load(&mem, cfg, &virtio.cmdline)?),
+            Some(_) => None,
+        };
         attach::register_memory(&vm, &mem)?;
 
         let latch = Arc::new(ExitLatch::new().map_err(|e| VmError::Io("eventfd", e))?);
         let mut pio = Bus::new();
         let serial = attach::serial(&vm, cfg, opts.serial_out.take(), &mut pio)?;
-        let reset_evt = attach::i8042(&vm, &mut pio)?;
-        if cfg.boot_timer {
-            attach::boot_timer(opts.start, opts.boot_timer_out.take(), &mut pio)?;
-        }
+        let (reset_evt, i8042) = attach::i8042(&vm, &mut pio)?;
+        let boot_timer = match cfg.boot_timer {
+            true => Some(attach::boot_timer(
+                opts.start,
+                opts.boot_timer_out.take(),
+                &mut pio,
+            )?),
+            false => None,
+        };
         for (base, len, dev) in opts.extra_mmio.drain(..) {
             mmio.insert(base, len, dev)?;
         }
+        let devices = Devices {
+            serial: serial.clone(),
+            i8042,
+            boot_timer,
+            virtio: std::mem::take(&mut virtio.transports),
+        };
 
         let signal = match opts.handle_signals {
             true => Some(
@@ -171,6 +206,7 @@ impl Vm {
             }));
         }
 
+        let snapshot = snapshot::sync(&kvm, cfg, opts.snapshot.take())?;
         let shared = attach::VcpuShared {
             pio: Arc::new(pio),
             mmio: Arc::new(mmio),
@@ -179,12 +215,19 @@ impl Vm {
             latch: latch.clone(),
             reset_evt: reset_for_vcpus,
             first_entry: Arc::new(Mutex::new(None)),
+            snapshot: snapshot.as_ref().map(|(_, s)| s.clone()),
         };
-        let vcpus = attach::vcpus(&kvm, &vm, cfg.vcpus, boot.entry, &shared)?;
+        let vcpus = match (&loaded, boot) {
+            (Some(l), _) => snapshot::restore(&vm, l, &devices, &shared)?,
+            (None, Some(b)) => attach::vcpus(&kvm, &vm, cfg.vcpus, b.entry, &shared)?,
+            (None, None) => Vec::new(),
+        };
         Ok(Vm {
             _kvm: kvm,
-            _vm: vm,
+            vm_fd: vm,
             mem,
+            devices,
+            snapshot,
             vcpus,
             event_loop,
             serial,
@@ -224,8 +267,13 @@ impl Vm {
             self.stop_vcpus(threads);
             return Err(e.into());
         }
-        let result = self.event_loop.run_until_exit();
+        let mut result = self.event_loop.run_until_exit();
         self.stop_vcpus(threads);
+        if let Ok(VmExit::Snapshot) = result {
+            if let Err(e) = self.write_snapshot() {
+                result = Ok(VmExit::SnapshotFailed(error_chain(&e)));
+            }
+        }
         let _ = self
             .serial
             .lock()
@@ -275,6 +323,18 @@ impl Vm {
             }
         }
     }
+}
+
+/// `e` and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 fn kick_signal() -> libc::c_int {

@@ -295,8 +295,8 @@ fn kvm_pvh_entry_mmio_dispatch_and_second_vcpu() {
     let report = run_vm(&cfg, opts).unwrap();
     assert_eq!(report.exit, VmExit::GuestReset);
     assert!(matches!(
-        report.boot.entry,
-        crx_vmm::boot::EntryPoint::Pvh { .. }
+        report.boot.map(|b| b.entry),
+        Some(crx_vmm::boot::EntryPoint::Pvh { .. })
     ));
     assert!(report.first_entry.is_some());
     assert_eq!(

@@ -79,15 +79,20 @@ pub struct SnapshotTarget {
     pub port: u16,
     /// The directory.
     pub dir: PathBuf,
+    /// Guest RAM in bytes.
+    pub memory_bytes: u64,
+    /// What the header records: this host's CPU, the VM's shape.
+    pub expect: Expect,
     state: File,
     memory: File,
 }
 
 impl SnapshotTarget {
     /// Creates `dir` if needed and (re)creates its state file empty and its memory file sized
-    /// for `memory_bytes` of RAM (a hole until written): a snapshot there before this one is
-    /// gone, and until the state file is written the directory holds no valid snapshot.
-    pub fn prepare(dir: &Path, port: u16, memory_bytes: u64) -> Result<Self, SnapshotError> {
+    /// for `cfg`'s RAM (a hole until written): a snapshot there before this one is gone, and
+    /// until the state file is written the directory holds no valid snapshot.
+    pub fn prepare(dir: &Path, port: u16, cfg: &VmConfig) -> Result<Self, SnapshotError> {
+        let memory_bytes = cfg.memory_mib << 20;
         std::fs::create_dir_all(dir).map_err(|e| SnapshotError::Io("directory", dir.into(), e))?;
         let open = |name: &'static str| {
             let p = dir.join(name);
@@ -107,6 +112,8 @@ impl SnapshotTarget {
         Ok(SnapshotTarget {
             port,
             dir: dir.into(),
+            memory_bytes,
+            expect: expect_for(cfg),
             state,
             memory,
         })
@@ -118,13 +125,12 @@ impl SnapshotTarget {
         &self,
         state: &VmState,
         mem: &vm_memory::GuestMemoryMmap,
-        expect: &Expect,
     ) -> Result<(), SnapshotError> {
         memory::write(mem, &self.memory).map_err(|e| SnapshotError::Write(MEMORY_FILE, e))?;
         self.memory
             .sync_data()
             .map_err(|e| SnapshotError::Write(MEMORY_FILE, e))?;
-        let bytes = format::encode(state, expect)?;
+        let bytes = format::encode(state, &self.expect)?;
         self.state
             .write_all_at(&bytes, 0)
             .map_err(|e| SnapshotError::Write(STATE_FILE, e))?;

@@ -141,3 +141,63 @@ pub fn restore(fd: &VcpuFd, state: &VcpuState) -> Result<(), VcpuStateError> {
         .map_err(kvm("KVM_SET_VCPU_EVENTS"))?;
     Ok(())
 }
+
+/// What the vCPU threads and the main thread share for a snapshot: the request, what KVM can
+/// save, and each vCPU's saved state.
+pub struct VcpuSync {
+    /// The port whose write asks for the snapshot.
+    pub port: u16,
+    caps: VcpuCaps,
+    requested: std::sync::atomic::AtomicBool,
+    states: std::sync::Mutex<Vec<Option<Result<VcpuState, VcpuStateError>>>>,
+}
+
+impl VcpuSync {
+    /// For `vcpus` vCPUs, a snapshot on `port`.
+    pub fn new(port: u16, caps: VcpuCaps, vcpus: u8) -> Self {
+        VcpuSync {
+            port,
+            caps,
+            requested: Default::default(),
+            states: std::sync::Mutex::new((0..vcpus).map(|_| None).collect()),
+        }
+    }
+
+    /// Marks the snapshot requested: every vCPU saves its state as it stops.
+    pub fn request(&self) {
+        self.requested
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// On vCPU `id`'s thread as it stops: if a snapshot was requested, completes the I/O of
+    /// its last exit (KVM_RUN with immediate_exit: KVM finishes the instruction, enters no
+    /// guest code and returns EINTR) and saves its state.
+    pub fn save_from(&self, id: u8, fd: &mut VcpuFd) {
+        if !self.requested.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        fd.set_kvm_immediate_exit(1);
+        let _ = fd.run();
+        fd.set_kvm_immediate_exit(0);
+        let r = save(fd, &self.caps);
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = states.get_mut(usize::from(id)) {
+            *slot = Some(r);
+        }
+    }
+
+    /// Every vCPU's state, once all have stopped.
+    pub fn take(&self) -> Result<Vec<VcpuState>, super::SnapshotError> {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::with_capacity(states.len());
+        for (id, s) in states.iter_mut().enumerate() {
+            let id = id as u8;
+            match s.take() {
+                Some(Ok(v)) => out.push(v),
+                Some(Err(e)) => return Err(super::SnapshotError::Vcpu(id, e)),
+                None => return Err(super::SnapshotError::VcpuMissing(id)),
+            }
+        }
+        Ok(out)
+    }
+}

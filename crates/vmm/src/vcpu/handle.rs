@@ -26,6 +26,10 @@ pub trait ExitIo {
     fn mmio_write(&self, addr: u64, data: &[u8]);
     /// Whether the i8042 has just been asked to reset the machine (consumes the request).
     fn reset_requested(&self) -> bool;
+    /// Whether a write to `port` asks for a snapshot (`--snapshot-on-port`).
+    fn is_snapshot_port(&self, _port: u16) -> bool {
+        false
+    }
 }
 
 /// What the vCPU loop does next.
@@ -57,6 +61,7 @@ pub fn handle_exit(
         Err(e) => return failed(format!("KVM_RUN failed: {e}")),
     };
     match exit {
+        VcpuExit::IoOut(port, _) if io.is_snapshot_port(port) => ExitAction::Stop(VmExit::Snapshot),
         VcpuExit::IoOut(port, data) => {
             io.pio_write(port, data);
             // Checked at once, so a reset ends the VM before the guest's next reboot method
@@ -140,6 +145,8 @@ pub struct Buses<'a> {
     pub mmio: &'a Bus,
     /// The i8042 reset eventfd (readable once the guest asked for a reset).
     pub reset_evt: Option<&'a vmm_sys_util::eventfd::EventFd>,
+    /// The port whose write asks for a snapshot, if any.
+    pub snapshot_port: Option<u16>,
 }
 
 impl ExitIo for Buses<'_> {
@@ -157,6 +164,9 @@ impl ExitIo for Buses<'_> {
     }
     fn reset_requested(&self) -> bool {
         self.reset_evt.is_some_and(|e| e.read().is_ok())
+    }
+    fn is_snapshot_port(&self, port: u16) -> bool {
+        self.snapshot_port == Some(port)
     }
 }
 

@@ -123,8 +123,8 @@ pub(super) fn serial(
 }
 
 /// The i8042 (the guest's reset line, a keyboard interrupt); returns the eventfd its reset
-/// request signals.
-pub(super) fn i8042(vm: &VmFd, pio: &mut Bus) -> Result<EventFd, VmError> {
+/// request signals, and the device.
+pub(super) fn i8042(vm: &VmFd, pio: &mut Bus) -> Result<(EventFd, Arc<Mutex<I8042>>), VmError> {
     let reset_evt = evt()?;
     let kbd_irq = evt()?;
     vm.register_irqfd(&kbd_irq, I8042_KBD_GSI)
@@ -132,14 +132,11 @@ pub(super) fn i8042(vm: &VmFd, pio: &mut Bus) -> Result<EventFd, VmError> {
     let device_side = reset_evt
         .try_clone()
         .map_err(|e| VmError::Io("eventfd", e))?;
-    pio.insert(
-        I8042_PORT,
-        I8042_LEN,
-        Arc::new(Mutex::new(
-            I8042::new(device_side).with_kbd_interrupt(kbd_irq),
-        )),
-    )?;
-    Ok(reset_evt)
+    let dev = Arc::new(Mutex::new(
+        I8042::new(device_side).with_kbd_interrupt(kbd_irq),
+    ));
+    pio.insert(I8042_PORT, I8042_LEN, dev.clone())?;
+    Ok((reset_evt, dev))
 }
 
 /// The boot-timer port: guest writes logged with the time since `start` (to stderr by default).
@@ -147,14 +144,11 @@ pub(super) fn boot_timer(
     start: Instant,
     out: Option<Box<dyn Write + Send>>,
     pio: &mut Bus,
-) -> Result<(), VmError> {
+) -> Result<Arc<Mutex<BootTimer>>, VmError> {
     let out = out.unwrap_or_else(|| Box::new(std::io::stderr()));
-    pio.insert(
-        BOOT_TIMER_PORT,
-        BOOT_TIMER_LEN,
-        Arc::new(Mutex::new(BootTimer::new(start, out))),
-    )?;
-    Ok(())
+    let dev = Arc::new(Mutex::new(BootTimer::new(start, out)));
+    pio.insert(BOOT_TIMER_PORT, BOOT_TIMER_LEN, dev.clone())?;
+    Ok(dev)
 }
 
 /// What every vCPU thread shares with the VM.
@@ -168,6 +162,8 @@ pub(super) struct VcpuShared {
     pub reset_evt: EventFd,
     /// When vCPU 0 first entered the guest.
     pub first_entry: Arc<Mutex<Option<Instant>>>,
+    /// Set when the VM may be snapshotted.
+    pub snapshot: Option<Arc<crate::snapshot::vcpu::VcpuSync>>,
 }
 
 /// Creates `count` vCPUs (CPUID before SREGS: KVM refuses long-mode SREGS otherwise); vCPU 0
@@ -182,41 +178,67 @@ pub(super) fn vcpus(
     let base_cpuid = regs::supported_cpuid(kvm).map_err(|e| VmError::Regs(0, e))?;
     let mut vcpus = Vec::new();
     for id in 0..count {
-        let fd = vm
-            .create_vcpu(u64::from(id))
-            .map_err(|e| VmError::Kvm("KVM_CREATE_VCPU", e))?;
+        let v = vcpu(vm, id, shared)?;
         let r = |e| VmError::Regs(id, e);
-        regs::set_cpuid(&fd, &base_cpuid, id, count).map_err(r)?;
-        regs::set_msrs(&fd).map_err(r)?;
-        regs::set_fpu(&fd).map_err(r)?;
-        regs::set_lint(&fd).map_err(r)?;
-        let on_first_entry: Option<Box<dyn FnOnce(Instant) + Send>> = match id {
-            0 => {
-                regs::set_boot_registers(&fd, entry).map_err(r)?;
-                let slot = shared.first_entry.clone();
-                Some(Box::new(move |t| {
-                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
-                }))
-            }
-            _ => None,
-        };
-        vcpus.push(Vcpu {
-            fd,
-            id,
-            pio: shared.pio.clone(),
-            mmio: shared.mmio.clone(),
-            mem: shared.mem.clone(),
-            stop: shared.stop.clone(),
-            exit: shared.latch.clone(),
-            on_first_entry,
-            reset_evt: Some(
-                shared
-                    .reset_evt
-                    .try_clone()
-                    .map_err(|e| VmError::Io("eventfd", e))?,
-            ),
-            stats: (0, 0),
-        });
+        regs::set_cpuid(&v.fd, &base_cpuid, id, count).map_err(r)?;
+        regs::set_msrs(&v.fd).map_err(r)?;
+        regs::set_fpu(&v.fd).map_err(r)?;
+        regs::set_lint(&v.fd).map_err(r)?;
+        if id == 0 {
+            regs::set_boot_registers(&v.fd, entry).map_err(r)?;
+        }
+        vcpus.push(v);
     }
     Ok(vcpus)
+}
+
+/// Creates one vCPU per saved state and loads the state into it.
+pub(super) fn restored_vcpus(
+    vm: &VmFd,
+    states: &[crate::snapshot::state::VcpuState],
+    shared: &VcpuShared,
+) -> Result<Vec<Vcpu>, VmError> {
+    let mut vcpus = Vec::new();
+    for (id, state) in states.iter().enumerate() {
+        let id = id as u8;
+        let v = vcpu(vm, id, shared)?;
+        crate::snapshot::vcpu::restore(&v.fd, state)
+            .map_err(|e| crate::snapshot::SnapshotError::Vcpu(id, e))?;
+        vcpus.push(v);
+    }
+    Ok(vcpus)
+}
+
+/// KVM_CREATE_VCPU and the thread's share of the VM; vCPU 0 reports its first entry.
+fn vcpu(vm: &VmFd, id: u8, shared: &VcpuShared) -> Result<Vcpu, VmError> {
+    let fd = vm
+        .create_vcpu(u64::from(id))
+        .map_err(|e| VmError::Kvm("KVM_CREATE_VCPU", e))?;
+    let on_first_entry: Option<Box<dyn FnOnce(Instant) + Send>> = match id {
+        0 => {
+            let slot = shared.first_entry.clone();
+            Some(Box::new(move |t| {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+            }))
+        }
+        _ => None,
+    };
+    Ok(Vcpu {
+        fd,
+        id,
+        pio: shared.pio.clone(),
+        mmio: shared.mmio.clone(),
+        mem: shared.mem.clone(),
+        stop: shared.stop.clone(),
+        exit: shared.latch.clone(),
+        on_first_entry,
+        reset_evt: Some(
+            shared
+                .reset_evt
+                .try_clone()
+                .map_err(|e| VmError::Io("eventfd", e))?,
+        ),
+        stats: (0, 0),
+        snapshot: shared.snapshot.clone(),
+    })
 }

@@ -1,0 +1,194 @@
+//! Snapshot and restore of tiny guests on the host's /dev/kvm (the `kvm_` tier): a guest
+//! snapshotted mid-run by one crx-vmm process continues in another, and damaged or foreign
+//! snapshots are refused with one line. (The format's own tests are unit tests in
+//! `src/snapshot/format/tests.rs`.)
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crx_vmm::boot::elf::build_test_elf;
+use sha2::{Digest, Sha256};
+
+const VMM: &str = env!("CARGO_BIN_EXE_crx-vmm");
+const PORT: &str = "0x4f0";
+
+/// 64-bit guest: prints "S", stores a marker at 0x200008 and 0x1234 in R15, counts RCX to 100
+/// storing it at 0x200000, writes port 0x4f0 (the snapshot), then prints "R" if RCX is 100,
+/// "G" if R15 is 0x1234, "M" if both memory words are intact, counts on to 200 and prints
+/// "\n", then resets. Without a snapshot port the write is ignored: "SRGM\n".
+///
+/// ```text
+/// mov $0x3f8,%dx; mov $'S',%al; out %al,(%dx); mov $0xc0ffee,%eax; mov %rax,0x200008
+/// mov $0x1234,%r15d; xor %ecx,%ecx
+/// 1: inc %rcx; mov %rcx,0x200000; cmp $100,%rcx; jne 1b
+/// mov $0x4f0,%dx; out %al,(%dx); mov $0x3f8,%dx
+/// mov $'R',%al; cmp $100,%rcx; jne 2f; out %al,(%dx)
+/// 2: mov $'G',%al; cmp $0x1234,%r15; jne 3f; out %al,(%dx)
+/// 3: mov $'M',%al; cmpq $100,0x200000; jne 4f; cmpq $0xc0ffee,0x200008; jne 4f; out %al,(%dx)
+/// 4: inc %rcx; mov %rcx,0x200000; cmp $200,%rcx; jne 4b
+/// mov $'\n',%al; out %al,(%dx); mov $0xfe,%al; out %al,$0x64; 5: hlt; jmp 5b
+/// ```
+const COUNTER: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, 0xb0, 0x53, 0xee, 0xb8, 0xee, 0xff, 0xc0, 0x00, 0x48, 0x89, 0x04, 0x25,
+    0x08, 0x00, 0x20, 0x00, 0x41, 0xbf, 0x34, 0x12, 0x00, 0x00, 0x31, 0xc9, 0x48, 0xff, 0xc1, 0x48,
+    0x89, 0x0c, 0x25, 0x00, 0x00, 0x20, 0x00, 0x48, 0x83, 0xf9, 0x64, 0x75, 0xef, 0x66, 0xba, 0xf0,
+    0x04, 0xee, 0x66, 0xba, 0xf8, 0x03, 0xb0, 0x52, 0x48, 0x83, 0xf9, 0x64, 0x75, 0x01, 0xee, 0xb0,
+    0x47, 0x49, 0x81, 0xff, 0x34, 0x12, 0x00, 0x00, 0x75, 0x01, 0xee, 0xb0, 0x4d, 0x48, 0x83, 0x3c,
+    0x25, 0x00, 0x00, 0x20, 0x00, 0x64, 0x75, 0x0f, 0x48, 0x81, 0x3c, 0x25, 0x08, 0x00, 0x20, 0x00,
+    0xee, 0xff, 0xc0, 0x00, 0x75, 0x01, 0xee, 0x48, 0xff, 0xc1, 0x48, 0x89, 0x0c, 0x25, 0x00, 0x00,
+    0x20, 0x00, 0x48, 0x81, 0xf9, 0xc8, 0x00, 0x00, 0x00, 0x75, 0xec, 0xb0, 0x0a, 0xee, 0xb0, 0xfe,
+    0xe6, 0x64, 0xf4, 0xeb, 0xfd,
+];
+
+fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        panic!("this kvm_ test needs /dev/kvm ({e})");
+    }
+}
+
+struct Output {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn run_vmm(args: &[&str]) -> Output {
+    let out = Command::new(VMM)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn crx-vmm");
+    Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn kernel(dir: &Path) -> PathBuf {
+    let mut code = COUNTER.to_vec();
+    code.resize(8192 + 100, 0x90);
+    let p = dir.join("vmlinux");
+    std::fs::write(&p, build_test_elf(0x100000, &[(0x100000, &code)], None)).unwrap();
+    p
+}
+
+/// Runs the counter guest with `extra` flags (16 MiB, kernel `k`).
+fn counter(k: &Path, extra: &[&str]) -> Output {
+    counter_mib(k, "16", extra)
+}
+
+/// The same with `mib` MiB of RAM.
+fn counter_mib(k: &Path, mib: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["--memory-mib", mib, "--kernel", k.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run_vmm(&args)
+}
+
+/// Takes a snapshot of the counter guest into `dir/snap`.
+fn snapshot(dir: &Path, k: &Path) -> PathBuf {
+    let snap = dir.join("snap");
+    let o = counter(k, &["--snapshot-on-port", PORT, snap.to_str().unwrap()]);
+    assert_eq!(o.code, Some(0), "stderr: {}", o.stderr);
+    assert_eq!(o.stdout, "S", "the guest stops at the snapshot");
+    assert!(o.stderr.contains("snapshot written to"), "{}", o.stderr);
+    snap
+}
+
+#[test]
+fn kvm_snapshot_mid_run_continues_in_a_new_process() {
+    require_kvm();
+    let d = tempfile::tempdir().unwrap();
+    let k = kernel(d.path());
+    let cold = counter(&k, &[]);
+    assert_eq!(cold.code, Some(0), "{}", cold.stderr);
+    assert_eq!(
+        cold.stdout, "SRGM\n",
+        "without a snapshot port the write is ignored"
+    );
+
+    let snap = snapshot(d.path(), &k);
+    let mem = std::fs::metadata(snap.join("memory")).unwrap();
+    assert_eq!(mem.len(), 16 << 20);
+    assert!(
+        mem.blocks() * 512 < mem.len() / 4,
+        "the memory file is sparse: {} blocks",
+        mem.blocks()
+    );
+    // Twice from the same snapshot (the memory file is mapped, never written): register,
+    // memory and serial continue where the guest stopped, under the seccomp filters.
+    for _ in 0..2 {
+        let o = counter(&k, &["--restore", snap.to_str().unwrap()]);
+        assert_eq!(o.code, Some(0), "stderr: {}", o.stderr);
+        assert_eq!(o.stdout, "RGM\n", "stderr: {}", o.stderr);
+    }
+}
+
+/// Rewrites the state file's header bytes `at..` with `bytes` and fixes the checksum.
+fn rewrite_header(state: &Path, at: usize, bytes: &[u8]) {
+    let mut b = std::fs::read(state).unwrap();
+    b[at..at + bytes.len()].copy_from_slice(bytes);
+    let body = b.len() - 32;
+    let sum = Sha256::digest(&b[..body]);
+    b[body..].copy_from_slice(&sum);
+    std::fs::write(state, b).unwrap();
+}
+
+fn refused(k: &Path, snap: &Path, extra: &[&str], what: &str) {
+    refused_mib(k, snap, "16", extra, what)
+}
+
+fn refused_mib(k: &Path, snap: &Path, mib: &str, extra: &[&str], what: &str) {
+    let mut args = vec!["--restore", snap.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let o = counter_mib(k, mib, &args);
+    assert_eq!(o.code, Some(1), "{what}: {}", o.stderr);
+    assert_eq!(o.stdout, "", "{what}: no guest code ran");
+    assert_eq!(
+        o.stderr.lines().count(),
+        1,
+        "{what}: one line: {}",
+        o.stderr
+    );
+    assert!(o.stderr.contains(what), "{what}: {}", o.stderr);
+}
+
+#[test]
+fn kvm_damaged_or_foreign_snapshots_are_refused_with_one_line() {
+    require_kvm();
+    let d = tempfile::tempdir().unwrap();
+    let k = kernel(d.path());
+    let snap = snapshot(d.path(), &k);
+    let state = snap.join("state");
+    let good = std::fs::read(&state).unwrap();
+    let restore_good = || std::fs::write(&state, &good).unwrap();
+
+    std::fs::write(&state, &good[..good.len() - 1]).unwrap();
+    refused(&k, &snap, &[], "truncated");
+    let mut altered = good.clone();
+    altered[100] ^= 0x40;
+    std::fs::write(&state, &altered).unwrap();
+    refused(&k, &snap, &[], "checksum mismatch");
+    restore_good();
+    rewrite_header(&state, 8, &2u32.to_le_bytes());
+    refused(&k, &snap, &[], "format version 2");
+    restore_good();
+    rewrite_header(&state, 16, b"OtherVendor!");
+    refused(&k, &snap, &[], "another CPU");
+    restore_good();
+    refused_mib(&k, &snap, "32", &[], "another configuration");
+    refused(&k, &snap, &["--vcpus", "2"], "another configuration");
+    let mem = std::fs::OpenOptions::new()
+        .write(true)
+        .open(snap.join("memory"))
+        .unwrap();
+    mem.set_len(8 << 20).unwrap();
+    refused(&k, &snap, &[], "memory file is");
+    std::fs::remove_file(&state).unwrap();
+    refused(&k, &snap, &[], "No such file");
+}
