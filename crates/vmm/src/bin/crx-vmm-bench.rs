@@ -3,6 +3,7 @@
 //!
 //! Usage: `crx-vmm-bench [--runs N] [--vmm PATH]` (default: the `crx-vmm` next to this binary).
 //! `crx-vmm-bench --lab-boot N` (inside the nested lab) runs only section 3.
+//! `crx-vmm-bench --warm [--runs N]` runs only section 4.
 //!
 //! 1. Start to first vCPU entry: spawns `crx-vmm` N times with a guest whose first instruction
 //!    writes boot-timer code 1, then resets. Reports the guest-side time (`t=` of that line,
@@ -21,6 +22,8 @@
 //!    `--copy-boot-files`. The kernels are first copied to the local temp directory (tmpfs in
 //!    the lab): on the lab's 9p share crx-vmm would copy them, never map them, and the
 //!    "mapped" row would measure a copy.
+//! 4. `--warm`: restore from a snapshot against a cold start of the same tiny guest, process
+//!    start to the first guest instruction (see `warm.rs`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -60,9 +63,12 @@ fn kernel(dir: &Path, name: &str, code: &[u8]) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// One crx-vmm run of the first-entry guest: (guest-side `t=` of the first instruction,
-/// spawn to that line, spawn to exit), in microseconds.
-fn first_entry_once(vmm: &Path, k: &Path, extra: &[&str]) -> Result<(f64, f64, f64)> {
+#[path = "crx-vmm-bench/warm.rs"]
+mod warm;
+
+/// One crx-vmm run of the first-entry guest: (guest-side `t=` of its first boot-timer line,
+/// which must carry `code`, spawn to that line, spawn to exit), in microseconds.
+fn first_entry_once(vmm: &Path, k: &Path, extra: &[&str], code: u8) -> Result<(f64, f64, f64)> {
     let t0 = Instant::now();
     let mut c = Command::new(vmm)
         .args([
@@ -89,7 +95,7 @@ fn first_entry_once(vmm: &Path, k: &Path, extra: &[&str]) -> Result<(f64, f64, f
     let t_exit = t0.elapsed();
     let t: f64 = line
         .trim()
-        .strip_prefix("boot-timer: code=1 t=")
+        .strip_prefix(&format!("boot-timer: code={code} t="))
         .with_context(|| format!("unexpected line {line:?}"))?
         .parse()?;
     if !status.success() {
@@ -104,11 +110,11 @@ fn first_entry_once(vmm: &Path, k: &Path, extra: &[&str]) -> Result<(f64, f64, f
 fn first_entry(vmm: &Path, k: &Path, runs: usize) -> Result<()> {
     let (mut guest, mut line_seen, mut exit, mut bare) = (vec![], vec![], vec![], vec![]);
     for _ in 0..runs {
-        let (t, line, ex) = first_entry_once(vmm, k, &[])?;
+        let (t, line, ex) = first_entry_once(vmm, k, &[], 1)?;
         guest.push(t);
         line_seen.push(line);
         exit.push(ex);
-        bare.push(first_entry_once(vmm, k, &["--no-seccomp"])?.0);
+        bare.push(first_entry_once(vmm, k, &["--no-seccomp"], 1)?.0);
     }
     let (with, without) = (median_p90(guest.clone()).0, median_p90(bare.clone()).0);
     summary("VMM main() -> guest's first instruction", guest);
@@ -454,6 +460,7 @@ fn lab_boot_in(vmm: &Path, kdir: &Path, dir: &Path, runs: usize) -> Result<()> {
 fn main() -> Result<()> {
     let mut runs = 20;
     let mut lab: Option<usize> = None;
+    let mut warm_only = false;
     let mut vmm = std::env::current_exe()?
         .parent()
         .context("exe dir")?
@@ -464,7 +471,8 @@ fn main() -> Result<()> {
             "--runs" => runs = args.next().context("--runs N")?.parse()?,
             "--vmm" => vmm = args.next().context("--vmm PATH")?.into(),
             "--lab-boot" => lab = Some(args.next().context("--lab-boot N")?.parse()?),
-            _ => bail!("usage: crx-vmm-bench [--runs N] [--vmm PATH] [--lab-boot N]"),
+            "--warm" => warm_only = true,
+            _ => bail!("usage: crx-vmm-bench [--runs N] [--vmm PATH] [--lab-boot N | --warm]"),
         }
     }
     if let Some(n) = lab {
@@ -476,6 +484,9 @@ fn main() -> Result<()> {
         let k1 = kernel(&dir, "first-entry", FIRST_ENTRY)?;
         let k2 = kernel(&dir, "idle", IDLE)?;
         println!("crx-vmm-bench: {} ({runs} runs)", vmm.display());
+        if warm_only {
+            return warm::run(&vmm, &dir, runs);
+        }
         first_entry(&vmm, &k1, runs)?;
         filter_install(runs)?;
         memory(&vmm, &k2, &dir)

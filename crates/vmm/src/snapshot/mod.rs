@@ -1,4 +1,4 @@
-//! VM snapshots (docs/snapshot-format.md, ADR 0013): a paused VM written to a directory as a
+//! VM snapshots (docs/snapshot-format.md, ADR 0014): a paused VM written to a directory as a
 //! state file (header, postcard-encoded [`state::VmState`], SHA-256) and a memory file (guest
 //! RAM, sparse), and restored in a new crx-vmm process that maps the memory file copy-on-write.
 //!
