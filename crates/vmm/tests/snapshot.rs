@@ -192,3 +192,64 @@ fn kvm_damaged_or_foreign_snapshots_are_refused_with_one_line() {
     std::fs::remove_file(&state).unwrap();
     refused(&k, &snap, &[], "No such file");
 }
+
+/// The VM shape, not its files: a VM with a disk and a vsock device is restored with another
+/// disk image and socket path; another vsock CID is another shape.
+#[test]
+fn kvm_restore_takes_other_backing_files_of_the_same_shape() {
+    require_kvm();
+    let d = tempfile::tempdir().unwrap();
+    let k = kernel(d.path());
+    for n in ["a.img", "b.img"] {
+        std::fs::write(d.path().join(n), vec![0u8; 1 << 20]).unwrap();
+    }
+    let path = |n: &str| d.path().join(n).to_str().unwrap().to_owned();
+    let snap = path("snap");
+    let (a, b, va, vb) = (path("a.img"), path("b.img"), path("a.sock"), path("b.sock"));
+    let o = counter(
+        &k,
+        &[
+            "--disk",
+            &a,
+            "--vsock-cid",
+            "3",
+            "--vsock-uds",
+            &va,
+            "--snapshot-on-port",
+            PORT,
+            &snap,
+        ],
+    );
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert_eq!(o.stdout, "S");
+    let o = counter(
+        &k,
+        &[
+            "--disk",
+            &b,
+            "--vsock-cid",
+            "3",
+            "--vsock-uds",
+            &vb,
+            "--restore",
+            &snap,
+        ],
+    );
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert_eq!(o.stdout, "RGM\n");
+    let o = counter(
+        &k,
+        &[
+            "--disk",
+            &b,
+            "--vsock-cid",
+            "4",
+            "--vsock-uds",
+            &vb,
+            "--restore",
+            &snap,
+        ],
+    );
+    assert_eq!(o.code, Some(1), "{}", o.stderr);
+    assert!(o.stderr.contains("another configuration"), "{}", o.stderr);
+}

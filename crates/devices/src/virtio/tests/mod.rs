@@ -3,5 +3,6 @@ mod fuzz;
 mod net;
 mod net_tap;
 mod rng;
+mod snapshot;
 mod transport;
 mod vsock;

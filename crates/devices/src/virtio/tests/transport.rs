@@ -8,7 +8,7 @@ use crate::virtio::test_utils::*;
 use crate::virtio::*;
 
 #[derive(Default)]
-struct CountIrq(AtomicUsize);
+pub(super) struct CountIrq(pub(super) AtomicUsize);
 
 impl Interrupt for CountIrq {
     fn trigger(&self) -> std::io::Result<()> {
@@ -17,17 +17,17 @@ impl Interrupt for CountIrq {
     }
 }
 
-fn rd(t: &mut impl BusDevice, off: u64) -> u32 {
+pub(super) fn rd(t: &mut impl BusDevice, off: u64) -> u32 {
     let mut b = [0u8; 4];
     t.read(off, &mut b);
     u32::from_le_bytes(b)
 }
 
-fn wr(t: &mut impl BusDevice, off: u64, v: u32) {
+pub(super) fn wr(t: &mut impl BusDevice, off: u64, v: u32) {
     t.write(off, &v.to_le_bytes());
 }
 
-fn negotiate<D: VirtioDevice>(t: &mut MmioTransport<D>) {
+pub(super) fn negotiate<D: VirtioDevice>(t: &mut MmioTransport<D>) {
     wr(t, 0x70, status::ACKNOWLEDGE);
     wr(t, 0x70, status::ACKNOWLEDGE | status::DRIVER);
     wr(t, 0x24, 1);
@@ -39,7 +39,12 @@ fn negotiate<D: VirtioDevice>(t: &mut MmioTransport<D>) {
     );
 }
 
-fn setup_queue<D: VirtioDevice>(t: &mut MmioTransport<D>, index: u32, drv: &Driver<'_>, size: u32) {
+pub(super) fn setup_queue<D: VirtioDevice>(
+    t: &mut MmioTransport<D>,
+    index: u32,
+    drv: &Driver<'_>,
+    size: u32,
+) {
     wr(t, 0x30, index);
     wr(t, 0x38, size);
     wr(t, 0x80, drv.desc_table() as u32);
@@ -51,7 +56,7 @@ fn setup_queue<D: VirtioDevice>(t: &mut MmioTransport<D>, index: u32, drv: &Driv
     wr(t, 0x44, 1);
 }
 
-const DRIVER_OK_ALL: u32 =
+pub(super) const DRIVER_OK_ALL: u32 =
     status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
 
 #[test]

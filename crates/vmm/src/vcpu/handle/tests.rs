@@ -183,3 +183,53 @@ fn internal_errors_show_the_instruction() {
         "RIP 0x2000, instruction bytes [unreadable], data [0x10, 0x20]"
     );
 }
+
+/// With `--snapshot-on-port`, a write to that port stops the vCPU for the snapshot and reaches
+/// no device; other ports and reads of it are untouched.
+#[test]
+fn a_write_to_the_snapshot_port_stops_for_a_snapshot() {
+    struct SnapshotPort(Recorder);
+    impl ExitIo for SnapshotPort {
+        fn pio_read(&self, port: u16, data: &mut [u8]) {
+            self.0.pio_read(port, data)
+        }
+        fn pio_write(&self, port: u16, data: &[u8]) {
+            self.0.pio_write(port, data)
+        }
+        fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+            self.0.mmio_read(addr, data)
+        }
+        fn mmio_write(&self, addr: u64, data: &[u8]) {
+            self.0.mmio_write(addr, data)
+        }
+        fn reset_requested(&self) -> bool {
+            false
+        }
+        fn is_snapshot_port(&self, port: u16) -> bool {
+            port == 0x4f0
+        }
+    }
+    let io = SnapshotPort(Recorder::default());
+    assert_eq!(
+        handle_exit(0, Ok(VcpuExit::IoOut(0x4f0, b"\x01")), &io),
+        ExitAction::Stop(VmExit::Snapshot)
+    );
+    let mut b = [0u8; 1];
+    assert_eq!(
+        handle_exit(0, Ok(VcpuExit::IoIn(0x4f0, &mut b)), &io),
+        ExitAction::Resume
+    );
+    assert_eq!(
+        handle_exit(0, Ok(VcpuExit::IoOut(0x4f1, b"\x01")), &io),
+        ExitAction::Resume
+    );
+    assert_eq!(log(&io.0), vec!["in 0x4f0 1", "out 0x4f1 [1]"]);
+    // Without the option (the default), the port is an ordinary one.
+    let plain = Recorder::default();
+    assert_eq!(
+        handle_exit(0, Ok(VcpuExit::IoOut(0x4f0, b"\x01")), &plain),
+        ExitAction::Resume
+    );
+    assert!(VmExit::Snapshot.is_clean());
+    assert_eq!(VmExit::SnapshotFailed("x".into()).exit_code(), 6);
+}

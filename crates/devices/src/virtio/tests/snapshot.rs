@@ -1,0 +1,96 @@
+//! Transport state for snapshots: an active device's registers and queues survive a save and
+//! a restore into a fresh transport, which goes on serving the same rings; state that does not
+//! fit is refused; a device that keeps state it cannot save refuses to be snapshotted.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::transport::{negotiate, rd, setup_queue, wr, CountIrq, DRIVER_OK_ALL};
+use crate::state::DeviceStateError;
+use crate::virtio::blk::{Block, MemDisk};
+use crate::virtio::net::{MacAddr, MemBackend, Net, NetOptions};
+use crate::virtio::rng::Rng;
+use crate::virtio::test_utils::*;
+use crate::virtio::*;
+
+#[test]
+fn an_active_rng_continues_after_restore() {
+    let mem = test_mem();
+    let irq = Arc::new(CountIrq::default());
+    let mut t = MmioTransport::new(Rng::new(), mem.clone(), irq.clone()).unwrap();
+    let mut drv = Driver::new(&mem, 0x1_0000, 16);
+    negotiate(&mut t);
+    setup_queue(&mut t, 0, &drv, 16);
+    wr(&mut t, 0x70, DRIVER_OK_ALL);
+    let head = drv.add(&[w(0x10_0000, 32)]);
+    t.process_queue(0);
+    assert_eq!(drv.used(), vec![(head, 32)]);
+    let state = t.save_state().unwrap();
+    assert!(state.activated);
+    assert_eq!(state.queues[0].next_used, 1);
+    assert_eq!(state.interrupt_status, INT_USED_RING);
+
+    // A buffer made available after the snapshot: the restored device finds it.
+    let head = drv.add(&[w(0x10_0100, 16)]);
+    let irq2 = Arc::new(CountIrq::default());
+    let mut r = MmioTransport::new(Rng::new(), mem.clone(), irq2.clone()).unwrap();
+    r.restore_state(&state).unwrap();
+    assert!(r.is_activated());
+    assert_eq!(r.save_state().unwrap(), state);
+    assert_eq!(rd(&mut r, 0x70), DRIVER_OK_ALL);
+    assert_eq!(rd(&mut r, 0x60), INT_USED_RING);
+    assert_eq!(
+        r.queue_evts()[0].read().unwrap(),
+        1,
+        "queues are notified once after a restore"
+    );
+    r.process_queue(0);
+    assert_eq!(drv.used(), vec![(head, 16)]);
+    assert_eq!(irq2.0.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn state_that_does_not_fit_is_refused() {
+    let mem = test_mem();
+    let irq = Arc::new(CountIrq::default());
+    let mut t = MmioTransport::new(Rng::new(), mem.clone(), irq.clone()).unwrap();
+    let drv = Driver::new(&mem, 0x1_0000, 16);
+    negotiate(&mut t);
+    setup_queue(&mut t, 0, &drv, 16);
+    wr(&mut t, 0x70, DRIVER_OK_ALL);
+    let good = t.save_state().unwrap();
+    let blk = Block::with_backend(Box::new(MemDisk(vec![0; 4096])), true);
+    let mut b = MmioTransport::new(blk, mem.clone(), irq.clone()).unwrap();
+    let e = b.restore_state(&good).unwrap_err().to_string();
+    assert!(e.contains("virtio-blk") && e.contains("virtio-rng"), "{e}");
+
+    let fresh = || MmioTransport::new(Rng::new(), mem.clone(), irq.clone()).unwrap();
+    let mut more = good.clone();
+    more.queues.push(more.queues[0]);
+    assert!(fresh().restore_state(&more).is_err());
+    let mut odd = good.clone();
+    odd.queues[0].size = 3;
+    assert!(fresh().restore_state(&odd).is_err());
+    let mut outside = good.clone();
+    outside.queues[0].used_ring = 1 << 40;
+    let e = fresh().restore_state(&outside).unwrap_err().to_string();
+    assert!(e.contains("outside guest memory"), "{e}");
+    let mut big = good.clone();
+    big.queues[0].max_size = 1024;
+    assert!(fresh().restore_state(&big).is_err());
+}
+
+#[test]
+fn a_device_with_unsaved_state_refuses() {
+    let opts = NetOptions {
+        mac: MacAddr([2, 0, 0, 0, 0, 1]),
+        mtu: None,
+        ufo: false,
+    };
+    let net = Net::new(Box::new(MemBackend::new(1, None)), opts);
+    let t = MmioTransport::new(net, test_mem(), Arc::new(CountIrq::default())).unwrap();
+    match t.save_state() {
+        Err(DeviceStateError::NotSnapshottable(name, _)) => assert_eq!(name, "virtio-net"),
+        other => panic!("{other:?}"),
+    }
+}
