@@ -129,6 +129,23 @@ fn kvm_snapshot_mid_run_continues_in_a_new_process() {
     }
 }
 
+/// A second vCPU, never started by the guest (waiting for INIT/SIPI), is kicked out of KVM_RUN,
+/// saves its state and is restored waiting.
+#[test]
+fn kvm_snapshot_of_two_vcpus() {
+    require_kvm();
+    let d = tempfile::tempdir().unwrap();
+    let k = kernel(d.path());
+    let snap = d.path().join("snap2");
+    let s = snap.to_str().unwrap();
+    let o = counter(&k, &["--vcpus", "2", "--snapshot-on-port", PORT, s]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert_eq!(o.stdout, "S");
+    let o = counter(&k, &["--vcpus", "2", "--restore", s]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert_eq!(o.stdout, "RGM\n");
+}
+
 /// Rewrites the state file's header bytes `at..` with `bytes` and fixes the checksum.
 fn rewrite_header(state: &Path, at: usize, bytes: &[u8]) {
     let mut b = std::fs::read(state).unwrap();
