@@ -177,6 +177,16 @@ fn run(cli: Cli, start: Instant) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let restore = cli.restore.clone();
+    if let (Some((_, snap)), Some(from)) = (&snapshot, &restore) {
+        let same = snap == from
+            || matches!((snap.canonicalize(), from.canonicalize()), (Ok(a), Ok(b)) if a == b);
+        if same {
+            anyhow::bail!(
+                "--snapshot-on-port and --restore name the same directory {}: snapshot to another one",
+                snap.display()
+            );
+        }
+    }
     let cfg = cli.vm_config().context("invalid VM configuration")?;
     let mut opts = VmOptions {
         start,

@@ -127,6 +127,20 @@ fn kvm_snapshot_mid_run_continues_in_a_new_process() {
         assert_eq!(o.code, Some(0), "stderr: {}", o.stderr);
         assert_eq!(o.stdout, "RGM\n", "stderr: {}", o.stderr);
     }
+    // A new snapshot into the same directory replaces the files, never truncates them: a VM
+    // restored from the old memory file keeps it whole.
+    let old = std::fs::File::open(snap.join("memory")).unwrap();
+    let old_ino = old.metadata().unwrap().ino();
+    snapshot(d.path(), &k);
+    assert_ne!(
+        std::fs::metadata(snap.join("memory")).unwrap().ino(),
+        old_ino
+    );
+    assert_eq!(old.metadata().unwrap().len(), 16 << 20);
+    let s = snap.to_str().unwrap();
+    let o = counter(&k, &["--restore", s, "--snapshot-on-port", PORT, s]);
+    assert_eq!(o.code, Some(1), "{}", o.stderr);
+    assert!(o.stderr.contains("the same directory"), "{}", o.stderr);
 }
 
 /// A second vCPU, never started by the guest (waiting for INIT/SIPI), is kicked out of KVM_RUN,

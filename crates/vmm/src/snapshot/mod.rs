@@ -88,19 +88,25 @@ pub struct SnapshotTarget {
 }
 
 impl SnapshotTarget {
-    /// Creates `dir` if needed and (re)creates its state file empty and its memory file sized
-    /// for `cfg`'s RAM (a hole until written): a snapshot there before this one is gone, and
-    /// until the state file is written the directory holds no valid snapshot.
+    /// Creates `dir` if needed and creates its state file empty and its memory file sized for
+    /// `cfg`'s RAM (a hole until written): a snapshot there before this one is gone, and until
+    /// the state file is written the directory holds no valid snapshot. Old files are unlinked,
+    /// never truncated: VMs restored from them keep their (mapped) memory file intact.
     pub fn prepare(dir: &Path, port: u16, cfg: &VmConfig) -> Result<Self, SnapshotError> {
         let memory_bytes = cfg.memory_mib << 20;
         std::fs::create_dir_all(dir).map_err(|e| SnapshotError::Io("directory", dir.into(), e))?;
         let open = |name: &'static str| {
             let p = dir.join(name);
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(SnapshotError::Io(name, p, e));
+                }
+                _ => {}
+            }
             OpenOptions::new()
                 .read(true)
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .open(&p)
                 .map_err(|e| SnapshotError::Io(name, p, e))
         };
