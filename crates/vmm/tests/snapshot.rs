@@ -113,6 +113,19 @@ fn kvm_snapshot_mid_run_continues_in_a_new_process() {
     );
 
     let snap = snapshot(d.path(), &k);
+    // What the state file holds: the counter in RCX, RIP past the port write, kvmclock with
+    // the host's real time (so a restore moves the guest's clock on by the time on disk).
+    let cfg = crx_vmm::VmConfig::new(16, &k);
+    let loaded = crx_vmm::snapshot::load(&snap, &crx_vmm::snapshot::expect_for(&cfg)).unwrap();
+    let v = &loaded.state.vcpus[0];
+    assert_eq!((v.regs.rcx, v.regs.r15), (100, 0x1234));
+    assert_eq!(v.regs.rip, 0x100000 + 0x32, "after `out %al,(%dx)` at 0x31");
+    assert!(!v.msrs.is_empty() && !v.cpuid.is_empty());
+    assert_ne!(
+        loaded.state.kvm.clock.flags & kvm_bindings::KVM_CLOCK_REALTIME,
+        0,
+        "KVM_GET_CLOCK reports the host's real time (Linux >= 5.16)"
+    );
     let mem = std::fs::metadata(snap.join("memory")).unwrap();
     assert_eq!(mem.len(), 16 << 20);
     assert!(
