@@ -95,6 +95,8 @@ enum Bench {
     Vmm,
     /// crx-runc create+start+delete vs runc and crun, and an idle container's host memory.
     Oci,
+    /// Warm start: crx-vmm restoring a snapshot vs a cold start (tiny guest, this host).
+    Warm,
 }
 
 fn bench(what: Bench, runs: usize, inner: bool) -> Result<i32> {
@@ -102,6 +104,7 @@ fn bench(what: Bench, runs: usize, inner: bool) -> Result<i32> {
         Bench::Run if inner => xtask::bench_run::inner(runs).map(|_| 0),
         Bench::Run => xtask::bench_run::outer(runs),
         Bench::Vmm => xtask::bench_vmm::run(runs),
+        Bench::Warm => xtask::bench_warm::run(runs),
         Bench::Oci if inner => xtask::bench_oci::inner(runs).map(|_| 0),
         Bench::Oci => xtask::bench_oci::outer(runs),
         Bench::Boot if inner => xtask::guest_boot::bench(runs, "kvm").map(|_| 0),
@@ -238,6 +241,7 @@ mod tests {
             &["bench", "boot"],
             &["bench", "run"],
             &["bench", "vmm"],
+            &["bench", "warm"],
             &["bench", "oci"],
         ] {
             assert!(needs_host_packages(&parse(args)), "{args:?}");
