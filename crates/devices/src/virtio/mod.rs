@@ -166,11 +166,23 @@ pub trait VirtioDevice: Send {
             "its state is not saved by this version",
         ))
     }
-    /// Restores what [`VirtioDevice::save_state`] saved (before the transport re-activates).
-    fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), DeviceStateError> {
+    /// Restores what [`VirtioDevice::save_state`] saved (before the transport re-activates);
+    /// returns whether the configuration space now differs from what the guest saw (the
+    /// transport then raises a configuration-change interrupt).
+    fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<bool, DeviceStateError> {
         match state {
-            VirtioDeviceState::Stateless => Ok(()),
+            VirtioDeviceState::Stateless => Ok(false),
+            _ => Err(DeviceStateError::Mismatch(
+                type_name(self.device_type()),
+                "state saved by another kind of device".into(),
+            )),
         }
+    }
+    /// Called once after a restore re-activated the device, with its queues: a device tells
+    /// the guest here what the restore changed (vsock: its connections are gone). Returns
+    /// whether to interrupt the guest.
+    fn restored(&mut self, _mem: &Mem, _queues: &mut [Queue]) -> bool {
+        false
     }
 }
 
@@ -225,8 +237,11 @@ impl<D: VirtioDevice + ?Sized> VirtioDevice for Box<D> {
     fn save_state(&self) -> Result<VirtioDeviceState, DeviceStateError> {
         (**self).save_state()
     }
-    fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<(), DeviceStateError> {
+    fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<bool, DeviceStateError> {
         (**self).restore_state(state)
+    }
+    fn restored(&mut self, mem: &Mem, queues: &mut [Queue]) -> bool {
+        (**self).restored(mem, queues)
     }
 }
 

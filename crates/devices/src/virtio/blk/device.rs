@@ -315,6 +315,22 @@ impl VirtioDevice for Block {
         &self,
     ) -> Result<crate::virtio::VirtioDeviceState, crate::state::DeviceStateError> {
         // Requests complete within one event-loop turn: nothing is in flight between them.
-        Ok(crate::virtio::VirtioDeviceState::Stateless)
+        Ok(crate::virtio::VirtioDeviceState::Block {
+            capacity: self.capacity(),
+        })
+    }
+    fn restore_state(
+        &mut self,
+        state: &crate::virtio::VirtioDeviceState,
+    ) -> Result<bool, crate::state::DeviceStateError> {
+        match state {
+            crate::virtio::VirtioDeviceState::Block { capacity } => {
+                Ok(*capacity != self.capacity())
+            }
+            _ => Err(crate::state::DeviceStateError::Mismatch(
+                "virtio-blk",
+                "state saved by another kind of device".into(),
+            )),
+        }
     }
 }

@@ -6,12 +6,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::transport::{negotiate, rd, setup_queue, wr, CountIrq, DRIVER_OK_ALL};
+use crate::bus::BusDevice;
 use crate::state::DeviceStateError;
 use crate::virtio::blk::{Block, MemDisk};
 use crate::virtio::net::{MacAddr, MemBackend, Net, NetOptions};
 use crate::virtio::rng::Rng;
 use crate::virtio::test_utils::*;
 use crate::virtio::*;
+use vm_memory::Bytes;
 
 #[test]
 fn an_active_rng_continues_after_restore() {
@@ -93,4 +95,85 @@ fn a_device_with_unsaved_state_refuses() {
         Err(DeviceStateError::NotSnapshottable(name, _)) => assert_eq!(name, "virtio-net"),
         other => panic!("{other:?}"),
     }
+}
+
+fn activate<D: VirtioDevice>(t: &mut MmioTransport<D>, drivers: &[&Driver<'_>]) {
+    negotiate(t);
+    for (i, d) in drivers.iter().enumerate() {
+        setup_queue(t, i as u32, d, 16);
+    }
+    wr(t, 0x70, DRIVER_OK_ALL);
+    assert!(t.is_activated());
+}
+
+#[test]
+fn a_disk_of_another_size_is_announced_by_a_config_change() {
+    let mem = test_mem();
+    let drv = Driver::new(&mem, 0x1_0000, 16);
+    let disk = |bytes| Block::with_backend(Box::new(MemDisk(vec![0; bytes])), false);
+    let irq = Arc::new(CountIrq::default());
+    let mut t = MmioTransport::new(disk(4096), mem.clone(), irq.clone()).unwrap();
+    activate(&mut t, &[&drv]);
+    let state = t.save_state().unwrap();
+    assert_eq!(state.device, VirtioDeviceState::Block { capacity: 8 });
+
+    let same_irq = Arc::new(CountIrq::default());
+    let mut same = MmioTransport::new(disk(4096), mem.clone(), same_irq.clone()).unwrap();
+    same.restore_state(&state).unwrap();
+    assert_eq!(rd(&mut same, 0xfc), 0, "same size: no configuration change");
+    assert_eq!(same_irq.0.load(Ordering::SeqCst), 0);
+
+    let big_irq = Arc::new(CountIrq::default());
+    let mut big = MmioTransport::new(disk(8192), mem.clone(), big_irq.clone()).unwrap();
+    big.restore_state(&state).unwrap();
+    assert_eq!(rd(&mut big, 0xfc), 1, "ConfigGeneration moved on");
+    assert_ne!(rd(&mut big, 0x60) & INT_CONFIG, 0);
+    assert_eq!(big_irq.0.load(Ordering::SeqCst), 1);
+    let mut cap = [0u8; 8];
+    big.read(0x100, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), 16);
+
+    // Block state into an rng, stateless state into a disk: refused.
+    let mut rng = MmioTransport::new(Rng::new(), mem.clone(), irq.clone()).unwrap();
+    let mut as_rng = state.clone();
+    as_rng.device_type = TYPE_RNG;
+    assert!(rng.restore_state(&as_rng).is_err());
+    let mut stateless = state.clone();
+    stateless.device = VirtioDeviceState::Stateless;
+    assert!(MmioTransport::new(disk(4096), mem.clone(), irq.clone())
+        .unwrap()
+        .restore_state(&stateless)
+        .is_err());
+}
+
+#[test]
+fn a_restored_vsock_resets_the_guests_transport() {
+    use crate::virtio::vsock::{Vsock, EVQ};
+    let mem = test_mem();
+    let (rx, tx) = (
+        Driver::new(&mem, 0x1_0000, 16),
+        Driver::new(&mem, 0x2_0000, 16),
+    );
+    let mut ev = Driver::new(&mem, 0x3_0000, 16);
+    let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/crx-vsock-snap").unwrap();
+    let dev = |name: &str| Vsock::new(3, dir.as_path().join(name)).unwrap();
+    let mut t =
+        MmioTransport::new(dev("a.sock"), mem.clone(), Arc::new(CountIrq::default())).unwrap();
+    activate(&mut t, &[&rx, &tx, &ev]);
+    let head = ev.add(&[w(0x10_0000, 4)]);
+    mem.write_slice(&[0xff; 4], vm_memory::GuestAddress(0x10_0000))
+        .unwrap();
+    let state = t.save_state().unwrap();
+    assert_eq!(state.device, VirtioDeviceState::Stateless);
+
+    let irq = Arc::new(CountIrq::default());
+    let mut r = MmioTransport::new(dev("b.sock"), mem.clone(), irq.clone()).unwrap();
+    r.restore_state(&state).unwrap();
+    assert_eq!(ev.used(), vec![(head, 4)], "one event on queue {EVQ}");
+    let mut event = [0xffu8; 4];
+    mem.read_slice(&mut event, vm_memory::GuestAddress(0x10_0000))
+        .unwrap();
+    assert_eq!(event, [0; 4], "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET");
+    assert_eq!(irq.0.load(Ordering::SeqCst), 1);
+    assert_ne!(rd(&mut r, 0x60) & INT_USED_RING, 0);
 }

@@ -14,8 +14,14 @@ use crate::state::DeviceStateError;
 /// A device's own state beyond its transport and queues.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VirtioDeviceState {
-    /// Nothing beyond the queues (rng, blk; vsock without connections).
+    /// Nothing beyond the queues (rng; vsock without connections).
     Stateless,
+    /// virtio-blk: the capacity the guest was told. A restore onto a disk of another size
+    /// tells the guest with a configuration-change interrupt.
+    Block {
+        /// Capacity in 512-byte sectors.
+        capacity: u64,
+    },
 }
 
 /// One queue: the driver's configuration and the device's ring positions.
@@ -151,7 +157,7 @@ impl<D: VirtioDevice> TransportSnapshot for MmioTransport<D> {
             }
             queues.push(restored);
         }
-        self.device.restore_state(&state.device)?;
+        let config_changed = self.device.restore_state(&state.device)?;
         self.queues = queues;
         self.device_features_sel = state.device_features_sel;
         self.driver_features_sel = state.driver_features_sel;
@@ -175,6 +181,12 @@ impl<D: VirtioDevice> TransportSnapshot for MmioTransport<D> {
                 // A spurious notification is harmless; a lost one would stall the queue.
                 let _ = evt.write(1);
             }
+            if self.device.restored(&self.mem, &mut self.queues) {
+                self.signal(super::INT_USED_RING);
+            }
+        }
+        if config_changed {
+            self.config_changed();
         }
         Ok(())
     }

@@ -28,8 +28,11 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const RXQ: usize = 0;
 /// Index of the transmit (driver to device) queue.
 pub const TXQ: usize = 1;
-/// Index of the event queue (unused: we never send transport events).
+/// Index of the event queue (used once: the transport reset after a restore).
 pub const EVQ: usize = 2;
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`: the driver drops its connections and re-reads the
+/// guest CID.
+pub const EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// Errors creating a vsock device.
 #[derive(Debug, thiserror::Error)]
@@ -142,5 +145,31 @@ impl VirtioDevice for Vsock {
             ));
         }
         Ok(super::VirtioDeviceState::Stateless)
+    }
+    fn restored(&mut self, mem: &Mem, queues: &mut [Queue]) -> bool {
+        // The restored guest may hold connections of the snapshotted VM, which this process
+        // never had: a transport reset makes it drop them all (and re-read its CID).
+        let Some(evq) = queues.get_mut(EVQ) else {
+            return false;
+        };
+        let Some(chain) = super::queue::pop_chain(evq, mem) else {
+            crate::guest_warn!("virtio-vsock: no event buffer for the transport reset");
+            return false;
+        };
+        let head = chain.head_index();
+        let len = match virtio_queue::Writer::new(mem, chain) {
+            Ok(mut w) => {
+                use std::io::Write;
+                match w.write_all(&EVENT_TRANSPORT_RESET.to_le_bytes()) {
+                    Ok(()) => 4,
+                    Err(_) => 0,
+                }
+            }
+            Err(e) => {
+                crate::guest_warn!("virtio-vsock: malformed event buffer: {e}");
+                0
+            }
+        };
+        super::queue::add_used(evq, mem, head, len)
     }
 }
