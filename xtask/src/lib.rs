@@ -3,6 +3,7 @@
 
 pub mod apt;
 pub mod arrows;
+pub mod bench_confine;
 pub mod bench_lab;
 pub mod bench_oci;
 pub mod bench_run;

@@ -97,6 +97,8 @@ enum Bench {
     Oci,
     /// Warm start: crx-vmm restoring a snapshot vs a cold start (tiny guest, this host).
     Warm,
+    /// `crx run` with and without seccomp and the jail (the cost of each layer), in the lab.
+    Confine,
 }
 
 fn bench(what: Bench, runs: usize, inner: bool) -> Result<i32> {
@@ -107,6 +109,8 @@ fn bench(what: Bench, runs: usize, inner: bool) -> Result<i32> {
         Bench::Warm => xtask::bench_warm::run(runs),
         Bench::Oci if inner => xtask::bench_oci::inner(runs).map(|_| 0),
         Bench::Oci => xtask::bench_oci::outer(runs),
+        Bench::Confine if inner => xtask::bench_confine::inner(runs).map(|_| 0),
+        Bench::Confine => xtask::bench_confine::outer(runs),
         Bench::Boot if inner => xtask::guest_boot::bench(runs, "kvm").map(|_| 0),
         Bench::Boot => {
             xtask::guest_boot::bench(runs, "tcg")?;
@@ -243,6 +247,7 @@ mod tests {
             &["bench", "vmm"],
             &["bench", "warm"],
             &["bench", "oci"],
+            &["bench", "confine"],
         ] {
             assert!(needs_host_packages(&parse(args)), "{args:?}");
         }
@@ -253,6 +258,7 @@ mod tests {
         for args in [
             &["kvm-probe"][..],
             &["bench", "oci", "--inner"],
+            &["bench", "confine", "--inner"],
             &["timed", "--limit", "9", "--", "t", "lab_"],
         ] {
             assert!(!needs_host_packages(&parse(args)), "{args:?}");

@@ -16,6 +16,10 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
     for id in home::gc(root)? {
         println!("removed instance {id}");
     }
+    // The cgroups of VMs whose home is gone (ADR 0011), also after a kill -9.
+    for cg in crx_runtime::jail::cgroup::sweep() {
+        println!("removed cgroup {}", cg.display());
+    }
     if a.images {
         let in_use: Vec<crx_image::Digest> = home::list(root)?
             .iter()

@@ -1,5 +1,7 @@
 //! `crx inspect`: an instance's state, status and paths as JSON, with the measured boot: the
-//! kernel and base initrd its VM boots and their verified sha256 digests (ADR 0008).
+//! kernel and base initrd its VM boots and their verified sha256 digests (ADR 0008), and what
+//! confined its VMM (`confinement`: seccomp on or `--no-seccomp`, the jail or none, its cgroup
+//! and limits or why none).
 
 use std::path::Path;
 
@@ -23,6 +25,8 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
         "state": h.state,
         "status": h.status().to_string(),
         "boot": h.state.boot,
+        // What confined its VMM: seccomp, the jail, its cgroup (ADR 0010, 0011).
+        "confinement": crx_runtime::jail::Confinement::load(&h.dir),
         "home": h.dir,
         "console_log": h.console_path(),
         "vsock_socket": h.vsock_path(),

@@ -15,7 +15,10 @@ pub struct Args {
 }
 
 pub fn run(root: &Path, a: Args) -> Result<i32> {
-    super::each_instance(&a.ids, |id| {
+    let code = super::each_instance(&a.ids, |id| {
         crx_runtime::instance::remove(root, id, a.force)
-    })
+    });
+    // The removed VMs' cgroups (ADR 0011), with whatever a killed jailer left in them.
+    crx_runtime::jail::cgroup::sweep();
+    code
 }

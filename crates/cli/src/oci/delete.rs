@@ -11,5 +11,7 @@ pub fn run(root: &Path, a: liboci_cli::Delete) -> Result<i32> {
     if let Some(w) = lifecycle::delete(root, &a.container_id, a.force)? {
         super::log::warn(&chain(&w));
     }
+    // The deleted VM's cgroup (ADR 0011), with whatever a killed jailer left in it.
+    crx_runtime::jail::cgroup::sweep();
     Ok(0)
 }
