@@ -18,6 +18,7 @@ pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 const TOKEN_RESET: u32 = 1;
 const TOKEN_SIGNAL: u32 = 2;
 const TOKEN_EXIT: u32 = 3;
+const TOKEN_SNAPSHOT: u32 = 4;
 
 /// The eventfd the termination-signal handler writes, and the signal it saw.
 static SIGNAL_EVT: OnceLock<EventFd> = OnceLock::new();
@@ -60,12 +61,44 @@ pub fn install_signal_handlers() -> std::io::Result<&'static EventFd> {
     Ok(evt)
 }
 
+/// The eventfd the SIGUSR1 handler writes (a snapshot request from the host).
+static SNAPSHOT_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_snapshot_signal(_: libc::c_int) {
+    let fd = SNAPSHOT_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) on an eventfd is async-signal-safe; the buffer is a live local of
+        // the size the eventfd expects; a failure means a wake-up is already pending.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// Routes SIGUSR1 to `evt` (once per process: the VM that asked for snapshots on a signal).
+pub fn install_snapshot_signal(evt: &EventFd) -> std::io::Result<()> {
+    SNAPSHOT_FD.store(evt.as_raw_fd(), Ordering::SeqCst);
+    // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; the handler only
+    // does async-signal-safe work (an atomic load, write(2)); the return value is checked.
+    let ret = unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_snapshot_signal as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut())
+    };
+    match ret {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
 /// Turns control eventfds into exit reasons.
 struct Control {
     reset: EventFd,
     signal: Option<EventFd>,
     latch: Arc<ExitLatch>,
     exit_evt: EventFd,
+    /// SIGUSR1's eventfd, and what to do before the VM stops for the snapshot.
+    snapshot: Option<(EventFd, Box<dyn Fn() + Send>)>,
 }
 
 impl MutEventSubscriber for Control {
@@ -83,6 +116,9 @@ impl MutEventSubscriber for Control {
         if let Some(s) = &self.signal {
             add(s, TOKEN_SIGNAL);
         }
+        if let Some((s, _)) = &self.snapshot {
+            add(s, TOKEN_SNAPSHOT);
+        }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
@@ -97,6 +133,13 @@ impl MutEventSubscriber for Control {
                 }
                 self.latch
                     .set(VmExit::Signal(LAST_SIGNAL.load(Ordering::SeqCst)));
+            }
+            TOKEN_SNAPSHOT => {
+                if let Some((s, request)) = &self.snapshot {
+                    let _ = s.read();
+                    request();
+                    self.latch.set(VmExit::Snapshot);
+                }
             }
             _ => {
                 let _ = self.exit_evt.read();
@@ -123,11 +166,13 @@ pub enum EventLoopError {
 }
 
 impl EventLoop {
-    /// A loop watching `reset` (i8042), the latch, and the signal eventfd if given.
+    /// A loop watching `reset` (i8042), the latch, the signal eventfd if given, and a snapshot
+    /// request eventfd if given (with what to call before the VM stops for it).
     pub fn new(
         reset: EventFd,
         signal: Option<&EventFd>,
         latch: Arc<ExitLatch>,
+        snapshot: Option<(EventFd, Box<dyn Fn() + Send>)>,
     ) -> Result<Self, EventLoopError> {
         let mut manager = EventManager::<Subscriber>::new().map_err(EventLoopError::Run)?;
         let control = Control {
@@ -141,6 +186,7 @@ impl EventLoop {
                 .try_clone()
                 .map_err(EventLoopError::Create)?,
             latch: latch.clone(),
+            snapshot,
         };
         manager.add_subscriber(Arc::new(Mutex::new(control)));
         Ok(EventLoop { manager, latch })

@@ -75,8 +75,11 @@ struct Cli {
     no_seccomp: bool,
     /// Snapshot the VM into DIR when the guest writes to I/O port PORT (e.g. `0x4f0`), then
     /// exit 0 (DIR/state and DIR/memory are recreated at start-up; docs/snapshot-format.md).
-    #[arg(long, num_args = 2, value_names = ["PORT", "DIR"])]
+    #[arg(long, num_args = 2, value_names = ["PORT", "DIR"], conflicts_with = "snapshot_on_signal")]
     snapshot_on_port: Vec<String>,
+    /// Snapshot the VM into DIR when crx-vmm gets SIGUSR1 (the host asks), then exit 0.
+    #[arg(long, value_name = "DIR")]
+    snapshot_on_signal: Option<PathBuf>,
     /// Restore the VM from the snapshot in DIR instead of booting; the configuration must
     /// describe the same VM shape (RAM, vCPUs, devices).
     #[arg(long, value_name = "DIR")]
@@ -172,8 +175,9 @@ fn run(cli: Cli, start: Instant) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let no_seccomp = cli.no_seccomp;
-    let snapshot = match cli.snapshot_on_port.as_slice() {
-        [port, dir] => Some((parse_port(port)?, PathBuf::from(dir))),
+    let snapshot = match (cli.snapshot_on_port.as_slice(), &cli.snapshot_on_signal) {
+        ([port, dir], _) => Some((Some(parse_port(port)?), PathBuf::from(dir))),
+        (_, Some(dir)) => Some((None, dir.clone())),
         _ => None,
     };
     let restore = cli.restore.clone();

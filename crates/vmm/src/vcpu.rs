@@ -72,7 +72,7 @@ impl Vcpu {
                 pio: &self.pio,
                 mmio: &self.mmio,
                 reset_evt: self.reset_evt.as_ref(),
-                snapshot_port: self.snapshot.as_ref().map(|s| s.port),
+                snapshot_port: self.snapshot.as_ref().and_then(|s| s.port),
             };
             let reason = match handle_exit(self.id, self.fd.run(), &buses) {
                 ExitAction::Resume => continue,

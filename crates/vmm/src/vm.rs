@@ -188,7 +188,9 @@ impl Vm {
         let reset_for_vcpus = reset_evt
             .try_clone()
             .map_err(|e| VmError::Io("eventfd", e))?;
-        let mut event_loop = EventLoop::new(reset_evt, signal, latch.clone())?;
+        let snapshot = snapshot::sync(&kvm, cfg, opts.snapshot.take())?;
+        let on_signal = snapshot::signal_request(&snapshot, opts.handle_signals)?;
+        let mut event_loop = EventLoop::new(reset_evt, signal, latch.clone(), on_signal)?;
         for s in virtio.subscribers.into_iter().chain(opts.subscribers) {
             event_loop.add_subscriber(s);
         }
@@ -206,7 +208,6 @@ impl Vm {
             }));
         }
 
-        let snapshot = snapshot::sync(&kvm, cfg, opts.snapshot.take())?;
         let shared = attach::VcpuShared {
             pio: Arc::new(pio),
             mmio: Arc::new(mmio),

@@ -3,7 +3,8 @@
 //! snapshots are refused with one line. (The format's own tests are unit tests in
 //! `src/snapshot/format/tests.rs`.)
 
-use std::os::unix::fs::MetadataExt;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -296,4 +297,84 @@ fn kvm_restore_takes_other_backing_files_of_the_same_shape() {
     );
     assert_eq!(o.code, Some(1), "{}", o.stderr);
     assert!(o.stderr.contains("another configuration"), "{}", o.stderr);
+}
+
+/// 64-bit guest: prints "S", counts RCX to 200000 storing it at 0x200000 each time, prints
+/// "D\n", resets.
+///
+/// ```text
+/// mov $0x3f8,%dx; mov $'S',%al; out %al,(%dx); xor %ecx,%ecx
+/// 1: inc %rcx; mov %rcx,0x200000; cmp $200000,%rcx; jne 1b
+/// mov $'D',%al; out %al,(%dx); mov $'\n',%al; out %al,(%dx); mov $0xfe,%al; out %al,$0x64
+/// 2: hlt; jmp 2b
+/// ```
+const LONG_COUNT: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, 0xb0, 0x53, 0xee, 0x31, 0xc9, 0x48, 0xff, 0xc1, 0x48, 0x89, 0x0c, 0x25,
+    0x00, 0x00, 0x20, 0x00, 0x48, 0x81, 0xf9, 0x40, 0x0d, 0x03, 0x00, 0x75, 0xec, 0xb0, 0x44, 0xee,
+    0xb0, 0x0a, 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd,
+];
+
+/// `--snapshot-on-signal`: the host asks with SIGUSR1 while the guest runs; the snapshot holds
+/// the counter in RCX and its copy in memory from the same instant, and the restored guest
+/// counts on to the end.
+#[test]
+fn kvm_sigusr1_snapshots_a_running_guest() {
+    require_kvm();
+    let d = tempfile::tempdir().unwrap();
+    let mut code = LONG_COUNT.to_vec();
+    code.resize(8192 + 100, 0x90);
+    let k = d.path().join("vmlinux-long");
+    std::fs::write(&k, build_test_elf(0x100000, &[(0x100000, &code)], None)).unwrap();
+    let snap = d.path().join("snap");
+    let mut child = Command::new(VMM)
+        .args(["--memory-mib", "16", "--kernel", k.to_str().unwrap()])
+        .arg("--snapshot-on-signal")
+        .arg(&snap)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut s = [0u8; 1];
+    out.read_exact(&mut s).unwrap();
+    assert_eq!(&s, b"S");
+    // SAFETY: plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.contains("snapshot written to"), "{err}");
+    assert_eq!(rest, "", "stopped before the end of the count");
+
+    let cfg = crx_vmm::VmConfig::new(16, &k);
+    let loaded = crx_vmm::snapshot::load(&snap, &crx_vmm::snapshot::expect_for(&cfg)).unwrap();
+    let rcx = loaded.state.vcpus[0].regs.rcx;
+    let mut word = [0u8; 8];
+    loaded.memory.read_exact_at(&mut word, 0x200000).unwrap();
+    let stored = u64::from_le_bytes(word);
+    assert!(rcx > 0 && rcx < 200000, "RCX {rcx}");
+    assert!(
+        stored == rcx || stored + 1 == rcx,
+        "RCX {rcx}, memory {stored}"
+    );
+
+    let o = run_vmm(&[
+        "--memory-mib",
+        "16",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--restore",
+        snap.to_str().unwrap(),
+    ]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert_eq!(o.stdout, "D\n");
 }

@@ -2,9 +2,10 @@
 //! state file (header, postcard-encoded [`state::VmState`], SHA-256) and a memory file (guest
 //! RAM, sparse), and restored in a new crx-vmm process that maps the memory file copy-on-write.
 //!
-//! Trigger (for tests and benchmarks): `crx-vmm ... --snapshot-on-port PORT DIR` opens
-//! `DIR/state` and `DIR/memory` before the guest runs (the seccomp filters allow no open
-//! later); a guest write to port PORT stops the vCPUs, each saves its own state on its thread,
+//! Trigger: `crx-vmm ... --snapshot-on-port PORT DIR` (the guest asks) or
+//! `--snapshot-on-signal DIR` (SIGUSR1: the host asks) opens `DIR/state` and `DIR/memory`
+//! before the guest runs (the seccomp filters allow no open later); a guest write to port PORT,
+//! or SIGUSR1, stops the vCPUs, each saves its own state on its thread,
 //! the main thread adds the KVM VM's and the devices' state, writes the memory then the state
 //! file, and the process exits 0. `crx-vmm ... --restore DIR` (with the same VM shape) builds
 //! the VM from the snapshot instead of booting a kernel.
@@ -72,11 +73,12 @@ pub fn expect_for(cfg: &VmConfig) -> Expect {
     }
 }
 
-/// A snapshot destination, opened before the guest runs: a guest write to `port` writes it.
+/// A snapshot destination, opened before the guest runs: a guest write to `port` (if set) or
+/// SIGUSR1 to the VMM writes it.
 #[derive(Debug)]
 pub struct SnapshotTarget {
-    /// The port whose write asks for the snapshot.
-    pub port: u16,
+    /// The port whose write asks for the snapshot (`None`: SIGUSR1 only).
+    pub port: Option<u16>,
     /// The directory.
     pub dir: PathBuf,
     /// Guest RAM in bytes.
@@ -92,7 +94,7 @@ impl SnapshotTarget {
     /// `cfg`'s RAM (a hole until written): a snapshot there before this one is gone, and until
     /// the state file is written the directory holds no valid snapshot. Old files are unlinked,
     /// never truncated: VMs restored from them keep their (mapped) memory file intact.
-    pub fn prepare(dir: &Path, port: u16, cfg: &VmConfig) -> Result<Self, SnapshotError> {
+    pub fn prepare(dir: &Path, port: Option<u16>, cfg: &VmConfig) -> Result<Self, SnapshotError> {
         let memory_bytes = cfg.memory_mib << 20;
         std::fs::create_dir_all(dir).map_err(|e| SnapshotError::Io("directory", dir.into(), e))?;
         let open = |name: &'static str| {

@@ -145,16 +145,16 @@ pub fn restore(fd: &VcpuFd, state: &VcpuState) -> Result<(), VcpuStateError> {
 /// What the vCPU threads and the main thread share for a snapshot: the request, what KVM can
 /// save, and each vCPU's saved state.
 pub struct VcpuSync {
-    /// The port whose write asks for the snapshot.
-    pub port: u16,
+    /// The port whose write asks for the snapshot, if the guest may ask.
+    pub port: Option<u16>,
     caps: VcpuCaps,
     requested: std::sync::atomic::AtomicBool,
     states: std::sync::Mutex<Vec<Option<Result<VcpuState, VcpuStateError>>>>,
 }
 
 impl VcpuSync {
-    /// For `vcpus` vCPUs, a snapshot on `port`.
-    pub fn new(port: u16, caps: VcpuCaps, vcpus: u8) -> Self {
+    /// For `vcpus` vCPUs, a snapshot on `port` (or SIGUSR1 only).
+    pub fn new(port: Option<u16>, caps: VcpuCaps, vcpus: u8) -> Self {
         VcpuSync {
             port,
             caps,

@@ -58,6 +58,27 @@ pub(super) fn sync(
     Ok(Some((t, sync)))
 }
 
+/// With a snapshot target in a process that handles signals (the binary), SIGUSR1 asks for
+/// the snapshot: the eventfd its handler writes, and the request the event loop makes first
+/// (so every vCPU saves itself as it stops).
+#[allow(clippy::type_complexity)]
+pub(super) fn signal_request(
+    snapshot: &Option<(SnapshotTarget, Arc<VcpuSync>)>,
+    handle_signals: bool,
+) -> Result<Option<(vmm_sys_util::eventfd::EventFd, Box<dyn Fn() + Send>)>, VmError> {
+    let Some((_, sync)) = snapshot else {
+        return Ok(None);
+    };
+    if !handle_signals {
+        return Ok(None);
+    }
+    let io = |e| VmError::Io("cannot set up the snapshot signal", e);
+    let evt = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(io)?;
+    crate::event_loop::install_snapshot_signal(&evt).map_err(io)?;
+    let sync = sync.clone();
+    Ok(Some((evt, Box::new(move || sync.request()))))
+}
+
 /// Loads the saved devices, vCPUs and KVM VM state (in that order: the LAPICs before the
 /// IOAPIC and PICs that route to them).
 pub(super) fn restore(
