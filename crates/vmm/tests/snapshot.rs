@@ -361,7 +361,8 @@ fn kvm_sigusr1_snapshots_a_running_guest() {
     let mut word = [0u8; 8];
     loaded.memory.read_exact_at(&mut word, 0x200000).unwrap();
     let stored = u64::from_le_bytes(word);
-    assert!(rcx > 0 && rcx < 200000, "RCX {rcx}");
+    // The signal may land right after "S" (RCX still 0) or anywhere in the count.
+    assert!(rcx < 200000, "RCX {rcx}");
     assert!(
         stored == rcx || stored + 1 == rcx,
         "RCX {rcx}, memory {stored}"
