@@ -17,6 +17,7 @@ pub const INIT: &str = include_str!("lab-init.sh");
 pub const PACKAGES: &[&str] = &[
     "busybox-static",
     "ca-certificates",
+    "containernetworking-plugins",
     "containerd",
     "cpio",
     "crun",
@@ -24,6 +25,7 @@ pub const PACKAGES: &[&str] = &[
     "e2fsprogs",
     "erofs-utils",
     "iproute2",
+    "iptables",
     "podman",
     "procps",
     "qemu-system-x86",
