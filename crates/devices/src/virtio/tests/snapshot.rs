@@ -80,6 +80,13 @@ fn state_that_does_not_fit_is_refused() {
     let mut big = good.clone();
     big.queues[0].max_size = 1024;
     assert!(fresh().restore_state(&big).is_err());
+    let mut features = good.clone();
+    features.acked_features |= 1 << 40;
+    let e = fresh().restore_state(&features).unwrap_err().to_string();
+    assert!(e.contains("does not offer"), "{e}");
+    let mut status = good.clone();
+    status.status = 0;
+    assert!(fresh().restore_state(&status).is_err());
 }
 
 #[test]

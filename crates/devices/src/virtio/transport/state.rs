@@ -128,6 +128,17 @@ impl<D: VirtioDevice> TransportSnapshot for MmioTransport<D> {
                 type_name(state.device_type)
             )));
         }
+        let offered = self.device.features() | super::VIRTIO_F_VERSION_1;
+        if state.acked_features & !offered != 0 {
+            return Err(bad(format!(
+                "acknowledged features {:#x} the device does not offer",
+                state.acked_features
+            )));
+        }
+        let live = super::status::FEATURES_OK | super::status::DRIVER_OK;
+        if state.activated && state.status & live != live {
+            return Err(bad(format!("active with status {:#x}", state.status)));
+        }
         if state.queues.len() != self.queues.len() {
             return Err(bad(format!(
                 "{} queues saved, the device has {}",
