@@ -184,3 +184,70 @@ fn a_restored_vsock_resets_the_guests_transport() {
     assert_eq!(irq.0.load(Ordering::SeqCst), 1);
     assert_ne!(rd(&mut r, 0x60) & INT_USED_RING, 0);
 }
+
+/// xorshift64: a deterministic stream of values.
+fn next(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// One of `choices`, or (when `choices` holds `u64::MAX`) the raw value.
+fn pick(x: &mut u64, choices: &[u64]) -> u64 {
+    let v = next(x);
+    match choices[(v as usize) % choices.len()] {
+        u64::MAX => next(x),
+        c => c,
+    }
+}
+
+/// Bounded fuzz: arbitrary transport state (a damaged or hostile state file that passed its
+/// checksum) restored into a virtio-rng, which then serves its queue and is reset: refused or
+/// served, never a panic.
+#[test]
+fn fuzz_restored_transport_state() {
+    let mem = test_mem();
+    let irq = Arc::new(CountIrq::default());
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let addrs = [0, 0x1_0000, 0x1_0100, 0xf_fff0, 1 << 40, u64::MAX];
+    let mut restored = 0;
+    for _ in 0..2000 {
+        let x = &mut x;
+        let q = QueueState {
+            max_size: pick(x, &[256, 256, 16, 0]) as u16,
+            next_avail: next(x) as u16,
+            next_used: next(x) as u16,
+            event_idx: next(x) & 1 == 1,
+            size: pick(x, &[16, 256, 3, 0, 512]) as u16,
+            ready: next(x) & 1 == 1,
+            desc_table: pick(x, &addrs),
+            avail_ring: pick(x, &addrs),
+            used_ring: pick(x, &addrs),
+        };
+        let state = TransportState {
+            device_type: pick(x, &[u64::from(TYPE_RNG), u64::from(TYPE_RNG), 2]) as u32,
+            device_features_sel: next(x) as u32,
+            driver_features_sel: next(x) as u32,
+            acked_features: pick(x, &[VIRTIO_F_VERSION_1, u64::MAX]),
+            queue_sel: pick(x, &[0, u64::MAX]) as u32,
+            status: pick(x, &[u64::from(DRIVER_OK_ALL), 0, u64::MAX]) as u32,
+            interrupt_status: next(x) as u32,
+            config_generation: next(x) as u32,
+            activated: next(x) & 1 == 1,
+            queues: vec![q; 1 + usize::from(next(x) % 4 == 0)],
+            device: match next(x) % 3 {
+                0 => VirtioDeviceState::Block { capacity: next(x) },
+                _ => VirtioDeviceState::Stateless,
+            },
+        };
+        let mut t = MmioTransport::new(Rng::new(), mem.clone(), irq.clone()).unwrap();
+        if t.restore_state(&state).is_ok() {
+            restored += 1;
+            t.process_queue(0);
+            let _ = rd(&mut t, 0x44);
+            wr(&mut t, 0x70, 0);
+        }
+    }
+    assert!(restored > 0, "some states fit");
+}
