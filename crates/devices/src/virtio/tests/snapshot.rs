@@ -235,7 +235,7 @@ fn fuzz_restored_transport_state() {
             interrupt_status: next(x) as u32,
             config_generation: next(x) as u32,
             activated: next(x) & 1 == 1,
-            queues: vec![q; 1 + usize::from(next(x) % 4 == 0)],
+            queues: vec![q; 1 + usize::from(next(x).is_multiple_of(4))],
             device: match next(x) % 3 {
                 0 => VirtioDeviceState::Block { capacity: next(x) },
                 _ => VirtioDeviceState::Stateless,
