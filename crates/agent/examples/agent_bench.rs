@@ -19,16 +19,14 @@
 //! and the baseline in the same invocation: Debian's `runc run` of an OCI bundle (`runc spec`
 //! plus edits) holding the same busybox tree, spawn -> first stdout byte.
 
-#[path = "../tests/lab/mod.rs"]
-mod lab;
-
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crx_proto::{Request, Response, StreamKind};
-use lab::{Vm, VmOpts};
+use crx_testkit::vm::{Vm, VmOpts};
+use crx_testkit::{agent, env, vsock};
 
 fn main() {
     let mut runs = 5usize;
@@ -42,12 +40,12 @@ fn main() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let tree = lab::busybox_tree(dir.path());
+    let tree = agent::busybox_tree(dir.path());
     let img = dir.path().join("rootfs.ext4");
-    lab::ext4_image(&tree, &img);
+    agent::ext4_image(&tree, &img);
     println!(
         "crx-vmm {} (runs {runs}, pings {pings} per run)",
-        lab::vmm_binary().display()
+        env::vmm_binary().display()
     );
 
     let mut s = Samples::default();
@@ -155,15 +153,15 @@ fn crx_run(dir: &Path, img: &Path, pings: usize, s: &mut Samples) {
         let t = Instant::now();
         c.call(Request::CreateContainer {
             id: id.to_string(),
-            spec: lab::spec("cat /proc/uptime"),
-            rootfs: lab::rootfs_vda(),
+            spec: agent::spec("cat /proc/uptime"),
+            rootfs: agent::rootfs_vda(),
         })
         .unwrap();
         c.call(Request::Start { id: id.to_string() }).unwrap();
         let mut b = [0u8; 1];
         assert_eq!(out.read(&mut b).unwrap(), 1, "{}", vm.logs());
         let d = ms(t.elapsed());
-        let rest = lab::read_until(&mut out, "\n");
+        let rest = vsock::read_until(&mut out, "\n");
         if n == 0 {
             s.first.push(d);
             let up = format!("{}{rest}", b[0] as char);

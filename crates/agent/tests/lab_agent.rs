@@ -10,14 +10,13 @@
 //!
 //! Without the boot files or /dev/kvm every test fails with a message saying what is missing.
 
-mod lab;
-
 use std::io::Write;
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 use crx_proto::{ExitStatus, Request, Response, StreamKind};
-use lab::{Vm, VmOpts};
+use crx_testkit::vm::{Vm, VmOpts};
+use crx_testkit::{agent, busybox, vsock};
 
 const BOOT: Duration = Duration::from_secs(120);
 
@@ -26,7 +25,7 @@ const BOOT: Duration = Duration::from_secs(120);
 #[test]
 fn lab_system_vm_reports_exit_status() {
     let dir = tempfile::tempdir().unwrap();
-    let debug = lab::debug_layer(dir.path());
+    let debug = busybox::debug_layer(dir.path());
     let t = Instant::now();
     let mut vm = Vm::spawn(
         dir.path(),
@@ -87,9 +86,9 @@ fn lab_agent_answers_over_vsock() {
 #[test]
 fn lab_agent_runs_containers_from_a_disk_image() {
     let dir = tempfile::tempdir().unwrap();
-    let tree = lab::busybox_tree(dir.path());
+    let tree = agent::busybox_tree(dir.path());
     let img = dir.path().join("rootfs.ext4");
-    lab::ext4_image(&tree, &img);
+    agent::ext4_image(&tree, &img);
     let t = Instant::now();
     let mut vm = Vm::spawn(
         dir.path(),
@@ -103,8 +102,8 @@ fn lab_agent_runs_containers_from_a_disk_image() {
     eprintln!("agent ready after {:?}", t.elapsed());
     let create = |id: &str, cmd: &str| Request::CreateContainer {
         id: id.into(),
-        spec: lab::spec(cmd),
-        rootfs: lab::rootfs_vda(),
+        spec: agent::spec(cmd),
+        rootfs: agent::rootfs_vda(),
     };
     let wait = |id: &str, exec_id: Option<&str>| Request::Wait {
         id: id.into(),
@@ -124,7 +123,7 @@ fn lab_agent_runs_containers_from_a_disk_image() {
         c.call(Request::Start { id: "c0".into() }).unwrap(),
         Response::Ok
     );
-    let text = lab::read_until(&mut out, "\n");
+    let text = vsock::read_until(&mut out, "\n");
     eprintln!("c0: create -> first line {:?}", t0.elapsed());
     assert_eq!(text, "hello-from-lab\n", "{}", vm.logs());
     assert_eq!(
@@ -160,7 +159,7 @@ fn lab_agent_runs_containers_from_a_disk_image() {
     stdin.write_all(b"line-from-host\n").unwrap();
     let _ = stdin.shutdown(Shutdown::Write);
     assert_eq!(
-        lab::read_until(&mut out1, "\n"),
+        vsock::read_until(&mut out1, "\n"),
         "got line-from-host from ctr\n",
         "{}",
         vm.logs()
@@ -169,12 +168,12 @@ fn lab_agent_runs_containers_from_a_disk_image() {
         c.call(Request::Exec {
             id: "c1".into(),
             exec_id: "e1".into(),
-            process: lab::exec_process("echo $$ > /tmp/go; echo exec-out; exit 4"),
+            process: agent::exec_process("echo $$ > /tmp/go; echo exec-out; exit 4"),
         })
         .unwrap(),
         Response::Ok
     );
-    assert_eq!(lab::read_until(&mut eout, "\n"), "exec-out\n");
+    assert_eq!(vsock::read_until(&mut eout, "\n"), "exec-out\n");
     assert_eq!(
         c.call(wait("c1", Some("e1"))).unwrap(),
         Response::Exited(ExitStatus {

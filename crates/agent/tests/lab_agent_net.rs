@@ -5,50 +5,17 @@
 //! Run inside the nested lab after `cargo xtask boot` (see lab_agent.rs):
 //! `target/debug/xtask lab -- target/debug/deps/lab_agent_net-HASH lab_ --test-threads 1`.
 
-mod lab;
-
 use std::process::Command;
 use std::time::Duration;
 
 use crx_proto::network::{Interface, IpPrefix, NetworkConfig, Route};
 use crx_proto::{ClientError, ErrorKind, Request, Response};
-use lab::{Vm, VmOpts};
+use crx_testkit::net::HostTap;
+use crx_testkit::vm::{Vm, VmOpts};
 
 const BOOT: Duration = Duration::from_secs(120);
 const TAP: &str = "crxnet1";
 const MAC: &str = "02:00:00:78:00:02";
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("running `ip` (apt package iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A persistent tap with the host's address, deleted when dropped.
-struct HostTap;
-
-impl HostTap {
-    fn create() -> HostTap {
-        let _ = Command::new("ip").args(["link", "del", TAP]).output();
-        ip(&["tuntap", "add", "dev", TAP, "mode", "tap"]);
-        let tap = HostTap;
-        ip(&["addr", "add", "10.78.0.1/24", "dev", TAP]);
-        ip(&["link", "set", TAP, "up"]);
-        tap
-    }
-}
-
-impl Drop for HostTap {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", TAP]).output();
-    }
-}
 
 fn prefix(s: &str) -> IpPrefix {
     let (a, l) = s.split_once('/').unwrap();
@@ -77,7 +44,7 @@ fn network(mac: &str) -> NetworkConfig {
 /// The lab host pings the guest at the address `configure_network` gave it.
 #[test]
 fn lab_agent_configures_the_network() {
-    let _tap = HostTap::create();
+    let _tap = HostTap::create(TAP, "10.78.0.1/24");
     let dir = tempfile::tempdir().unwrap();
     let mut vm = Vm::spawn(
         dir.path(),

@@ -4,107 +4,27 @@
 //! inside the nested lab (tier 3), one VM at a time. The test process is a child subreaper
 //! (as conmon and containerd's shim are): monitors whose starter exited become our children.
 
+mod cli_lab;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
+use cli_lab::{alive, pids_of, runc_cmd, sigkill, wait_child, wait_dead, Lab};
+use crx_testkit::{code, text};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
-static ONE_VM: Mutex<()> = Mutex::new(());
-
-struct Lab {
-    dir: tempfile::TempDir,
-    _g: MutexGuard<'static, ()>,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        let g = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
-        nix::sys::prctl::set_child_subreaper(true).unwrap();
-        Lab {
-            dir: tempfile::tempdir().unwrap(),
-            _g: g,
-        }
-    }
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("root")
-    }
-    fn crx(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_crx"))
-            .arg("--root")
-            .arg(self.root())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-    fn runc(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_crx-runc"))
-            .arg("--root")
-            .arg(self.root())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-    /// The offline busybox image in our root.
-    fn load_busybox(&self) {
-        let out = self.crx(&["load", "--busybox"]);
-        assert_eq!(code(&out), 0, "load: {}", text(&out.stderr));
-    }
-    /// A busybox bundle running `args`.
-    fn bundle(&self, args: &[&str]) -> PathBuf {
-        let b = self.dir.path().join("bundle");
-        let rootfs = b.join("rootfs");
-        for d in ["bin", "proc", "dev", "tmp"] {
-            fs::create_dir_all(rootfs.join(d)).unwrap();
-        }
-        fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-        for applet in ["sh", "sleep"] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-        }
-        let spec = json!({
-            "ociVersion": "1.0.2",
-            "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": args,
-                "env": ["PATH=/bin"], "cwd": "/"},
-            "root": {"path": "rootfs"},
-            "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
-            "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}]}
-        });
-        fs::write(b.join("config.json"), spec.to_string()).unwrap();
-        b
-    }
-    /// `crx ps -a`'s line for `name` once it contains `want`.
-    fn wait_ps(&self, name: &str, want: &str) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let ps = text(&self.crx(&["ps", "-a"]).stdout);
-            if ps.lines().any(|l| l.contains(name) && l.contains(want)) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{name} never {want:?}: {ps}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-    fn inspect(&self, name: &str) -> Value {
-        serde_json::from_slice(&self.crx(&["inspect", name]).stdout).unwrap()
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
-
-fn alive(pid: i32) -> bool {
-    crx_runtime::record::pid_alive(pid as u32)
+/// A busybox bundle running `args`: /proc alone mounted, fresh pid, mount and network
+/// namespaces.
+fn kill9_bundle(lab: &Lab, args: &[&str]) -> PathBuf {
+    let only = json!({
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}]}
+    });
+    lab.bundle("bundle", args, only)
 }
 
 /// The parent of `pid` (field 4 of its stat line), while it exists.
@@ -112,28 +32,6 @@ fn ppid(pid: i32) -> Option<i32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.get(stat.rfind(')')? + 2..)?;
     after.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn sigkill(pid: i32) {
-    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
-}
-
-/// Waits until none of `pids` runs, reaping those that are our (adopted) children.
-fn wait_dead(pids: &[i32]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        for p in pids {
-            let _ = nix::sys::wait::waitpid(
-                Pid::from_raw(*p),
-                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-            );
-        }
-        if !pids.iter().any(|p| alive(*p)) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "still alive: {pids:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The monitors that are our children (adopted: their starter exited).
@@ -233,7 +131,7 @@ fn lab_kill9_crx_cli_during_boot() {
 #[test]
 fn lab_kill9_runc_vmm() {
     let lab = Lab::new();
-    let b = lab.bundle(&["sleep", "600"]);
+    let b = kill9_bundle(&lab, &["sleep", "600"]);
     // Its output to a file: the monitor keeps create's stdout and stderr (pipes would not
     // reach end-of-file while the container runs).
     let out = lab.dir.path().join("k1.out");
@@ -272,4 +170,75 @@ fn lab_kill9_runc_vmm() {
     let out = lab.runc(&["delete", "k1"]);
     assert_eq!(code(&out), 0, "delete: {}", text(&out.stderr));
     assert!(!lab.root().join("k1").exists());
+}
+
+/// `create` SIGKILLed during the boot, and a monitor SIGKILLed while its container runs: the
+/// state stays readable and consistent, `delete` cleans, and no process is left (monitor, VMM,
+/// virtiofsd).
+#[test]
+fn lab_kill9_runc_create_and_monitor() {
+    let lab = Lab::new();
+    let root = lab.root();
+    let b = lab.bundle("b6", &["sleep", "1000"], json!({}));
+    let mut create = runc_cmd(&root, &["create", "--bundle", b.to_str().unwrap(), "x1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    create.kill().unwrap();
+    create.wait().unwrap();
+    // Killed before its directory was made: no container; else its state reads consistently.
+    let out = lab.runc(&["state", "x1"]);
+    if code(&out) == 1 {
+        assert!(
+            text(&out.stderr).contains("does not exist"),
+            "{}",
+            text(&out.stderr)
+        );
+    } else {
+        let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let status = s["status"].as_str().unwrap().to_owned();
+        assert!(
+            ["creating", "created", "stopped"].contains(&status.as_str()),
+            "{s}"
+        );
+    }
+    // The monitor, if it was started, finishes the create by itself.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while code(&out) == 0 && lab.state("x1")["status"] == "creating" {
+        assert!(Instant::now() < deadline, "stuck creating");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pids = if root.join("x1/state.json").exists() {
+        pids_of(&root, "x1")
+    } else {
+        Vec::new()
+    };
+    let d = lab.runc(&["delete", "--force", "x1"]);
+    assert_eq!(code(&d), 0, "delete: {}", text(&d.stderr));
+    assert!(!root.join("x1").exists());
+    wait_dead(&pids);
+
+    assert!(lab
+        .create(&b, "x2", &lab.dir.path().join("x2.out"))
+        .success());
+    assert_eq!(code(&lab.runc(&["start", "x2"])), 0);
+    let pids = pids_of(&root, "x2");
+    assert_eq!(pids.len(), 3, "monitor, VMM, virtiofsd: {pids:?}");
+    let monitor = pids[0];
+    sigkill(monitor);
+    assert_eq!(
+        wait_child(monitor),
+        WaitStatus::Signaled(
+            Pid::from_raw(monitor),
+            nix::sys::signal::Signal::SIGKILL,
+            false
+        )
+    );
+    wait_dead(&pids); // the VMM dies with its parent, virtiofsd with its VMM
+    assert_eq!(lab.state("x2")["status"], "stopped");
+    assert_eq!(code(&lab.runc(&["delete", "x2"])), 0);
+    assert!(!root.join("x2").exists());
 }

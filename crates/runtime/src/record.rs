@@ -41,8 +41,8 @@ pub enum Phase {
     Failed,
 }
 
-/// `state.json`. New fields are optional (`#[serde(default)]`), so that an older record
-/// still loads; a change that an older runtime would misread bumps [`RECORD_VERSION`].
+/// `state.json`. New fields are optional (an `Option`, or `#[serde(default)]`), so that an
+/// older record still loads; a change that an older runtime would misread bumps [`RECORD_VERSION`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// The format's version ([`RECORD_VERSION`]); a newer one is refused, never misread.
@@ -63,22 +63,15 @@ pub struct Record {
     /// The monitor: the host process whose lifetime is the sandbox's, the VMM's parent (the
     /// OCI `pid`), and its start time (clock ticks after boot, from /proc), which tells it
     /// apart from a later process that reused the pid.
-    #[serde(default)]
     pub monitor_pid: Option<u32>,
-    #[serde(default)]
     pub monitor_start: Option<u64>,
     /// The crx-vmm process and its start time.
-    #[serde(default)]
     pub vmm_pid: Option<u32>,
-    #[serde(default)]
     pub vmm_start: Option<u64>,
     /// The container's exit, once seen.
-    #[serde(default)]
     pub exit_code: Option<i32>,
-    #[serde(default)]
     pub exit_signal: Option<i32>,
     /// Why the sandbox failed (phase `Failed`).
-    #[serde(default)]
     pub error: Option<String>,
     /// The kernel and base initrd the VM boots, with their verified sha256 digests (ADR 0008).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -350,6 +343,19 @@ pub fn rfc3339_secs(s: &str) -> Option<u64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     u64::try_from(days * 86400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
+/// Boot digests for tests (`a`/`c` repeated for the kernel/initrd).
+#[cfg(test)]
+pub(crate) fn test_digests() -> BootDigests {
+    let digest = |p: &str, c: char| crate::boot_files::BootDigest {
+        path: p.into(),
+        sha256: c.to_string().repeat(64),
+    };
+    BootDigests {
+        kernel: digest("/b/vmlinux", 'a'),
+        initrd: digest("/b/base.cpio", 'c'),
+    }
 }
 
 #[cfg(test)]

@@ -80,14 +80,11 @@ fn assert_jailed(jailer: u32, vm_dir: &Path) {
 }
 
 fn busybox_tree(root: &Path) {
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    for d in ["proc", "dev", "sys", "tmp", "etc", "vol", "rovol"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("/bin/busybox (busybox-static)");
-    for a in ["sh", "echo", "cat", "touch", "ls"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
-    }
+    crx_testkit::busybox::tree(
+        root,
+        &["proc", "dev", "sys", "tmp", "etc", "vol", "rovol"],
+        &["sh", "echo", "cat", "touch", "ls"],
+    );
 }
 
 fn spec(cmd: &str, readonly: bool, mounts: &[serde_json::Value]) -> serde_json::Value {

@@ -6,60 +6,32 @@
 //! layer holding the test's `/init`), runs crx-vmm as a child that is killed on timeout or
 //! panic, and reads the serial console from a file.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crx_initrd::{parse_spec, WriteOptions};
+use crx_testkit::vm::Vm;
+use crx_testkit::{busybox, env, vsock};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `vmlinux` or `bzImage` from `$CRX_GUEST_KERNEL_DIR`, with /dev/kvm checked.
 fn kernel(name: &str) -> PathBuf {
-    let dir = std::env::var_os("CRX_GUEST_KERNEL_DIR").expect(
-        "CRX_GUEST_KERNEL_DIR is not set: run lab tests inside the nested lab \
-         (`target/debug/xtask lab -- TEST-BINARY lab_`)",
-    );
-    let k = Path::new(&dir).join(name);
-    assert!(
-        k.is_file(),
-        "{} is missing (the guest kernel may be rebuilding: see /var/cache/crx/kernels/)",
-        k.display()
-    );
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "/dev/kvm is missing: run lab tests inside the nested lab"
-    );
-    k
+    env::guest_kernel(name)
 }
 
 /// The base layer: busybox, the guest probe and its libraries, mount points.
 fn base_layer(dir: &Path) -> PathBuf {
-    assert!(
-        Path::new("/bin/busybox").is_file(),
-        "/bin/busybox is missing (apt package busybox-static)"
-    );
     let spec = format!(
-        "busybox /bin/busybox /bin/busybox\n\
+        "busybox /bin/busybox ${{BUSYBOX}}\n\
          binary /bin/crx-guest-probe {}\n\
          dir /proc\ndir /sys\ndir /dev\ndir /tmp\n\
          file /layer1.txt {}\n",
         env!("CARGO_BIN_EXE_crx-guest-probe"),
-        write(dir, "layer1.txt", b"from-layer-one\n").display()
+        busybox::write(dir, "layer1.txt", b"from-layer-one\n").display()
     );
-    let a = parse_spec(&spec, dir, &BTreeMap::new()).expect("base layer spec");
-    let out = dir.join("base.cpio");
-    std::fs::write(&out, a.to_bytes(WriteOptions::default()).unwrap()).unwrap();
-    out
-}
-
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p
+    busybox::initrd(dir, "base.cpio", &spec)
 }
 
 /// The second layer: `/init` (mounts, BODY, `reboot -f`) plus `extra` spec lines.
@@ -69,135 +41,43 @@ fn init_layer(dir: &Path, body: &str, extra: &str) -> PathBuf {
          mount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\n\
          echo CRX-INIT-START\ncat /proc/uptime\n{body}\necho CRX-INIT-END\nreboot -f\n"
     );
-    let init = write(dir, "init.sh", script.as_bytes());
+    let init = busybox::write(dir, "init.sh", script.as_bytes());
     let spec = format!(
         "file /init {} 0755\nfile /layer2.txt {}\n{extra}\n",
         init.display(),
-        write(dir, "layer2.txt", b"from-layer-two\n").display()
+        busybox::write(dir, "layer2.txt", b"from-layer-two\n").display()
     );
-    let a = parse_spec(&spec, dir, &BTreeMap::new()).expect("init layer spec");
-    let out = dir.join("init.cpio");
-    std::fs::write(&out, a.to_bytes(WriteOptions::default()).unwrap()).unwrap();
+    busybox::initrd(dir, "init.cpio", &spec)
+}
+
+/// crx-vmm (this crate's) with `args`: console and stderr in `dir` as `NAME.console`,
+/// `NAME.stderr`.
+fn spawn(dir: &Path, name: &str, args: &[&str]) -> Vm {
+    Vm::spawn_vmm(Path::new(env!("CARGO_BIN_EXE_crx-vmm")), dir, name, args)
+}
+
+/// Boots to the end: exit status 0 and the init markers on the console.
+fn expect_clean_run(vm: &mut Vm) -> String {
+    let st = vm.wait(BOOT_TIMEOUT);
+    let out = vm.console_text();
+    assert!(
+        out.contains("CRX-INIT-START"),
+        "init never ran\n{}",
+        vm.logs()
+    );
+    assert!(
+        out.contains("CRX-INIT-END"),
+        "init did not finish\n{}",
+        vm.logs()
+    );
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "guest `reboot -f` must exit 0\n{}",
+        vm.logs()
+    );
+    eprintln!("{out}");
     out
-}
-
-/// A running crx-vmm, killed when dropped.
-struct Vm {
-    child: Child,
-    console: PathBuf,
-    stderr: PathBuf,
-    uds: PathBuf,
-    started: Instant,
-}
-
-impl Vm {
-    fn spawn(dir: &Path, name: &str, args: &[&str]) -> Vm {
-        let console = dir.join(format!("{name}.console"));
-        let stderr = dir.join(format!("{name}.stderr"));
-        let uds = dir.join(format!("{name}.sock"));
-        let started = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_crx-vmm"))
-            .args(args)
-            .arg("--serial")
-            .arg(format!("file:{}", console.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("spawning crx-vmm");
-        Vm {
-            child,
-            console,
-            stderr,
-            uds,
-            started,
-        }
-    }
-
-    fn console(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "--- console ---\n{}\n--- crx-vmm stderr ---\n{}",
-            self.console(),
-            std::fs::read_to_string(&self.stderr).unwrap_or_default()
-        )
-    }
-
-    /// Waits for exit; kills the VMM and panics after `timeout`.
-    fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                eprintln!("VM exited {st} after {:?}", self.started.elapsed());
-                return st;
-            }
-            if Instant::now() > end {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "crx-vmm still running after {timeout:?} (killed)\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits for `needle` on the console; panics on VMM exit or timeout.
-    fn wait_console(&mut self, needle: &str, timeout: Duration) {
-        let end = Instant::now() + timeout;
-        while !self.console().contains(needle) {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                panic!(
-                    "crx-vmm exited ({st}) before printing {needle:?}\n{}",
-                    self.logs()
-                );
-            }
-            if Instant::now() > end {
-                panic!(
-                    "{needle:?} not on the console after {timeout:?}\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Boots to the end: exit status 0 and the init markers on the console.
-    fn expect_clean_run(&mut self) -> String {
-        let st = self.wait(BOOT_TIMEOUT);
-        let out = self.console();
-        assert!(
-            out.contains("CRX-INIT-START"),
-            "init never ran\n{}",
-            self.logs()
-        );
-        assert!(
-            out.contains("CRX-INIT-END"),
-            "init did not finish\n{}",
-            self.logs()
-        );
-        assert_eq!(
-            st.code(),
-            Some(0),
-            "guest `reboot -f` must exit 0\n{}",
-            self.logs()
-        );
-        eprintln!("{out}");
-        out
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 fn vm_args<'a>(kernel: &'a Path, initrds: &'a [PathBuf]) -> Vec<&'a str> {
@@ -215,8 +95,8 @@ fn boot_and_run(kernel_name: &str, body: &str, extra_args: &[&str]) -> String {
     let initrds = [base_layer(dir.path()), init_layer(dir.path(), body, "")];
     let mut args = vm_args(&k, &initrds);
     args.extend_from_slice(extra_args);
-    let mut vm = Vm::spawn(dir.path(), "vm", &args);
-    vm.expect_clean_run()
+    let mut vm = spawn(dir.path(), "vm", &args);
+    expect_clean_run(&mut vm)
 }
 
 #[test]
@@ -258,9 +138,9 @@ fn lab_two_vcpus_online() {
 fn lab_disk_written_by_guest_and_read_only_disk_refused() {
     let k = kernel("vmlinux");
     let dir = tempfile::tempdir().unwrap();
-    let rw = write(dir.path(), "rw.img", &vec![0u8; 4 << 20]);
+    let rw = busybox::write(dir.path(), "rw.img", &vec![0u8; 4 << 20]);
     let ro_content: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 251) as u8).collect();
-    let ro = write(dir.path(), "ro.img", &ro_content);
+    let ro = busybox::write(dir.path(), "ro.img", &ro_content);
     let body = "printf CRX-DISK-WRITTEN > /tmp/msg\n\
                 dd if=/tmp/msg of=/dev/vda conv=fsync && echo RW-OK\n\
                 dd if=/dev/zero of=/dev/vda bs=4096 seek=256 count=256 conv=fsync && echo RW-BIG-OK\n\
@@ -276,8 +156,8 @@ fn lab_disk_written_by_guest_and_read_only_disk_refused() {
     std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(1 << 20)).unwrap();
     f.write_all(&[0xaa; 1 << 20]).unwrap();
     drop(f);
-    let mut vm = Vm::spawn(dir.path(), "vm", &args);
-    let out = vm.expect_clean_run();
+    let mut vm = spawn(dir.path(), "vm", &args);
+    let out = expect_clean_run(&mut vm);
     assert!(out.contains("RW-OK") && out.contains("RW-BIG-OK"), "{out}");
     let back = std::fs::read(&rw).unwrap();
     assert_eq!(
@@ -325,27 +205,6 @@ fn echo_round_trip(s: UnixStream, payload: &[u8]) -> Vec<u8> {
     back
 }
 
-fn connect_port(uds: &Path, port: u32) -> std::io::Result<UnixStream> {
-    let mut s = UnixStream::connect(uds)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("CONNECT {port}\n").as_bytes())?;
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while line.len() < 64 {
-        match s.read(&mut b)? {
-            0 => return Err(std::io::ErrorKind::ConnectionRefused.into()),
-            _ if b[0] == b'\n' => break,
-            _ => line.push(b[0]),
-        }
-    }
-    if !line.starts_with(b"OK ") {
-        return Err(std::io::Error::other(
-            String::from_utf8_lossy(&line).into_owned(),
-        ));
-    }
-    Ok(s)
-}
-
 /// The first connection on `listener`, or a panic with the VM's logs once `limit` has passed
 /// (a guest that never boots must fail the test, not hang the tier).
 fn accept_within(listener: &UnixListener, limit: Duration, vm: &Vm) -> UnixStream {
@@ -380,7 +239,7 @@ fn lab_vsock_echo_both_directions() {
     let uds_s = uds.to_str().unwrap().to_string();
     args.extend_from_slice(&["--vsock-cid", "3", "--vsock-uds", &uds_s]);
     let host_listener = UnixListener::bind(format!("{uds_s}_6000")).unwrap();
-    let mut vm = Vm::spawn(dir.path(), "vm", &args);
+    let mut vm = spawn(dir.path(), "vm", &args);
     assert_eq!(vm.uds, uds);
     let payload: Vec<u8> = (0..SIZE as u64)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -401,7 +260,7 @@ fn lab_vsock_echo_both_directions() {
     // Host to guest: CONNECT 5000 to the guest's listener.
     let end = Instant::now() + BOOT_TIMEOUT;
     let s = loop {
-        match connect_port(&uds, 5000) {
+        match vsock::connect_port(&uds, 5000) {
             Ok(s) => break s,
             Err(e) if Instant::now() > end => panic!("CONNECT 5000: {e}\n{}", vm.logs()),
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
@@ -416,7 +275,7 @@ fn lab_vsock_echo_both_directions() {
         t.elapsed()
     );
 
-    let out = vm.expect_clean_run();
+    let out = expect_clean_run(&mut vm);
     let line = format!("probe: echoed {SIZE} bytes fnv1a={sum:016x}");
     assert_eq!(out.matches(&line).count(), 2, "guest-side checksums\n{out}");
 }
@@ -440,9 +299,9 @@ fn second_vm_pss(dir: &Path, k: &Path, initrds: &[PathBuf], copy: bool) -> u64 {
         args.push("--copy-boot-files");
     }
     let tag = if copy { "copy" } else { "map" };
-    let mut a = Vm::spawn(dir, &format!("{tag}1"), &args);
+    let mut a = spawn(dir, &format!("{tag}1"), &args);
     a.wait_console("CRX-IDLE", BOOT_TIMEOUT);
-    let mut b = Vm::spawn(dir, &format!("{tag}2"), &args);
+    let mut b = spawn(dir, &format!("{tag}2"), &args);
     b.wait_console("CRX-IDLE", BOOT_TIMEOUT);
     std::thread::sleep(Duration::from_millis(500));
     let (pa, pb) = (pss_kib(a.child.id()), pss_kib(b.child.id()));
@@ -456,7 +315,7 @@ fn lab_shared_boot_files_lower_pss() {
     let dir = tempfile::tempdir().unwrap();
     // 40 MiB of non-zero data that the guest never reads after unpacking.
     let pad: Vec<u8> = (0..(40u32 << 20)).map(|i| (i >> 12) as u8 | 1).collect();
-    let pad_path = write(dir.path(), "pad.bin", &pad);
+    let pad_path = busybox::write(dir.path(), "pad.bin", &pad);
     let extra = format!("file /pad.bin {}", pad_path.display());
     let initrds = [
         base_layer(dir.path()),
@@ -496,7 +355,7 @@ fn lab_sigterm_exits_zero_while_guest_runs() {
         base_layer(dir.path()),
         init_layer(dir.path(), "echo CRX-IDLE\nsleep 1000", ""),
     ];
-    let mut vm = Vm::spawn(dir.path(), "vm", &vm_args(&k, &initrds));
+    let mut vm = spawn(dir.path(), "vm", &vm_args(&k, &initrds));
     vm.wait_console("CRX-IDLE", BOOT_TIMEOUT);
     // SAFETY: plain kill(2) on our own child's pid.
     let rc = unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) };
@@ -504,7 +363,7 @@ fn lab_sigterm_exits_zero_while_guest_runs() {
     let st = vm.wait(Duration::from_secs(30));
     assert_eq!(st.code(), Some(0), "SIGTERM must exit 0\n{}", vm.logs());
     assert!(
-        !vm.console().contains("CRX-INIT-END"),
+        !vm.console_text().contains("CRX-INIT-END"),
         "the guest was still running"
     );
 }

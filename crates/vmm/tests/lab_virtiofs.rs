@@ -5,30 +5,14 @@
 //! --test-threads 1`). A missing kernel, `/dev/kvm`, busybox or virtiofsd is a failure, never a
 //! skip. One VM at a time (a lock): the lab has two slow emulated cores.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crx_initrd::{parse_spec, WriteOptions};
+use crx_testkit::vm::value;
+use crx_testkit::{busybox, env};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
-static ONE_VM: Mutex<()> = Mutex::new(());
-
-fn kernel() -> PathBuf {
-    let dir = std::env::var_os("CRX_GUEST_KERNEL_DIR").expect(
-        "CRX_GUEST_KERNEL_DIR is not set: run lab tests inside the nested lab \
-         (`target/debug/xtask lab -- TEST-BINARY lab_`)",
-    );
-    let k = Path::new(&dir).join("vmlinux");
-    assert!(k.is_file(), "{} is missing", k.display());
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "/dev/kvm is missing: run lab tests inside the nested lab"
-    );
-    k
-}
 
 /// `$CRX_VIRTIOFSD`, else the cache entry `cargo xtask virtiofsd` publishes.
 fn virtiofsd() -> PathBuf {
@@ -155,74 +139,39 @@ impl Drop for Daemon {
 
 /// busybox plus an `/init` that mounts the basics, runs `body` and reboots.
 fn initrd(dir: &Path, body: &str) -> PathBuf {
-    assert!(
-        Path::new("/bin/busybox").is_file(),
-        "/bin/busybox is missing (apt package busybox-static)"
-    );
-    let script = format!(
-        "#!/bin/sh\n\
-         mount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\n\
-         echo CRX-INIT-START\n{body}\necho CRX-INIT-END\nreboot -f\n"
-    );
-    let init = dir.join("init.sh");
-    std::fs::write(&init, script).unwrap();
-    let spec = format!(
-        "busybox /bin/busybox /bin/busybox\n\
-         dir /proc\ndir /sys\ndir /dev\ndir /tmp\ndir /mnt\n\
-         file /init {} 0755\n",
-        init.display()
-    );
-    let a = parse_spec(&spec, dir, &BTreeMap::new()).expect("initrd spec");
-    let out = dir.join("init.cpio");
-    std::fs::write(&out, a.to_bytes(WriteOptions::default()).unwrap()).unwrap();
-    out
+    let script = busybox::init_script(&["proc", "sys", "dev"], body);
+    busybox::init_initrd(dir, &["/proc", "/sys", "/dev", "/tmp", "/mnt"], &script)
 }
 
-/// crx-vmm with the console in a file, killed when dropped.
-struct Vm {
-    child: Child,
-    console: PathBuf,
-    stderr: PathBuf,
-    started: Instant,
-}
+/// crx-vmm with the console in a file (the testkit's [`crx_testkit::vm::Vm`]), diagnosed
+/// when late with the state of its threads and of the shares' daemons.
+struct Vm(crx_testkit::vm::Vm);
 
 impl Vm {
     fn spawn(dir: &Path, initrd: &Path, fs: &[(&str, &Path)]) -> Vm {
-        let console = dir.join("console");
-        let stderr = dir.join("vmm.stderr");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_crx-vmm"));
-        cmd.args(["--memory-mib", "256", "--kernel"])
-            .arg(kernel())
-            .arg("--initrd")
-            .arg(initrd)
-            .arg("--serial")
-            .arg(format!("file:{}", console.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap());
+        let kernel = env::guest_kernel("vmlinux");
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--memory-mib".into(),
+            "256".into(),
+            "--kernel".into(),
+            kernel.into(),
+            "--initrd".into(),
+            initrd.into(),
+        ];
         for (tag, socket) in fs {
-            cmd.arg("--fs").arg(format!("{tag}={}", socket.display()));
+            args.push("--fs".into());
+            args.push(format!("{tag}={}", socket.display()).into());
         }
-        let started = Instant::now();
-        let child = cmd.spawn().expect("spawning crx-vmm");
-        Vm {
-            child,
-            console,
-            stderr,
-            started,
-        }
+        let vmm = Path::new(env!("CARGO_BIN_EXE_crx-vmm"));
+        Vm(crx_testkit::vm::Vm::spawn_vmm(vmm, dir, "vm", args))
     }
 
     fn console(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
+        self.0.console_text()
     }
 
     fn logs(&self) -> String {
-        format!(
-            "--- console ---\n{}\n--- crx-vmm stderr ---\n{}",
-            self.console(),
-            std::fs::read_to_string(&self.stderr).unwrap_or_default()
-        )
+        self.0.logs()
     }
 
     /// Everything known about a VM that is late: console, stderr, and what each thread of
@@ -230,14 +179,14 @@ impl Vm {
     fn stuck(&mut self, daemons: &[&Daemon]) -> String {
         let mut s = format!(
             "after {:?}:\n{}\n{}",
-            self.started.elapsed(),
+            self.0.spawned.elapsed(),
             self.logs(),
-            proc_state("crx-vmm", self.child.id())
+            proc_state("crx-vmm", self.0.child.id())
         );
         for d in daemons {
             s.push_str(&d.diagnose());
         }
-        if let Some(left) = kill_bounded(&mut self.child, "crx-vmm") {
+        if let Some(left) = kill_bounded(&mut self.0.child, "crx-vmm") {
             s.push_str(&left);
         }
         s
@@ -247,8 +196,8 @@ impl Vm {
     fn wait(&mut self, timeout: Duration, daemons: &[&Daemon]) -> ExitStatus {
         let end = Instant::now() + timeout;
         loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                eprintln!("VM exited {st} after {:?}", self.started.elapsed());
+            if let Some(st) = self.0.child.try_wait().unwrap() {
+                eprintln!("VM exited {st} after {:?}", self.0.spawned.elapsed());
                 return st;
             }
             if Instant::now() > end {
@@ -265,7 +214,7 @@ impl Vm {
     fn wait_console(&mut self, needle: &str, daemons: &[&Daemon]) {
         let end = Instant::now() + TIMEOUT;
         while !self.console().contains(needle) {
-            if let Some(st) = self.child.try_wait().unwrap() {
+            if let Some(st) = self.0.child.try_wait().unwrap() {
                 panic!("crx-vmm exited ({st}) before {needle:?}\n{}", self.logs());
             }
             if Instant::now() > end {
@@ -278,16 +227,10 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        if let Some(stuck) = kill_bounded(&mut self.child, "crx-vmm") {
+        if let Some(stuck) = kill_bounded(&mut self.0.child, "crx-vmm") {
             eprintln!("{stuck}");
         }
     }
-}
-
-/// The value printed as `KEY=value` on the console.
-fn value<'a>(out: &'a str, key: &str) -> Option<&'a str> {
-    out.lines()
-        .find_map(|l| l.trim_end_matches('\r').strip_prefix(key))
 }
 
 const GUEST_BODY: &str = r#"
@@ -325,7 +268,7 @@ fn secs(s: &str) -> f64 {
 
 /// Both directions, live, with a read-only share beside it; prints the measured times.
 fn shares_live(cache: &str) {
-    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = crx_testkit::one_vm();
     let tmp = tempfile::tempdir().unwrap();
     let (rw, ro) = (tmp.path().join("rw"), tmp.path().join("ro"));
     std::fs::create_dir(&rw).unwrap();
@@ -413,7 +356,7 @@ fn lab_virtiofs_shares_live_both_ways_cache_never() {
 /// hangs nor panics: it still stops cleanly on SIGTERM.
 #[test]
 fn lab_virtiofs_backend_killed_vmm_still_stops() {
-    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = crx_testkit::one_vm();
     let tmp = tempfile::tempdir().unwrap();
     let shared = tmp.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
@@ -430,13 +373,13 @@ fn lab_virtiofs_backend_killed_vmm_still_stops() {
     }
     std::thread::sleep(Duration::from_secs(3));
     assert!(
-        vm.child.try_wait().unwrap().is_none(),
+        vm.0.child.try_wait().unwrap().is_none(),
         "crx-vmm died with its backend\n{}",
         vm.logs()
     );
     let sent = Instant::now();
     // SAFETY: kill(2) on our own child's pid, which has not been reaped (checked above).
-    let rc = unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) };
+    let rc = unsafe { libc::kill(vm.0.child.id() as i32, libc::SIGTERM) };
     assert_eq!(rc, 0);
     let st = vm.wait(Duration::from_secs(30), &[]);
     eprintln!(
@@ -445,7 +388,7 @@ fn lab_virtiofs_backend_killed_vmm_still_stops() {
         std::fs::read_to_string(&daemon.log).unwrap_or_default()
     );
     assert_eq!(st.code(), Some(0), "{}", vm.logs());
-    let stderr = std::fs::read_to_string(&vm.stderr).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&vm.0.stderr).unwrap_or_default();
     assert_eq!(
         stderr
             .matches("the vhost-user backend closed its socket")

@@ -95,7 +95,6 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::boot_files::{BootDigest, BootDigests};
     use std::collections::BTreeMap;
 
     fn record() -> Record {
@@ -139,14 +138,7 @@ mod tests {
     fn the_boot_digests_are_shown() {
         let mut r = record();
         assert!(r.oci_state().get("boot").is_none());
-        let digest = |p: &str, c: char| BootDigest {
-            path: p.into(),
-            sha256: c.to_string().repeat(64),
-        };
-        r.boot = Some(BootDigests {
-            kernel: digest("/b/vmlinux", 'a'),
-            initrd: digest("/b/base.cpio", 'c'),
-        });
+        r.boot = Some(crate::record::test_digests());
         let s = r.oci_state();
         assert_eq!(s["boot"]["initrd"]["sha256"], "c".repeat(64));
         assert_eq!(s["boot"]["kernel"]["path"], "/b/vmlinux");

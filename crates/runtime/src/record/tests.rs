@@ -1,5 +1,4 @@
 use super::*;
-use crate::boot_files::BootDigest;
 
 fn record() -> Record {
     Record::new("c1", BTreeMap::new())
@@ -171,14 +170,7 @@ fn the_boot_digests_are_kept() {
     r.save(&path).unwrap();
     assert!(!fs::read_to_string(&path).unwrap().contains("boot"));
     assert_eq!(Record::load(&path).unwrap().boot, None);
-    let digest = |p: &str, c: char| BootDigest {
-        path: p.into(),
-        sha256: c.to_string().repeat(64),
-    };
-    r.boot = Some(BootDigests {
-        kernel: digest("/b/vmlinux", 'a'),
-        initrd: digest("/b/base.cpio", 'c'),
-    });
+    r.boot = Some(test_digests());
     r.save(&path).unwrap();
     assert_eq!(Record::load(&path).unwrap(), r);
 }
