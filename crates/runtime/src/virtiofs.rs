@@ -9,6 +9,14 @@
 //! virtiofsd is the Rust daemon from crates.io that `cargo xtask virtiofsd` builds into the
 //! cache (never Debian's old C `/usr/lib/qemu/virtiofsd`). It exits by itself when the VMM,
 //! its only client, disconnects; dropping a [`Daemon`] kills and reaps it in any case.
+//!
+//! Its confinement (issue 16, ADR 0011): as root, virtiofsd's own namespace sandbox (new
+//! mount, PID and network namespaces, the shared directory as its `/`), its seccomp filter
+//! with the kill action (`--seccomp kill`, explicit), no bounding set, `no_new_privs`, and
+//! only the capabilities a share needs ([`DaemonOptions::drop_caps`]). It stays root in the
+//! host's user namespace: a writable share (a container's rootfs) holds files of many owners
+//! and creates files as the guest's uid/gid, which needs `chown`, `setuid`, `setgid`, `fowner`,
+//! `fsetid` and `dac_override` over the host's ids.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -123,6 +131,13 @@ pub struct DaemonOptions {
     /// of their own (distinct device numbers) whose root is `/` in its mountinfo (default);
     /// without, the share is one file system in the guest.
     pub announce_submounts: bool,
+    /// Drop the capabilities the share does not need (`--modcaps`; the default as root):
+    /// `setfcap` always (the guest sets no file capability on a host file); read-only, every
+    /// capability that changes owners, modes, identities or makes nodes, keeping only
+    /// `dac_override` and `dac_read_search`. A writable share keeps `mknod`: an OCI rootfs
+    /// without a `/dev` mount gets its default device nodes made in it, as runc makes them
+    /// (the guest's kernel, not virtiofsd, opens a device node it finds on a share).
+    pub drop_caps: bool,
 }
 
 impl Default for DaemonOptions {
@@ -138,7 +153,17 @@ impl Default for DaemonOptions {
             log: None,
             binary: None,
             announce_submounts: true,
+            drop_caps: running_as_root(),
         }
+    }
+}
+
+/// virtiofsd's `--modcaps` for a share (see [`DaemonOptions::drop_caps`]).
+pub fn modcaps(readonly: bool) -> &'static str {
+    if readonly {
+        "--modcaps=-chown:-fowner:-fsetid:-setgid:-setuid:-mknod:-setfcap"
+    } else {
+        "--modcaps=-setfcap"
     }
 }
 
@@ -195,9 +220,14 @@ pub fn args(dir: &Path, socket: &Path, opts: &DaemonOptions) -> Vec<String> {
             Sandbox::None => "none",
         }
         .into(),
+        "--seccomp".into(),
+        "kill".into(),
     ];
     if opts.readonly {
         a.push("--readonly".into());
+    }
+    if opts.drop_caps {
+        a.push(modcaps(opts.readonly).into());
     }
     if !opts.announce_submounts {
         a.push("--no-announce-submounts".into());
@@ -346,6 +376,7 @@ mod tests {
             log: None,
             binary: None,
             announce_submounts: false,
+            drop_caps: true,
         };
         assert_eq!(
             args(Path::new("/srv/d"), Path::new("/run/s.sock"), &o),
@@ -357,7 +388,10 @@ mod tests {
                 "--cache=never",
                 "--sandbox",
                 "none",
+                "--seccomp",
+                "kill",
                 "--readonly",
+                "--modcaps=-chown:-fowner:-fsetid:-setgid:-setuid:-mknod:-setfcap",
                 "--no-announce-submounts"
             ]
         );
@@ -369,6 +403,12 @@ mod tests {
         assert!(a.contains(&"--cache=auto".to_string()));
         assert!(a.contains(&"namespace".to_string()));
         assert!(!a.contains(&"--readonly".to_string()));
+        let rw = DaemonOptions {
+            drop_caps: true,
+            ..DaemonOptions::default()
+        };
+        let a = args(Path::new("/d"), Path::new("/s"), &rw);
+        assert!(a.contains(&"--modcaps=-setfcap".to_string()), "{a:?}");
     }
 
     #[test]

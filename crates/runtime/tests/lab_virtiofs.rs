@@ -22,28 +22,84 @@ const BOOT: Duration = Duration::from_secs(180);
 /// The VMM runs jailed (ADR 0011), seen from the host: the jailer's only child is crx-vmm,
 /// as the sandbox's own user with no capabilities, `no_new_privs` and its seccomp filters, in
 /// namespaces of its own, with the VM's directory as its `/`.
-fn assert_jailed(jailer: u32, vm_dir: &Path) {
-    // Its child, by parent pid (the lab's kernel has no /proc/PID/task/TID/children).
-    let vmm = std::fs::read_dir("/proc")
+/// The only child of `parent`, by parent pid (the lab's kernel has no
+/// /proc/PID/task/TID/children).
+fn child_of(parent: u32) -> u32 {
+    std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .find(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             let after = stat.rsplit_once(") ").map_or("", |(_, a)| a);
-            after.split(' ').nth(1) == Some(jailer.to_string().as_str())
+            after.split(' ').nth(1) == Some(parent.to_string().as_str())
         })
-        .unwrap_or_else(|| panic!("the VMM's process {jailer} (the jailer) has no child"));
-    let comm = std::fs::read_to_string(format!("/proc/{vmm}/comm")).unwrap();
-    assert_eq!(comm.trim(), "crx-vmm");
-    let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}:")))
-            .unwrap_or_else(|| panic!("no {name} in /proc/{vmm}/status"))
+        .unwrap_or_else(|| panic!("process {parent} has no child"))
+}
+
+/// A field of /proc/PID/status.
+fn status_field(pid: u32, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+        .trim()
+        .to_owned()
+}
+
+/// Each virtiofsd serves from a child in its own sandbox: mount, PID and network namespaces
+/// of its own, its seccomp filter (installed once it serves: checked after the VM booted),
+/// `no_new_privs`, no bounding set and only the capabilities its share needs (read-only:
+/// `dac_override` and `dac_read_search`; writable: all of virtiofsd's but `setfcap`).
+fn assert_daemon_confined(daemon: u32, readonly: bool) {
+    let server = child_of(daemon);
+    let field = |name: &str| status_field(server, name);
+    assert_eq!(field("Seccomp"), "2", "virtiofsd {server}'s seccomp filter");
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("CapBnd"), "0000000000000000");
+    let want = if readonly { 0x6u64 } else { 0x0800_00df };
+    let eff = u64::from_str_radix(&field("CapEff"), 16).unwrap();
+    assert_eq!(
+        eff, want,
+        "virtiofsd {server} capabilities (readonly {readonly})"
+    );
+    for ns in ["mnt", "pid", "net"] {
+        let theirs = std::fs::read_link(format!("/proc/{server}/ns/{ns}")).unwrap();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        assert_ne!(theirs, ours, "virtiofsd shares the host's {ns} namespace");
+    }
+}
+
+/// The jailed VMM was born in its own cgroup, limited from its VM (256 MiB, 1 vCPU).
+fn assert_cgroup(vmm: u32, vm_dir: &Path) {
+    use crx_runtime::jail::cgroup;
+    let h = cgroup::find().expect("the lab mounts cgroup2 with memory and pids");
+    let name = cgroup::name_for(vm_dir);
+    let line = std::fs::read_to_string(format!("/proc/{vmm}/cgroup")).unwrap();
+    assert_eq!(line.trim(), format!("0::/{}/{name}", cgroup::PARENT));
+    let dir = h.root.join(cgroup::PARENT).join(&name);
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
             .trim()
             .to_owned()
     };
+    assert_eq!(
+        read("memory.max"),
+        ((256u64 + cgroup::VMM_OVERHEAD_MIB) << 20).to_string()
+    );
+    assert_eq!(read("pids.max"), (1 + cgroup::PIDS_BASE).to_string());
+    if h.cpu {
+        assert_eq!(read("cpu.max"), "125000 100000");
+    }
+}
+
+fn assert_jailed(jailer: u32, vm_dir: &Path) {
+    let vmm = child_of(jailer);
+    let comm = std::fs::read_to_string(format!("/proc/{vmm}/comm")).unwrap();
+    assert_eq!(comm.trim(), "crx-vmm");
+    assert_cgroup(vmm, vm_dir);
+    let field = |name: &str| status_field(vmm, name);
     let uid = crx_runtime::jail::uid_for(vm_dir);
     assert_eq!(field("Uid"), format!("{uid}\t{uid}\t{uid}\t{uid}"));
     assert_eq!(field("Gid"), format!("{uid}\t{uid}\t{uid}\t{uid}"));
@@ -214,6 +270,9 @@ fn lab_containers_on_virtiofs_shares() {
     assert!(ctl.is_ok(), "{:?}\n{}", ctl.err(), logs());
     eprintln!("agent ready after {:?}", t0.elapsed());
     assert_jailed(child.id(), &t.join("vm"));
+    for ((_, d), ro) in daemons.iter().zip([false, true, false, true]) {
+        assert_daemon_confined(d.pid(), ro);
+    }
 
     // Writable root written directly, a writable and a read-only extra share.
     let (out, code) = run(
@@ -276,6 +335,13 @@ fn lab_containers_on_virtiofs_shares() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(st.success(), "crx-vmm: {st}\n{}", logs());
+    // The sandbox's cgroup goes with it (an empty one, the VMM gone).
+    let cg = crx_runtime::jail::Confinement::load(t)
+        .and_then(|c| c.cgroup)
+        .expect("the VMM's cgroup recorded");
+    assert!(cg.path.is_dir());
+    crx_runtime::jail::cgroup::remove(&t.join("vm")).unwrap();
+    assert!(!cg.path.exists(), "{} left", cg.path.display());
     // Each virtiofsd exits by itself once its only client, the VMM, is gone.
     let end = Instant::now() + Duration::from_secs(10);
     for (tag, mut d) in daemons {
