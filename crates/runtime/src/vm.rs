@@ -479,6 +479,31 @@ mod tests {
         assert!(matches!(err, RuntimeError::JailDir { .. }), "{err}");
     }
 
+    /// A NIC's tap reaches crx-vmm as the descriptor it inherits (`tap_fd`: its number, kept
+    /// across exec), with the container interface's MAC and MTU.
+    #[test]
+    fn nics_become_net_sections_over_inherited_taps() {
+        let mut vm = config("");
+        let tap: std::os::fd::OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&tap);
+        vm.net.push(crate::net::Nic {
+            tap: std::sync::Arc::new(tap),
+            mac: "02:00:00:00:00:07".into(),
+            mtu: 1400,
+        });
+        let c = vm.vmm_config();
+        assert_eq!(
+            c.net,
+            [crx_vmconfig::NetConfig {
+                tap: None,
+                tap_fd: Some(fd),
+                mac: Some("02:00:00:00:00:07".into()),
+                mtu: Some(1400),
+            }]
+        );
+        c.validate().unwrap();
+    }
+
     #[test]
     fn a_config_file_reads_back_through_its_descriptor() {
         let vm = config("/img/rootfs.erofs");

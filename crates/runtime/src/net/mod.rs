@@ -1,5 +1,5 @@
 //! A container's network on the host side: the VM joins the network namespace that podman,
-//! containerd or CNI prepared, without changing what they set up (ADR 0013).
+//! containerd or CNI prepared, without changing what they set up (ADR 0015).
 //!
 //! For every interface of that namespace but `lo` (a veth such as `eth0`, holding the IP the
 //! tool allocated), [`attach`] creates a tap in the same namespace (`IFF_TAP | IFF_NO_PI |
