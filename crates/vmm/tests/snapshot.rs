@@ -299,51 +299,53 @@ fn kvm_restore_takes_other_backing_files_of_the_same_shape() {
     assert!(o.stderr.contains("another configuration"), "{}", o.stderr);
 }
 
-/// 64-bit guest: prints "S", counts RCX to 200000 storing it at 0x200000 each time, prints
-/// "D\n", resets.
+/// 64-bit guest: prints "S", then counts RCX forever, storing it at 0x200000 each time and
+/// printing "." every 65536 counts.
 ///
 /// ```text
 /// mov $0x3f8,%dx; mov $'S',%al; out %al,(%dx); xor %ecx,%ecx
-/// 1: inc %rcx; mov %rcx,0x200000; cmp $200000,%rcx; jne 1b
-/// mov $'D',%al; out %al,(%dx); mov $'\n',%al; out %al,(%dx); mov $0xfe,%al; out %al,$0x64
-/// 2: hlt; jmp 2b
+/// 1: inc %rcx; mov %rcx,0x200000; test $0xffff,%ecx; jnz 1b; mov $'.',%al; out %al,(%dx)
+/// jmp 1b
 /// ```
-const LONG_COUNT: &[u8] = &[
+const FOREVER: &[u8] = &[
     0x66, 0xba, 0xf8, 0x03, 0xb0, 0x53, 0xee, 0x31, 0xc9, 0x48, 0xff, 0xc1, 0x48, 0x89, 0x0c, 0x25,
-    0x00, 0x00, 0x20, 0x00, 0x48, 0x81, 0xf9, 0x40, 0x0d, 0x03, 0x00, 0x75, 0xec, 0xb0, 0x44, 0xee,
-    0xb0, 0x0a, 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd,
+    0x00, 0x00, 0x20, 0x00, 0xf7, 0xc1, 0xff, 0xff, 0x00, 0x00, 0x75, 0xed, 0xb0, 0x2e, 0xee, 0xeb,
+    0xe8,
 ];
 
-/// `--snapshot-on-signal`: the host asks with SIGUSR1 while the guest runs; the snapshot holds
-/// the counter in RCX and its copy in memory from the same instant, and the restored guest
-/// counts on to the end.
-#[test]
-fn kvm_sigusr1_snapshots_a_running_guest() {
-    require_kvm();
-    let d = tempfile::tempdir().unwrap();
-    let mut code = LONG_COUNT.to_vec();
-    code.resize(8192 + 100, 0x90);
-    let k = d.path().join("vmlinux-long");
-    std::fs::write(&k, build_test_elf(0x100000, &[(0x100000, &code)], None)).unwrap();
-    let snap = d.path().join("snap");
+/// Runs crx-vmm with `args` until the guest has printed `dots` dots, then sends SIGUSR1 and
+/// expects the snapshot written and exit 0. Stdout is drained all along.
+fn snapshot_on_signal_after(args: &[&str], dots: usize) {
     let mut child = Command::new(VMM)
-        .args(["--memory-mib", "16", "--kernel", k.to_str().unwrap()])
-        .arg("--snapshot-on-signal")
-        .arg(&snap)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut out = child.stdout.take().unwrap();
-    let mut s = [0u8; 1];
-    out.read_exact(&mut s).unwrap();
-    assert_eq!(&s, b"S");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut seen = 0;
+        let mut b = [0u8; 4096];
+        while let Ok(n) = out.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            seen += b[..n].iter().filter(|&&c| c == b'.').count();
+            let _ = tx.send(seen);
+        }
+    });
+    let mut seen = 0;
+    while seen < dots {
+        seen = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the guest prints dots");
+    }
     // SAFETY: plain kill(2) of our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
     let status = child.wait().unwrap();
-    let mut rest = String::new();
-    out.read_to_string(&mut rest).unwrap();
+    reader.join().unwrap();
     let mut err = String::new();
     child
         .stderr
@@ -353,29 +355,51 @@ fn kvm_sigusr1_snapshots_a_running_guest() {
         .unwrap();
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(err.contains("snapshot written to"), "{err}");
-    assert_eq!(rest, "", "stopped before the end of the count");
+}
 
-    let cfg = crx_vmm::VmConfig::new(16, &k);
-    let loaded = crx_vmm::snapshot::load(&snap, &crx_vmm::snapshot::expect_for(&cfg)).unwrap();
-    let rcx = loaded.state.vcpus[0].regs.rcx;
+/// RCX and its copy in guest memory, from the snapshot in `dir`.
+fn counter_in(dir: &Path, k: &Path) -> (u64, u64) {
+    let cfg = crx_vmm::VmConfig::new(16, k);
+    let loaded = crx_vmm::snapshot::load(dir, &crx_vmm::snapshot::expect_for(&cfg)).unwrap();
     let mut word = [0u8; 8];
     loaded.memory.read_exact_at(&mut word, 0x200000).unwrap();
-    let stored = u64::from_le_bytes(word);
-    // The signal may land right after "S" (RCX still 0) or anywhere in the count.
-    assert!(rcx < 200000, "RCX {rcx}");
+    (loaded.state.vcpus[0].regs.rcx, u64::from_le_bytes(word))
+}
+
+/// `--snapshot-on-signal`: the host asks with SIGUSR1 while the guest runs; the snapshot holds
+/// the counter in RCX and its copy in memory from one instant; the restored guest counts on
+/// (a second snapshot, of the restored VM, holds a larger count).
+#[test]
+fn kvm_sigusr1_snapshots_a_running_guest() {
+    require_kvm();
+    let d = tempfile::tempdir().unwrap();
+    let mut code = FOREVER.to_vec();
+    code.resize(8192 + 100, 0x90);
+    let k = d.path().join("vmlinux-forever");
+    std::fs::write(&k, build_test_elf(0x100000, &[(0x100000, &code)], None)).unwrap();
+    let (s1, s2) = (d.path().join("snap1"), d.path().join("snap2"));
+    let base = ["--memory-mib", "16", "--kernel", k.to_str().unwrap()];
+    let mut first = base.to_vec();
+    first.extend(["--snapshot-on-signal", s1.to_str().unwrap()]);
+    snapshot_on_signal_after(&first, 1);
+    let (rcx1, mem1) = counter_in(&s1, &k);
+    assert!(rcx1 >= 65536, "RCX {rcx1} after a dot");
     assert!(
-        stored == rcx || stored + 1 == rcx,
-        "RCX {rcx}, memory {stored}"
+        mem1 == rcx1 || mem1 + 1 == rcx1,
+        "RCX {rcx1}, memory {mem1}"
     );
 
-    let o = run_vmm(&[
-        "--memory-mib",
-        "16",
-        "--kernel",
-        k.to_str().unwrap(),
-        "--restore",
-        snap.to_str().unwrap(),
-    ]);
-    assert_eq!(o.code, Some(0), "{}", o.stderr);
-    assert_eq!(o.stdout, "D\n");
+    let mut second = base.to_vec();
+    second.extend(["--restore", s1.to_str().unwrap()]);
+    second.extend(["--snapshot-on-signal", s2.to_str().unwrap()]);
+    snapshot_on_signal_after(&second, 1);
+    let (rcx2, mem2) = counter_in(&s2, &k);
+    assert!(
+        rcx2 >= rcx1 + 65536 - rcx1 % 65536,
+        "RCX {rcx1} then {rcx2}"
+    );
+    assert!(
+        mem2 == rcx2 || mem2 + 1 == rcx2,
+        "RCX {rcx2}, memory {mem2}"
+    );
 }
