@@ -204,3 +204,38 @@ fn inspect_shows_the_boot_digests() {
     assert_eq!(v["boot"]["initrd"]["sha256"], "b".repeat(64));
     assert_eq!(v["state"]["boot"], v["boot"]);
 }
+
+/// A VMM started without seccomp (`CRX_SECCOMP=0`) is shown as such: `inspect` prints the
+/// instance's confinement record, `check` names the instance.
+#[test]
+fn inspect_and_check_show_a_vmm_started_without_seccomp() {
+    use crx_runtime::jail::{Confinement, JailRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let home =
+        crx_runtime::Home::create(dir.path(), Some("m"), "busybox", "sha256:0", vec![]).unwrap();
+    let record = Confinement {
+        seccomp: false,
+        jail: Some(JailRecord {
+            jailer: "/usr/bin/crx-jailer".into(),
+            uid: 0x5000_0007,
+            root: home.dir.join("vm"),
+        }),
+        cgroup: None,
+        cgroup_off: Some("no cgroup2 hierarchy at /sys/fs/cgroup".into()),
+    };
+    record.save(&home.dir).unwrap();
+    let out = crx(dir.path(), &["inspect", "m"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["confinement"], serde_json::to_value(&record).unwrap());
+    assert_eq!(v["confinement"]["seccomp"], false);
+    let out = crx(dir.path(), &["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let id: String = home.state.id.chars().take(12).collect();
+    assert!(
+        text.contains(&format!(
+            "unconfined instances: started without a layer: {id} (no seccomp)"
+        )),
+        "{text}"
+    );
+}

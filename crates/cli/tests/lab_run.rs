@@ -382,6 +382,14 @@ fn lab_detached_exec_kill_rm() {
     let b: serde_json::Value =
         serde_json::from_slice(&crx(root, &["inspect", "bg2"]).stdout).unwrap();
     assert_eq!(a["state"]["manifest_digest"], b["state"]["manifest_digest"]);
+    // What confines its VMM (ADR 0011): the jail, seccomp, a cgroup of its own holding it.
+    let c = &a["confinement"];
+    assert_eq!(c["seccomp"], true, "{c}");
+    assert!(c["jail"]["uid"].as_u64().unwrap() >= 0x5000_0000, "{c}");
+    let cgroup = Path::new(c["cgroup"]["path"].as_str().expect("a cgroup in the lab"));
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
+    assert_eq!(procs.lines().count(), 2, "the jailer and crx-vmm: {procs}");
+    assert_ne!(a["confinement"]["cgroup"], b["confinement"]["cgroup"]);
     // The measured boot: the digests the boot files were verified against, as `inspect` shows.
     let sums = std::fs::read_to_string(
         Path::new(a["boot"]["kernel"]["path"].as_str().unwrap())
