@@ -197,6 +197,9 @@ impl Home {
 
     /// Removes the home directory.
     pub fn remove(self) -> Result<(), RuntimeError> {
+        // Its VMM's cgroup, and whatever still runs there (ADR 0011); best effort: a sweep
+        // takes what is left.
+        let _ = crate::jail::cgroup::remove(&self.dir.join("vm"));
         match fs::remove_dir_all(&self.dir) {
             // Removed meanwhile by the instance's own monitor (a boot that failed when
             // `rm -f` killed its VM cleans up after itself): the goal is reached.

@@ -136,6 +136,9 @@ impl ContainerDir {
     /// Removes the directory and everything in it (after its bind mounts, which must go
     /// first: see [`super::rootfs::unbind_all`]).
     pub fn remove(&self) -> Result<(), OciError> {
+        // Its VMM's cgroup, and whatever still runs there (ADR 0011); best effort: a sweep
+        // takes what is left.
+        let _ = crate::jail::cgroup::remove(&self.dir.join("vm"));
         super::rootfs::unbind_all(&self.dir)?;
         match fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(()),
