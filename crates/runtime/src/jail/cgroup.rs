@@ -170,20 +170,18 @@ impl VmCgroup {
     /// Makes the cgroup of `vm_dir` in `h` (an existing one is reused: a restarted VM) and
     /// writes its limits.
     pub fn create_in(h: &Hierarchy, vm_dir: &Path, limits: Limits) -> Result<Self, RuntimeError> {
-        let parent = h.root.join(PARENT);
-        sweep_in(&parent);
-        // The root delegates to `crx`, which holds no process and delegates to its children;
-        // `cpu` is optional (enabling it fails while real-time tasks sit in other cgroups).
-        let mut cpu = h.cpu;
-        for dir in [&h.root, &parent] {
-            if dir == &parent {
-                mkdir(dir)?;
-            }
-            let ctl = dir.join("cgroup.subtree_control");
-            write(&ctl, "+memory +pids")?;
-            cpu = cpu && write(&ctl, "+cpu").is_ok();
-        }
-        let dir = parent.join(name_for(vm_dir));
+        let cpu = delegate(h)?;
+        Self::make_leaf(h, cpu, vm_dir, limits)
+    }
+
+    /// The cgroup itself, under a `crx` that delegates the controllers (`cpu` too if `cpu`).
+    fn make_leaf(
+        h: &Hierarchy,
+        cpu: bool,
+        vm_dir: &Path,
+        limits: Limits,
+    ) -> Result<Self, RuntimeError> {
+        let dir = h.root.join(PARENT).join(name_for(vm_dir));
         mkdir(&dir)?;
         let limits = Limits {
             cpu_max: limits.cpu_max.filter(|_| cpu),
@@ -201,16 +199,40 @@ impl VmCgroup {
     }
 
     /// The sandbox cgroup of `vm_dir` on this host, or `Ok(Err(why))` without a usable cgroup2
-    /// hierarchy (the documented degrade).
+    /// hierarchy (the documented degrade): none mounted, its controllers held by cgroup v1,
+    /// or a root that cannot delegate them (a container's cgroup namespace whose root holds
+    /// processes). A failure past that (making the cgroup, writing a limit) is an error.
     pub fn create(
         vm_dir: &Path,
         memory_mib: u32,
         vcpus: u32,
     ) -> Result<Result<Self, String>, RuntimeError> {
-        match find() {
-            Ok(h) => Self::create_in(&h, vm_dir, Limits::for_vm(memory_mib, vcpus)).map(Ok),
-            Err(why) => Ok(Err(why)),
-        }
+        let roots: Vec<&Path> = CGROUP2_ROOTS.iter().map(Path::new).collect();
+        Self::create_under(&roots, vm_dir, memory_mib, vcpus)
+    }
+
+    /// [`VmCgroup::create`] with the hierarchy looked for among `roots`.
+    pub fn create_under(
+        roots: &[&Path],
+        vm_dir: &Path,
+        memory_mib: u32,
+        vcpus: u32,
+    ) -> Result<Result<Self, String>, RuntimeError> {
+        let h = match find_in(roots) {
+            Ok(h) => h,
+            Err(why) => return Ok(Err(why)),
+        };
+        let cpu = match delegate(&h) {
+            Ok(cpu) => cpu,
+            Err(e) => {
+                return Ok(Err(format!(
+                    "the cgroup2 at {} cannot delegate the memory and pids controllers ({})",
+                    h.root.display(),
+                    crate::chain(&e)
+                )))
+            }
+        };
+        Self::make_leaf(&h, cpu, vm_dir, Limits::for_vm(memory_mib, vcpus)).map(Ok)
     }
 
     /// `cgroup.procs`, opened for the child to write itself into.
@@ -225,6 +247,25 @@ impl VmCgroup {
             limits: self.limits.clone(),
         }
     }
+}
+
+/// Sweeps `h`'s sandbox cgroups, then makes `crx` and has the root delegate the `memory` and
+/// `pids` controllers to it and it to its children (it holds no process); returns whether
+/// `cpu` is delegated too (optional: enabling it fails while real-time tasks sit in other
+/// cgroups).
+fn delegate(h: &Hierarchy) -> Result<bool, RuntimeError> {
+    let parent = h.root.join(PARENT);
+    sweep_in(&parent);
+    let mut cpu = h.cpu;
+    for dir in [&h.root, &parent] {
+        if dir == &parent {
+            mkdir(dir)?;
+        }
+        let ctl = dir.join("cgroup.subtree_control");
+        write(&ctl, "+memory +pids")?;
+        cpu = cpu && write(&ctl, "+cpu").is_ok();
+    }
+    Ok(cpu)
 }
 
 fn mkdir(dir: &Path) -> Result<(), RuntimeError> {
@@ -416,6 +457,24 @@ mod tests {
         let rec = serde_json::to_value(cg.record()).unwrap();
         assert_eq!(rec["pids_max"], 65);
         assert_eq!(rec["path"], dir.display().to_string());
+    }
+
+    /// A hierarchy whose root cannot delegate (no `cgroup.subtree_control` to write here; in
+    /// a container's cgroup namespace, EBUSY) is the degrade, with the reason.
+    #[test]
+    fn a_root_that_cannot_delegate_is_the_degrade() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("cgroup.controllers"), "memory pids").unwrap();
+        let vm_dir = t.path().join("id/vm");
+        let why = VmCgroup::create_under(&[t.path()], &vm_dir, 128, 1)
+            .unwrap()
+            .unwrap_err();
+        assert!(why.contains("cannot delegate the memory and pids"), "{why}");
+        let none = tempfile::tempdir().unwrap();
+        let why = VmCgroup::create_under(&[none.path()], &vm_dir, 128, 1)
+            .unwrap()
+            .unwrap_err();
+        assert!(why.starts_with("no cgroup2 hierarchy"), "{why}");
     }
 
     #[test]
