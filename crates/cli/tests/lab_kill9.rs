@@ -17,12 +17,13 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
-/// A busybox bundle running `args`: /proc alone mounted, fresh pid, mount and network
-/// namespaces.
+/// A busybox bundle running `args`: /proc alone mounted, fresh pid, uts (its hostname),
+/// mount and network namespaces.
 fn kill9_bundle(lab: &Lab, args: &[&str]) -> PathBuf {
     let only = json!({
         "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
-        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}]}
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "uts"}, {"type": "mount"},
+            {"type": "network"}]}
     });
     lab.bundle("bundle", args, only)
 }

@@ -17,10 +17,11 @@
 //! - [`signals`]: signals forwarded to a container's process; dying by its signal.
 //! - [`check`]: host readiness (`crx check`), with a calibrated tiny KVM guest.
 //! - [`trace`]: boot-phase timestamps with `CRX_TRACE=1`.
+//! - [`trim`]: a monitor's startup pages handed back once it waits (`MADV_PAGEOUT`).
 //! - [`virtiofs`]: host directories shared live with a VM (one virtiofsd each).
 //! - [`net`]: a container's network namespace joined by its VM (a tap, tc redirects).
 //! - [`tty`]: host terminals: raw mode, the pty pump and window sizes, console-socket fd passing.
-#![deny(unsafe_code)] // allowed in `tty`, `oci::namespace`, `net::tap` (ioctls), `child` (pre_exec) and `sync` (an inherited fd) alone
+#![deny(unsafe_code)] // allowed in `tty`, `oci::namespace`, `net::tap` (ioctls), `child` (pre_exec), `sync` (an inherited fd) and `trim` (madvise) alone
 
 pub mod agent;
 pub mod boot_files;
@@ -41,6 +42,7 @@ pub mod signals;
 pub mod spec;
 pub mod sync;
 pub mod trace;
+pub mod trim;
 pub mod tty;
 pub mod virtiofs;
 pub mod vm;

@@ -199,6 +199,7 @@ fn instance_monitor(root: &Path, cfg: &instance::RunConfig, sync: SyncWriter) ->
         warnings: Vec::new(),
         id: Some(home.state.id.clone()),
     });
+    crate::trim::release();
     let vmm = sb.vmm.id();
     let waited = sb.control.wait(&home.state.id, None, || pid_alive(vmm));
     if let Ok(s) = waited {

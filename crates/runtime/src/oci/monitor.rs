@@ -409,11 +409,17 @@ fn answer(
         }
         cmd => apply(cmd, c, record, agent, term),
     };
+    let started = line.trim() == "start" && done.is_ok();
     let reply = match done {
         Ok(()) => "ok\n".to_owned(),
         Err(e) => format!("error: {}\n", e.replace('\n', " ")),
     };
-    (&conn).write_all(reply.as_bytes())
+    (&conn).write_all(reply.as_bytes())?;
+    if started {
+        // From here the monitor only relays and waits: its startup pages go back.
+        crate::trim::release();
+    }
+    Ok(())
 }
 
 /// Carries out one command and records it (under the record's lock, so that an exit seen
