@@ -29,8 +29,8 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use super::fdpass::FdReader;
 use super::forward::HelperFrame;
 use super::{
-    bundle, cgroup_path, rootfs, seccomp, spec_fields, CGROUP_PARENT, CGROUP_ROOT, CONTAINERS_DIR,
-    STATE_DIR,
+    bundle, cgroup_path, net_sysctl, rootfs, seccomp, spec_fields, CGROUP_PARENT, CGROUP_ROOT,
+    CONTAINERS_DIR, STATE_DIR,
 };
 
 /// Stdio descriptors that came with a request, or the console socket of a process with a
@@ -446,6 +446,8 @@ impl Helper {
         // containers/seccomp.rs), not by libcontainer.
         let mut spec = spec.clone();
         let profile = seccomp::split_profile(&mut spec)?;
+        // `net.*` sysctls of a container in the VM's network namespace are the VM's to set.
+        let net_sysctls = net_sysctl::split(&mut spec);
         if profile.is_some() {
             if let Some(process) = spec.get_mut("process") {
                 seccomp::keep_sys_admin(process);
@@ -456,6 +458,7 @@ impl Helper {
         let built = (|| -> Result<Container> {
             let root = rootfs::mount_rootfs(&dir, r)?;
             rootfs::mount_file_shares(&spec)?;
+            net_sysctl::apply(&net_sysctls, Path::new("/proc/sys"))?;
             let bundle = bundle::write_bundle(&dir, id, &spec, &root)?;
             // Streams the host attached replace the helper's own stdio (the console).
             let mut b = stdio.apply(ContainerBuilder::new(id.to_string(), SyscallType::Linux));

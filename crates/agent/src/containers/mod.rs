@@ -12,6 +12,7 @@ pub mod bundle;
 pub mod fdpass;
 pub mod forward;
 pub mod helper;
+pub mod net_sysctl;
 pub mod resources;
 pub mod rootfs;
 #[allow(unsafe_code)]
