@@ -6,7 +6,8 @@
 //! container runs (crx-runc's monitor: after `start`; crx's: before its wait), [`release`]
 //! hands them back: its own binary's pages are paged out
 //! (`MADV_PAGEOUT`: clean file pages, dropped; those it runs again fault back in from the page
-//! cache or the file), and the allocator returns its free heap (`malloc_trim`).
+//! cache or the file, one at a time: `MADV_RANDOM`), and the allocator returns its free heap
+//! (`malloc_trim`).
 //!
 //! `CRX_MONITOR_TRIM=0` keeps everything (to measure what it saves).
 #![allow(unsafe_code)] // madvise(2) and malloc_trim(3): neither std nor nix wraps them
@@ -27,10 +28,13 @@ pub fn release() {
     };
     for r in mappings_of(&maps, &exe.to_string_lossy()) {
         // SAFETY: `r` is a whole mapping of this process's own executable, as /proc/self/maps
-        // lists it; MADV_PAGEOUT only reclaims its resident pages (they fault back in when
-        // used), it changes neither the mapping nor its contents.
+        // lists it; MADV_RANDOM (no read-around: a page used again comes back alone, not with
+        // its 128 KiB window) and MADV_PAGEOUT (its resident pages reclaimed; they fault back
+        // in when used) change neither the mapping nor its contents.
         unsafe {
-            nix::libc::madvise(r.start as *mut _, r.end - r.start, nix::libc::MADV_PAGEOUT);
+            let (addr, len) = (r.start as *mut _, r.end - r.start);
+            nix::libc::madvise(addr, len, nix::libc::MADV_RANDOM);
+            nix::libc::madvise(addr, len, nix::libc::MADV_PAGEOUT);
         }
     }
     // SAFETY: malloc_trim only returns the allocator's free memory to the kernel; it is
