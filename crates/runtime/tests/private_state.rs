@@ -45,7 +45,8 @@ fn make_state(base: &Path) -> Vec<PathBuf> {
         bundle.join("config.json"),
         r#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"},
             "process": {"args": ["true"], "cwd": "/", "env": ["SECRET=1"],
-                        "user": {"uid": 0, "gid": 0}}}"#,
+                        "user": {"uid": 0, "gid": 0}},
+            "linux": {"namespaces": [{"type": "network"}]}}"#,
     )
     .unwrap();
     let state_root = base.join("runc");
