@@ -18,6 +18,8 @@ pub fn outer(name: &str, runs: usize, mut env: Vec<(String, String)>) -> Result<
         boot_dir.to_string_lossy().into_owned(),
     ));
     let exe = std::env::current_exe()?.to_string_lossy().into_owned();
+    // Rebuilt meanwhile (a shared target directory): the new binary at the same path.
+    let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_owned();
     let cmd = [
         exe,
         "bench".into(),
