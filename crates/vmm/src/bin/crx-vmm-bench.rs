@@ -24,6 +24,8 @@
 //!    "mapped" row would measure a copy.
 //! 4. `--warm`: restore from a snapshot against a cold start of the same tiny guest, process
 //!    start to the first guest instruction (see `warm.rs`).
+//! 5. `--lab-warm N` (inside the nested lab): a Linux guest restored from a snapshot against
+//!    the same guest booted cold, spawn to its answer (see `lab_warm.rs`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -63,6 +65,8 @@ fn kernel(dir: &Path, name: &str, code: &[u8]) -> Result<PathBuf> {
     Ok(p)
 }
 
+#[path = "crx-vmm-bench/lab_warm.rs"]
+mod lab_warm;
 #[path = "crx-vmm-bench/warm.rs"]
 mod warm;
 
@@ -352,6 +356,35 @@ fn mappable(file: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `dir/initrd.cpio`: busybox, /proc, /dev (with a console node) and `init` as `/init`, built
+/// with the `crx-initrd` next to `vmm`; checked to be mappable.
+fn lab_initrd(vmm: &Path, dir: &Path, init: &str) -> Result<PathBuf> {
+    let script = dir.join("init.sh");
+    std::fs::write(&script, init)?;
+    let spec = dir.join("bench.spec");
+    std::fs::write(
+        &spec,
+        format!(
+            "busybox /bin/busybox /bin/busybox\ndir /proc\ndir /dev\nnod /dev/console 0600 c 5 1\nfile /init {} 0755\n",
+            script.display()
+        ),
+    )?;
+    let tool = vmm.with_file_name("crx-initrd");
+    let initrd = dir.join("initrd.cpio");
+    let st = Command::new(&tool)
+        .arg("build")
+        .arg(&spec)
+        .arg("-o")
+        .arg(&initrd)
+        .status()
+        .with_context(|| format!("{} (cargo build -p crx-initrd)", tool.display()))?;
+    if !st.success() {
+        bail!("crx-initrd build failed");
+    }
+    mappable(&initrd)?;
+    Ok(initrd)
+}
+
 fn lab_boot(vmm: &Path, runs: usize) -> Result<()> {
     let kdir = PathBuf::from(
         std::env::var_os("CRX_GUEST_KERNEL_DIR")
@@ -368,29 +401,7 @@ fn lab_boot_in(vmm: &Path, kdir: &Path, dir: &Path, runs: usize) -> Result<()> {
     // Both VMMs boot local copies (QEMU reads its kernel whole either way).
     let vmlinux = stage(&kdir.join("vmlinux"), dir)?;
     let bzimage = stage(&kdir.join("bzImage"), dir)?;
-    let init = dir.join("init.sh");
-    std::fs::write(&init, LAB_INIT)?;
-    let spec = dir.join("bench.spec");
-    std::fs::write(
-        &spec,
-        format!(
-            "busybox /bin/busybox /bin/busybox\ndir /proc\ndir /dev\nnod /dev/console 0600 c 5 1\nfile /init {} 0755\n",
-            init.display()
-        ),
-    )?;
-    let tool = vmm.with_file_name("crx-initrd");
-    let initrd = dir.join("initrd.cpio");
-    let st = Command::new(&tool)
-        .arg("build")
-        .arg(&spec)
-        .arg("-o")
-        .arg(&initrd)
-        .status()
-        .with_context(|| format!("{} (cargo build -p crx-initrd)", tool.display()))?;
-    if !st.success() {
-        bail!("crx-initrd build failed");
-    }
-    mappable(&initrd)?;
+    let initrd = lab_initrd(vmm, dir, LAB_INIT)?;
     let cmdline = "console=ttyS0 reboot=k panic=-1 pci=off nomodule i8042.noaux i8042.nomux \
                    i8042.dumbkbd";
     let (mut crx, mut copy, mut qemu) = ((vec![], vec![]), (vec![], vec![]), (vec![], vec![]));
@@ -461,6 +472,7 @@ fn main() -> Result<()> {
     let mut runs = 20;
     let mut lab: Option<usize> = None;
     let mut warm_only = false;
+    let mut lab_warm: Option<usize> = None;
     let mut vmm = std::env::current_exe()?
         .parent()
         .context("exe dir")?
@@ -472,8 +484,14 @@ fn main() -> Result<()> {
             "--vmm" => vmm = args.next().context("--vmm PATH")?.into(),
             "--lab-boot" => lab = Some(args.next().context("--lab-boot N")?.parse()?),
             "--warm" => warm_only = true,
-            _ => bail!("usage: crx-vmm-bench [--runs N] [--vmm PATH] [--lab-boot N | --warm]"),
+            "--lab-warm" => lab_warm = Some(args.next().context("--lab-warm N")?.parse()?),
+            _ => bail!(
+                "usage: crx-vmm-bench [--runs N] [--vmm PATH] [--lab-boot N | --lab-warm N | --warm]"
+            ),
         }
+    }
+    if let Some(n) = lab_warm {
+        return lab_warm::run(&vmm, n);
     }
     if let Some(n) = lab {
         return lab_boot(&vmm, n);
