@@ -102,8 +102,15 @@ fn crafted_layers_are_refused_or_confined() {
                 matches!(&outcome, LayerOutcome::Unpacked(s) if s.entries == 6),
                 "{name}: {outcome:?}"
             ),
-            "dotdot" | "dotdot deep" | "absolute" | "whiteout dotdot" | "hardlink out"
-            | "huge sparse" | "truncated" => {
+            "dotdot"
+            | "dotdot deep"
+            | "absolute"
+            | "whiteout dotdot"
+            | "whiteout naming dotdot"
+            | "whiteout naming dotdot deep"
+            | "hardlink out"
+            | "huge sparse"
+            | "truncated" => {
                 assert!(refused(&outcome), "{name}: {outcome:?}")
             }
             _ => {}

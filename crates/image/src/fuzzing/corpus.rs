@@ -101,6 +101,14 @@ pub fn layer_corpus() -> Vec<(&'static str, Vec<u8>)> {
             layer(&[(b'1', b"h", b"canary", b"")]),
         ),
         ("whiteout dotdot", layer(&[(b'0', b".wh...", b"", b"")])),
+        (
+            "whiteout naming dotdot",
+            layer(&[(b'0', b"../.wh.canary", b"", b"")]),
+        ),
+        (
+            "whiteout naming dotdot deep",
+            layer(&[(b'0', b"a/../../.wh.canary", b"", b"")]),
+        ),
         ("whiteout out", layer(&[(b'0', b"out/.wh.x", b"", b"")])),
         ("whiteout up", layer(&[(b'0', b"up/.wh.canary", b"", b"")])),
         (
