@@ -3,8 +3,11 @@
 //! microVM). Inside the nested lab (tier 3):
 //! `cargo xtask lab -- target/debug/deps/lab_podman-HASH lab_`.
 //!
-//! podman runs with its own storage root, cgroupfs (the lab has no systemd), file events and
-//! no network; the image is the offline busybox image loaded from an OCI archive.
+//! podman runs with its own storage root, cgroupfs (the lab has no systemd) and file events;
+//! the image is the offline busybox image loaded from an OCI archive. Networks are podman's
+//! own (CNI: the bridge, portmap and firewall plugins of Debian's containernetworking-plugins):
+//! a port published on the lab host, two containers on one network, `none` and `host`; after
+//! each, nothing of crx-runc's is left (no tap, no tc redirect, no namespace).
 
 mod tools;
 
@@ -219,4 +222,215 @@ fn lab_podman_exec_volume_and_stop() {
 
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// busybox `wget -O - url` from the lab host, retried for up to 120 s (the container boots).
+fn fetch(url: &str) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        // (No `-T`: Debian's busybox 1.35 wget crashes on it; `timeout` bounds each try.)
+        let out = Command::new("timeout")
+            .args(["10", "/bin/busybox", "wget", "-q", "-O", "-", url])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return Ok(text(&out.stdout));
+        }
+        if Instant::now() > deadline {
+            return Err(text(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `ip`/`tc` ARGS in the named network namespace `ns` (None: the lab host's): stdout.
+fn in_ns(ns: Option<&str>, cmd: &str, args: &[&str]) -> String {
+    let mut c = Command::new(cmd);
+    if let Some(n) = ns {
+        c.args(["-n", n]);
+    }
+    text(&c.args(args).output().unwrap().stdout)
+}
+
+/// What crx-runc may leave in network namespaces, in the lab host's and in every named one:
+/// taps named `crxtap*`, tc filters with a `mirred` action, and podman's namespaces.
+fn network_leftovers() -> Vec<String> {
+    let list = in_ns(None, "ip", &["netns", "list"]);
+    let named: Vec<&str> = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mut left: Vec<String> = named.iter().map(|n| format!("namespace {n}")).collect();
+    for ns in std::iter::once(None).chain(named.iter().copied().map(Some)) {
+        for l in in_ns(ns, "ip", &["-o", "link"]).lines() {
+            // `2: eth0@if5: <...` -> eth0
+            let name = l.split(':').nth(1).unwrap_or("").trim();
+            let name = name.split('@').next().unwrap_or("");
+            if name.starts_with("crxtap") {
+                left.push(format!("{ns:?}: tap {name}"));
+            }
+            let filters = in_ns(ns, "tc", &["filter", "show", "dev", name, "ingress"]);
+            if filters.contains("mirred") {
+                left.push(format!("{ns:?}: redirect on {name}"));
+            }
+        }
+    }
+    left
+}
+
+/// `podman run -d -p 8080:80` of busybox httpd: the lab host fetches a file on 127.0.0.1:8080
+/// (podman's CNI portmap DNAT to the container's address, the tc redirect to the VM).
+#[test]
+fn lab_podman_publish_serves_a_file() {
+    let (p, _g) = podman_env();
+    for (name, rt) in runtimes() {
+        let www = tempfile::tempdir_in("/var/tmp").unwrap();
+        std::fs::write(www.path().join("hello.txt"), format!("served by {name}\n")).unwrap();
+        let cname = format!("web-{name}");
+        let out = podman(
+            p,
+            &rt,
+            &["run", "-d", "--name", &cname, "-p", "8080:80"],
+            &[
+                "-v",
+                &format!("{}:/www:ro", www.path().display()),
+                IMAGE,
+                "httpd",
+                "-f",
+                "-p",
+                "80",
+                "-h",
+                "/www",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{name}: run -d: {}",
+            text(&out.stderr)
+        );
+        let got = fetch("http://127.0.0.1:8080/hello.txt");
+        let logs = podman(p, &rt, &["logs", &cname], &[]);
+        let rm = podman(p, &rt, &["rm", "-f", &cname], &[]);
+        assert_eq!(
+            got,
+            Ok(format!("served by {name}\n")),
+            "{name}: logs: {}{}",
+            text(&logs.stdout),
+            text(&logs.stderr)
+        );
+        assert!(rm.status.success(), "{name}: rm: {}", text(&rm.stderr));
+        assert_eq!(network_leftovers(), Vec::<String>::new(), "{name}");
+    }
+}
+
+/// Two containers on one podman network: a client reaches a server by its address.
+#[test]
+fn lab_podman_two_containers_on_a_network() {
+    let (p, _g) = podman_env();
+    let net = "crxtest";
+    let _ = podman(p, "runc", &["network", "rm", "-f", net], &[]);
+    let out = podman(p, "runc", &["network", "create", net], &[]);
+    assert!(
+        out.status.success(),
+        "network create: {}",
+        text(&out.stderr)
+    );
+    for (name, rt) in runtimes() {
+        let www = tempfile::tempdir_in("/var/tmp").unwrap();
+        std::fs::write(www.path().join("hello.txt"), "next door\n").unwrap();
+        let server = format!("srv-{name}");
+        let out = podman(
+            p,
+            &rt,
+            &["run", "-d", "--name", &server, "--network", net],
+            &[
+                "-v",
+                &format!("{}:/www:ro", www.path().display()),
+                IMAGE,
+                "httpd",
+                "-f",
+                "-p",
+                "80",
+                "-h",
+                "/www",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{name}: server: {}",
+            text(&out.stderr)
+        );
+        let format = format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}");
+        let ip = podman(p, &rt, &["inspect", "--format", &format, &server], &[]);
+        let ip = text(&ip.stdout).trim().to_owned();
+        assert!(
+            ip.parse::<std::net::Ipv4Addr>().is_ok(),
+            "{name}: address {ip:?}"
+        );
+        let client = format!(
+            "for i in $(seq 60); do wget -q -O - http://{ip}/hello.txt && exit 0; \
+             sleep 1; done; ip addr; exit 1"
+        );
+        let out = podman(
+            p,
+            &rt,
+            &["run", "--rm", "--network", net, IMAGE],
+            &["sh", "-c", &client],
+        );
+        let rm = podman(p, &rt, &["rm", "-f", &server], &[]);
+        assert_eq!(
+            (out.status.code(), text(&out.stdout)),
+            (Some(0), "next door\n".to_owned()),
+            "{name}: client: {}",
+            text(&out.stderr)
+        );
+        assert!(rm.status.success(), "{name}: rm: {}", text(&rm.stderr));
+        assert_eq!(network_leftovers(), Vec::<String>::new(), "{name}");
+    }
+    let out = podman(p, "runc", &["network", "rm", net], &[]);
+    assert!(out.status.success(), "network rm: {}", text(&out.stderr));
+}
+
+/// `--network none`: loopback alone (no Ethernet interface).
+#[test]
+fn lab_podman_network_none_is_loopback_only() {
+    let (p, _g) = podman_env();
+    for (name, rt) in runtimes() {
+        let out = podman(
+            p,
+            &rt,
+            &["run", "--rm", "--network", "none", IMAGE],
+            &["ip", "-o", "link", "show"],
+        );
+        let said = text(&out.stdout);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        assert!(said.contains("lo: <LOOPBACK,UP"), "{name}: {said}");
+        assert!(!said.contains("link/ether"), "{name}: {said}");
+        assert_eq!(network_leftovers(), Vec::<String>::new(), "{name}");
+    }
+}
+
+/// `--network host`: runc shares the lab host's stack; crx-runc refuses, saying why.
+#[test]
+fn lab_podman_network_host_is_refused_with_the_reason() {
+    let (p, _g) = podman_env();
+    for (name, rt) in runtimes() {
+        let out = podman(
+            p,
+            &rt,
+            &["run", "--rm", "--network", "host", IMAGE],
+            &["true"],
+        );
+        if name == "runc" {
+            assert!(out.status.success(), "runc: {}", text(&out.stderr));
+            continue;
+        }
+        assert!(!out.status.success(), "{name} ran with the host's network");
+        assert!(
+            text(&out.stderr).contains("a VM cannot share the host's network stack"),
+            "{name}: {}",
+            text(&out.stderr)
+        );
+        let _ = podman(p, &rt, &["rm", "-a", "-f"], &[]);
+    }
 }
