@@ -14,6 +14,9 @@
 //! identity (device, inode, size, mtime, ctime) to its digest: the second start of the same
 //! files reads neither of them. Any change to a file changes its ctime, which userland cannot
 //! set, so a stale entry never matches a changed file.
+//!
+//! Where a public key is configured ([`configured_key`]), the manifest must also carry an
+//! ed25519 signature by it ([`signature`]): checked over the very bytes that are then parsed.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -27,6 +30,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::paths::BootFiles;
+
+mod signature;
+pub use signature::{
+    configured_key, load_public_key, load_signing_key, sign_manifest, DEFAULT_PUBKEY, PUBKEY_ENV,
+    SIGNATURE,
+};
 
 /// The manifest's name in a boot directory: `sha256sum`'s format (`HEX  NAME` per line), so
 /// that `cd BOOT_DIR && sha256sum -c SHA256SUMS` checks it too.
@@ -74,6 +83,16 @@ pub enum BootFileError {
         owner: u32,
         ours: u32,
     },
+    #[error("{manifest} is not signed ({} missing), but boot manifests must be signed by {key}: refusing the boot files (sign with `cargo xtask boot` and CRX_BOOT_SIGNING_KEY, ADR 0008)", signature::SIGNATURE)]
+    Unsigned { manifest: PathBuf, key: PathBuf },
+    #[error("{signature}: not a valid signature of {manifest} by {key}: refusing the boot files")]
+    BadSignature {
+        signature: PathBuf,
+        manifest: PathBuf,
+        key: PathBuf,
+    },
+    #[error("{path}: not an ed25519 key in PEM: {reason}")]
+    BadKey { path: PathBuf, reason: String },
     #[error("{0} is not a regular file")]
     NotAFile(PathBuf),
     #[error("{0} changed while it was being verified: try again")]
@@ -167,15 +186,29 @@ pub fn cache_path(dir: &Path) -> PathBuf {
     dir.join(CACHE_FILE)
 }
 
-/// Verifies `boot` (both files in one directory) against that directory's manifest; `cache`
-/// is the digest cache to use and update ([`cache_path`]), if any.
+/// Verifies `boot` (both files in one directory) against that directory's manifest, signed
+/// by the [`configured_key`] if there is one; `cache` is the digest cache to use and update
+/// ([`cache_path`]), if any.
 pub fn verify(boot: &BootFiles, cache: Option<&Path>) -> Result<VerifiedBoot, BootFileError> {
+    verify_with_key(boot, cache, configured_key().as_deref())
+}
+
+/// [`verify`] with the public key the manifest must be signed by, if any, given.
+pub fn verify_with_key(
+    boot: &BootFiles,
+    cache: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<VerifiedBoot, BootFileError> {
     // The directory resolved once (`boot` is a symlink that `cargo xtask boot` swaps): the
     // manifest and the files come from the same published directory.
     let parent = boot.kernel.parent().unwrap_or(Path::new("."));
     let dir = std::fs::canonicalize(parent).map_err(io_err(parent))?;
     let manifest_path = dir.join(MANIFEST);
-    let manifest = read_manifest(&manifest_path)?;
+    let bytes = read_manifest(&manifest_path)?;
+    if let Some(key) = key {
+        signature::check(&manifest_path, &bytes, key)?;
+    }
+    let manifest = parse_manifest(&manifest_path, &bytes)?;
     let mut known = cache.map(load_cache).unwrap_or_default();
     let before = known.clone();
     let mut one = |found: &Path| -> Result<VerifiedFile, BootFileError> {
@@ -311,16 +344,23 @@ fn trusted(path: &Path, m: &std::fs::Metadata) -> Result<(), BootFileError> {
     Ok(())
 }
 
-/// The manifest at `path` (checked like a boot file): name -> sha256.
-fn read_manifest(path: &Path) -> Result<BTreeMap<String, String>, BootFileError> {
+/// The manifest's bytes at `path` (checked like a boot file).
+fn read_manifest(path: &Path) -> Result<Vec<u8>, BootFileError> {
     let file = File::open(path).map_err(|source| BootFileError::NoManifest {
         path: path.to_owned(),
         source,
     })?;
     trusted(path, &file.metadata().map_err(io_err(path))?)?;
-    let mut text = String::new();
-    io::Read::read_to_string(&mut io::Read::take(&file, MANIFEST_MAX), &mut text)
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(&file, MANIFEST_MAX), &mut bytes)
         .map_err(io_err(path))?;
+    Ok(bytes)
+}
+
+/// The manifest `bytes` read from `path`: name -> sha256.
+fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, String>, BootFileError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| io_err(path)(io::Error::new(io::ErrorKind::InvalidData, e)))?;
     let mut out = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
