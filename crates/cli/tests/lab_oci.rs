@@ -424,7 +424,7 @@ struct TestNetns(String);
 
 impl TestNetns {
     fn add(name: &str) -> TestNetns {
-        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
         let ok = Command::new("ip").args(["netns", "add", name]).status();
         assert!(ok.unwrap().success(), "ip netns add {name}");
         TestNetns(name.to_owned())
