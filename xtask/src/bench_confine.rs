@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::bench_lab;
 use crate::guest_boot::{ms, percentile};
-use crate::{bench_lab, cmd, workspace_root};
 
 /// The variants measured: a name and the environment that makes it.
 pub const VARIANTS: [(&str, &[(&str, &str)]); 4] = [
@@ -29,19 +29,12 @@ pub fn outer(runs: usize) -> Result<i32> {
 
 /// The part that runs inside the lab.
 pub fn inner(runs: usize) -> Result<()> {
-    let crx = workspace_root().join("target/release/crx");
-    bench_lab::in_scratch("confine", runs, |work| measure(&crx, work, runs))
+    bench_lab::in_scratch("confine", runs, |work| measure(work, runs))
 }
 
-fn measure(crx: &Path, work: &Path, runs: usize) -> Result<()> {
-    let root = work.join("state");
-    cmd::run(
-        Command::new(crx)
-            .arg("--root")
-            .arg(&root)
-            .args(["load", "--busybox"])
-            .stdout(Stdio::null()),
-    )?;
+fn measure(work: &Path, runs: usize) -> Result<()> {
+    let (crx, root) = bench_lab::crx_with_busybox(work)?;
+    let crx = crx.as_path();
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); VARIANTS.len()];
     for round in 0..=runs {
         for (i, (name, env)) in VARIANTS.iter().enumerate() {

@@ -1,8 +1,8 @@
 //! What the lab benchmarks share: a release build (also `bench vmm`'s), the outer half
 //! that builds and starts them, and the inner half's scratch directory.
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Result};
 
@@ -59,4 +59,19 @@ pub fn in_scratch(
     let result = measure(&work);
     let _ = std::fs::remove_dir_all(&work);
     result
+}
+
+/// The release `crx` and a state root under `work` holding the offline busybox image: what
+/// the `crx run` benchmarks start from.
+pub fn crx_with_busybox(work: &Path) -> Result<(PathBuf, PathBuf)> {
+    let crx = workspace_root().join("target/release/crx");
+    let root = work.join("state");
+    cmd::run(
+        Command::new(&crx)
+            .arg("--root")
+            .arg(&root)
+            .args(["load", "--busybox"])
+            .stdout(Stdio::null()),
+    )?;
+    Ok((crx, root))
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::guest_boot::{ms, percentile};
-use crate::{bench_lab, cmd, workspace_root};
+use crate::{bench_lab, cmd};
 
 /// Builds what the benchmark runs and runs [`inner`] in the lab.
 pub fn outer(runs: usize) -> Result<i32> {
@@ -25,19 +25,12 @@ pub fn outer(runs: usize) -> Result<i32> {
 
 /// The part that runs inside the lab.
 pub fn inner(runs: usize) -> Result<()> {
-    let crx = workspace_root().join("target/release/crx");
-    bench_lab::in_scratch("run", runs, |work| measure(&crx, work, runs))
+    bench_lab::in_scratch("run", runs, |work| measure(work, runs))
 }
 
-fn measure(crx: &Path, work: &Path, runs: usize) -> Result<()> {
-    let root = work.join("state");
-    cmd::run(
-        Command::new(crx)
-            .arg("--root")
-            .arg(&root)
-            .args(["load", "--busybox"])
-            .stdout(Stdio::null()),
-    )?;
+fn measure(work: &Path, runs: usize) -> Result<()> {
+    let (crx, root) = bench_lab::crx_with_busybox(work)?;
+    let crx = crx.as_path();
     let bundle = runc_bundle(work)?;
 
     // One warm-up of each (page cache, first-use costs), then alternate.
