@@ -158,7 +158,7 @@ impl Monitor {
         &self.agent
     }
 
-    /// The destinations of bind mounts that could not be shared (single files).
+    /// The destinations of bind mounts left out (their sources do not exist).
     pub fn left_out(&self) -> &[String] {
         &self.left_out
     }
@@ -512,7 +512,7 @@ pub fn run(root: &Path, id: &str, console: Option<&Path>, sync: SyncWriter) -> i
     let mut warnings = Vec::new();
     if !m.left_out().is_empty() {
         warnings.push(format!(
-            "container {}: bind mounts of single files are not shared with the VM yet, left out: {}",
+            "container {}: bind mounts whose source does not exist were left out: {}",
             m.id(),
             m.left_out().join(", ")
         ));

@@ -40,7 +40,7 @@ pub struct Delivery {
     pub rootfs: Rootfs,
     /// `(tag, daemon)` per share.
     pub shares: Shares,
-    /// Destinations of the bind mounts left out (single files, missing sources).
+    /// Destinations of the bind mounts left out (missing sources).
     pub left_out: Vec<String>,
 }
 
