@@ -149,7 +149,7 @@ pub fn run_all(root: &Path) -> Vec<Check> {
         out.push(kvm_speed());
     }
     out.push(match paths::verified_boot_files() {
-        Ok(b) => check("kernel and initrd", true, format!("{} and {}, verified against their manifest", b.kernel.path.display(), b.initrd.path.display()), ""),
+        Ok(b) => check("kernel and initrd", true, format!("{} and {}, verified against their manifest{}", b.kernel.path.display(), b.initrd.path.display(), signed_by()), ""),
         Err(e) => check("kernel and initrd", false, e.to_string(), "run `cargo xtask boot` (or set CRX_BOOT_DIR to a directory holding vmlinux, base.cpio and their SHA256SUMS)"),
     });
     out.push(match paths::find_vmm() {
@@ -208,6 +208,14 @@ fn existing_ancestor(p: &Path) -> std::path::PathBuf {
         .find(|a| a.exists())
         .unwrap_or(Path::new("/"))
         .to_owned()
+}
+
+/// How the boot manifest's signature was checked, for the "kernel and initrd" line.
+fn signed_by() -> String {
+    match crate::boot_files::configured_key() {
+        Some(key) => format!(", its signature checked with {}", key.display()),
+        None => " (no public key configured: its signature is not checked, ADR 0008)".into(),
+    }
 }
 
 #[cfg(test)]
