@@ -434,3 +434,47 @@ fn lab_podman_network_host_is_refused_with_the_reason() {
         let _ = podman(p, &rt, &["rm", "-a", "-f"], &[]);
     }
 }
+
+/// podman's `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname` (single-file bind mounts)
+/// reach the container: `--hostname`, `--add-host` and `--dns` show in them as with runc.
+#[test]
+fn lab_podman_hosts_resolv_conf_and_hostname() {
+    let (p, _g) = podman_env();
+    for (name, rt) in runtimes() {
+        let out = podman(
+            p,
+            &rt,
+            &["run", "--rm", "--hostname", "crxhost"],
+            &[
+                "--add-host",
+                "crxpeer:192.0.2.7",
+                "--dns",
+                "192.0.2.53",
+                IMAGE,
+                "sh",
+                "-c",
+                "hostname; cat /etc/hostname; echo; cat /etc/hosts /etc/resolv.conf",
+            ],
+        );
+        let said = text(&out.stdout);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        let lines: Vec<&str> = said.lines().collect();
+        assert_eq!(lines.first(), Some(&"crxhost"), "{name}: {said}");
+        assert_eq!(
+            lines.get(1),
+            Some(&"crxhost"),
+            "{name}: /etc/hostname: {said}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["192.0.2.7", "crxpeer"]),
+            "{name}: /etc/hosts: {said}"
+        );
+        assert!(
+            lines.iter().any(|l| l.trim() == "nameserver 192.0.2.53"),
+            "{name}: /etc/resolv.conf: {said}"
+        );
+        assert_eq!(network_leftovers(), Vec::<String>::new(), "{name}");
+    }
+}
