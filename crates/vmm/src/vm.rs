@@ -272,7 +272,7 @@ impl Vm {
         self.stop_vcpus(threads);
         if let Ok(VmExit::Snapshot) = result {
             if let Err(e) = self.write_snapshot() {
-                result = Ok(VmExit::SnapshotFailed(error_chain(&e)));
+                result = Ok(VmExit::SnapshotFailed(crx_proto::chain(&e)));
             }
         }
         let _ = self
@@ -324,18 +324,6 @@ impl Vm {
             }
         }
     }
-}
-
-/// `e` and its causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn kick_signal() -> libc::c_int {
