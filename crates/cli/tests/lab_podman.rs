@@ -16,6 +16,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use crx_testkit::net::fetch;
 use tools::{assert_ran_where_expected, busybox_archive, runtimes, text};
 
 const IMAGE: &str = "localhost/busybox:latest";
@@ -222,25 +223,6 @@ fn lab_podman_exec_volume_and_stop() {
 
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// busybox `wget -O - url` from the lab host, retried for up to 120 s (the container boots).
-fn fetch(url: &str) -> Result<String, String> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        // (No `-T`: Debian's busybox 1.35 wget crashes on it; `timeout` bounds each try.)
-        let out = Command::new("timeout")
-            .args(["10", "/bin/busybox", "wget", "-q", "-O", "-", url])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            return Ok(text(&out.stdout));
-        }
-        if Instant::now() > deadline {
-            return Err(text(&out.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 /// `ip`/`tc` ARGS in the named network namespace `ns` (None: the lab host's): stdout.

@@ -14,6 +14,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crx_testkit::net::fetch;
+use crx_testkit::text;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -78,10 +80,6 @@ impl Lab {
         fs::write(b.join("config.json"), spec.to_string()).unwrap();
         b
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn run(cmd: &str, args: &[&str]) -> String {
@@ -179,25 +177,6 @@ impl Drop for HostServer {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// busybox `wget -O - url` from the lab host, retried for up to 120 s (the container boots).
-fn fetch(url: &str) -> Result<String, String> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        // (No `-T`: Debian's busybox 1.35 wget crashes on it; `timeout` bounds each try.)
-        let out = Command::new("timeout")
-            .args(["10", "/bin/busybox", "wget", "-q", "-O", "-", url])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            return Ok(text(&out.stdout));
-        }
-        if Instant::now() > deadline {
-            return Err(text(&out.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(500));
     }
 }
 

@@ -1,6 +1,9 @@
-//! A tap on the lab host, for a VM's virtio-net.
+//! A tap on the lab host, for a VM's virtio-net, and fetching from a container's server.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::text;
 
 /// Runs `ip args`, which must succeed.
 pub fn ip(args: &[&str]) {
@@ -41,5 +44,24 @@ impl Drop for HostTap {
         let _ = Command::new("ip")
             .args(["link", "del", &self.name])
             .output();
+    }
+}
+
+/// busybox `wget -O - url` from the lab host, retried for up to 120 s (the container boots).
+pub fn fetch(url: &str) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        // (No `-T`: Debian's busybox 1.35 wget crashes on it; `timeout` bounds each try.)
+        let out = Command::new("timeout")
+            .args(["10", "/bin/busybox", "wget", "-q", "-O", "-", url])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return Ok(text(&out.stdout));
+        }
+        if Instant::now() > deadline {
+            return Err(text(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
