@@ -70,20 +70,21 @@ mod lab_warm;
 #[path = "crx-vmm-bench/warm.rs"]
 mod warm;
 
+/// crx-vmm booting the tiny guest `k` in `memory_mib` MiB, serial off, boot timer on.
+fn tiny_vm(vmm: &Path, k: &Path, memory_mib: u32) -> Command {
+    let mut c = Command::new(vmm);
+    c.arg("--memory-mib")
+        .arg(memory_mib.to_string())
+        .args(["--serial", "off", "--boot-timer", "--kernel"])
+        .arg(k);
+    c
+}
+
 /// One crx-vmm run of the first-entry guest: (guest-side `t=` of its first boot-timer line,
 /// which must carry `code`, spawn to that line, spawn to exit), in microseconds.
 fn first_entry_once(vmm: &Path, k: &Path, extra: &[&str], code: u8) -> Result<(f64, f64, f64)> {
     let t0 = Instant::now();
-    let mut c = Command::new(vmm)
-        .args([
-            "--memory-mib",
-            "64",
-            "--serial",
-            "off",
-            "--boot-timer",
-            "--kernel",
-        ])
-        .arg(k)
+    let mut c = tiny_vm(vmm, k, 64)
         .args(extra)
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
@@ -197,16 +198,7 @@ fn drain(mut r: BufReader<std::process::ChildStderr>) {
 }
 
 fn idle_vm(vmm: &Path, k: &Path, extra: &[&str]) -> Result<(Child, Vec<(u64, u64)>)> {
-    let mut c = Command::new(vmm)
-        .args([
-            "--memory-mib",
-            "128",
-            "--serial",
-            "off",
-            "--boot-timer",
-            "--kernel",
-        ])
-        .arg(k)
+    let mut c = tiny_vm(vmm, k, 128)
         .args(extra)
         .env("CRX_VMM_DEBUG", "1")
         .stdin(Stdio::null())

@@ -6,7 +6,7 @@
 //! process start, exec and dynamic loading included) to reading that line.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use anyhow::{bail, Result};
 
@@ -26,16 +26,7 @@ const PORT: &str = "0x4f0";
 pub fn run(vmm: &Path, dir: &Path, runs: usize) -> Result<()> {
     let k = kernel(dir, "warm", WARM)?;
     let snap = dir.join("snap");
-    let out = Command::new(vmm)
-        .args([
-            "--memory-mib",
-            "64",
-            "--serial",
-            "off",
-            "--boot-timer",
-            "--kernel",
-        ])
-        .arg(&k)
+    let out = super::tiny_vm(vmm, &k, 64)
         .args(["--snapshot-on-port", PORT])
         .arg(&snap)
         .stdin(Stdio::null())
