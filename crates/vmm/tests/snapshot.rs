@@ -3,15 +3,17 @@
 //! snapshots are refused with one line. (The format's own tests are unit tests in
 //! `src/snapshot/format/tests.rs`.)
 
+mod common;
+
 use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use common::{require_kvm, run_vmm, Output, VMM};
 use crx_vmm::boot::elf::build_test_elf;
 use sha2::{Digest, Sha256};
 
-const VMM: &str = env!("CARGO_BIN_EXE_crx-vmm");
 const PORT: &str = "0x4f0";
 
 /// 64-bit guest: prints "S", stores a marker at 0x200008 and 0x1234 in R15, counts RCX to 100
@@ -41,35 +43,6 @@ const COUNTER: &[u8] = &[
     0x20, 0x00, 0x48, 0x81, 0xf9, 0xc8, 0x00, 0x00, 0x00, 0x75, 0xec, 0xb0, 0x0a, 0xee, 0xb0, 0xfe,
     0xe6, 0x64, 0xf4, 0xeb, 0xfd,
 ];
-
-fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        panic!("this kvm_ test needs /dev/kvm ({e})");
-    }
-}
-
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn run_vmm(args: &[&str]) -> Output {
-    let out = Command::new(VMM)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn crx-vmm");
-    Output {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 fn kernel(dir: &Path) -> PathBuf {
     let mut code = COUNTER.to_vec();

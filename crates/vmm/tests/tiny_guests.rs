@@ -1,31 +1,19 @@
 //! Tiny hand-assembled guests on the host's /dev/kvm (the `kvm_` tier: these fail, never
 //! skip, without /dev/kvm). Assembly for each byte string is in the comment above it.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{require_kvm, run_vmm, VMM};
 use crx_devices::bus::BusDevice;
 use crx_vmm::boot::elf::build_test_elf;
 use crx_vmm::config::{DiskConfig, SerialOutput, VsockConfig};
 use crx_vmm::{run_vm, VmConfig, VmExit, VmOptions};
-
-const VMM: &str = env!("CARGO_BIN_EXE_crx-vmm");
-
-fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        panic!(
-            "this kvm_ test needs /dev/kvm ({e}); run it on a host with KVM, or run only the \
-             non-kvm tier with `cargo test -- --skip kvm_`"
-        );
-    }
-}
 
 /// 64-bit guest: prints "Hi", the first command-line byte (via boot_params.cmd_line_ptr in
 /// RSI), "\n"; writes boot-timer codes 1 and 7; resets through the i8042.
@@ -103,25 +91,6 @@ fn long_mode_kernel(dir: &Path, code: &[u8]) -> PathBuf {
         "vmlinux",
         &build_test_elf(0x100000, &[(0x100000, &padded(code))], None),
     )
-}
-
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn run_vmm(args: &[&str]) -> Output {
-    let out = Command::new(VMM)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn crx-vmm");
-    Output {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 #[test]
