@@ -2,11 +2,13 @@
 //! `main` over it.
 //!
 //! - [`commands`]: `crx` (docker-like), one small file per command.
+//! - [`flags`]: parsers of `crx run`'s structured flags (`-p`, `--network`, `--add-host`).
 //! - [`oci`]: `crx-runc`, the runc-compatible OCI runtime, one small file per command.
 //! - [`signals`]: signals forwarded to a container's process, and dying by its signal.
 #![forbid(unsafe_code)]
 
 pub mod commands;
+pub mod flags;
 pub mod oci;
 pub mod signals;
 

@@ -65,6 +65,12 @@ pub enum RuntimeError {
     Spec(#[from] SpecError),
     #[error(transparent)]
     Image(#[from] crx_image::StoreError),
+    #[error("the instance's network")]
+    Net(#[from] crate::net::NetError),
+    #[error("the instance's volumes")]
+    Volumes(#[source] Box<crate::oci::error::OciError>),
+    #[error("volume {0}: its source is gone")]
+    VolumeGone(String),
 }
 
 /// Errors building an OCI runtime spec from an image config and flags.

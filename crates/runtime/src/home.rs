@@ -200,6 +200,8 @@ impl Home {
         // Its VMM's cgroup, and whatever still runs there (ADR 0011); best effort: a sweep
         // takes what is left.
         let _ = crate::jail::cgroup::remove(&self.dir.join("vm"));
+        // Its network (CNI `DEL`, the namespace): a failure keeps the home, to be tried again.
+        crate::net::run::teardown(&self.dir)?;
         match fs::remove_dir_all(&self.dir) {
             // Removed meanwhile by the instance's own monitor (a boot that failed when
             // `rm -f` killed its VM cleans up after itself): the goal is reached.

@@ -34,6 +34,15 @@ pub struct RunConfig {
     pub detached: bool,
     /// Detached: the monitor removes the home once the container exited.
     pub rm: bool,
+    /// The network (`--network`, `-p`): by default crx's CNI bridge ([`crate::net::run`]).
+    #[serde(default)]
+    pub network: crate::net::run::RunNetwork,
+    /// The container's hostname (default: the first 12 characters of its id).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// `--dns`, `--add-host` ([`crate::net::etc`]).
+    #[serde(default)]
+    pub resolution: crate::net::etc::Resolution,
 }
 
 pub use crate::agent::agent_timeout;
@@ -104,11 +113,17 @@ fn boot_and_start(
     on_spawn: impl FnOnce(u32, &Path),
 ) -> Result<Started, RuntimeError> {
     paths::check_socket_paths([&*home.vsock_path()])?;
-    let hostname: String = home.state.id.chars().take(12).collect();
+    let hostname = cfg
+        .hostname
+        .clone()
+        .unwrap_or_else(|| home.state.id.chars().take(12).collect());
+    // The instance's namespace prepared by CNI and joined through taps the VMM inherits
+    // (undone when the home is removed, or by `guard` if the start fails).
+    let network = crate::net::run::setup(&home.dir, &home.state.id, &cfg.network)?;
     let spec = spec::runtime_spec(process, &hostname)?;
     let spec = serde_json::to_value(&spec).expect("spec serializes");
     home.write_spec(&spec)?;
-    let vm = VmConfig {
+    let mut vm = VmConfig {
         vmm,
         boot,
         memory_mib: cfg.memory_mib,
@@ -121,7 +136,7 @@ fn boot_and_start(
         die_with_parent: true,
         boot_timer: trace::enabled(),
         fs: Vec::new(),
-        net: Vec::new(),
+        net: network.nics,
     };
     // The measured boot: what this VM boots, as verified (saved with the VMM's pid).
     home.state.boot = Some(vm.boot.digests());
@@ -131,6 +146,9 @@ fn boot_and_start(
         on_spawn(pid, &home.dir);
         Ok::<(), RuntimeError>(())
     })?;
+    // Only the VMM keeps the taps from here on: they go when it goes.
+    vm.net.clear();
+    sandbox.configure_network(network.guest)?;
     let id = home.state.id.clone();
     let rootfs = Rootfs {
         device: "/dev/vda".into(),
@@ -175,6 +193,7 @@ impl Drop for Cleanup {
             let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
         }
         if let Some(dir) = self.home.take() {
+            let _ = crate::net::run::teardown(&dir);
             let _ = std::fs::remove_dir_all(dir);
         }
     }

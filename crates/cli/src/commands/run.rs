@@ -3,11 +3,18 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Result;
+use std::net::IpAddr;
+
+use anyhow::{bail, Result};
 use crx_runtime::instance::{self, RunConfig, Started};
+use crx_runtime::net::cni::PortMapping;
+use crx_runtime::net::etc::{HostEntry, Resolution};
+use crx_runtime::net::run::{NetworkMode, RunNetwork};
 use crx_runtime::relay::{self, PtyEnds, Relay};
 use crx_runtime::sandbox::Streams;
 use crx_runtime::ProcessOptions;
+
+use crate::flags;
 
 use crate::signals::{Forwarder, Target};
 
@@ -35,6 +42,9 @@ pub struct Args {
     /// VM vCPUs.
     #[arg(long, default_value_t = 1)]
     cpus: u32,
+    /// Boot the VM's kernel even when a template fits (as `CRX_COLD=1`; ADR 0017).
+    #[arg(long)]
+    cold: bool,
     /// Keep stdin open and copy ours to the container.
     #[arg(short = 'i', long)]
     interactive: bool,
@@ -44,6 +54,21 @@ pub struct Args {
     /// Run in the background and print the instance id.
     #[arg(short = 'd', long)]
     detach: bool,
+    /// The network: `bridge` (crx's CNI network, /etc/crx/net.d/crx.conflist) or `none`.
+    #[arg(long, default_value = "bridge", value_parser = flags::network::parse)]
+    network: NetworkMode,
+    /// Publish a container port on the host: [IP:]HOST:CONTAINER[/tcp|udp] (repeatable).
+    #[arg(short = 'p', long = "publish", value_parser = flags::publish::parse)]
+    publish: Vec<PortMapping>,
+    /// The container's hostname (default: the first 12 characters of its id).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// A DNS server for the container's /etc/resolv.conf (repeatable; default: the host's).
+    #[arg(long)]
+    dns: Vec<IpAddr>,
+    /// An /etc/hosts entry NAME:IP (repeatable).
+    #[arg(long = "add-host", value_parser = flags::add_host::parse)]
+    add_host: Vec<HostEntry>,
     /// The image (name or digest).
     image: String,
     /// The command and its arguments (default: the image's).
@@ -52,9 +77,16 @@ pub struct Args {
 }
 
 pub fn run(root: &Path, mut a: Args) -> Result<i32> {
+    if a.cold {
+        // Read by crx_runtime::template here and in a detached run's monitor (inherited).
+        std::env::set_var("CRX_COLD", "1");
+    }
     // As docker: a terminal gets TERM=xterm unless -e says otherwise.
     if a.tty && !a.env.iter().any(|e| e == "TERM" || e.starts_with("TERM=")) {
         a.env.push("TERM=xterm".into());
+    }
+    if a.network == NetworkMode::None && !a.publish.is_empty() {
+        bail!("-p publishes a port of the container's network: not with --network none");
     }
     let cfg = RunConfig {
         image: a.image,
@@ -71,6 +103,15 @@ pub fn run(root: &Path, mut a: Args) -> Result<i32> {
         },
         detached: a.detach,
         rm: a.rm,
+        network: RunNetwork {
+            mode: a.network,
+            ports: a.publish,
+        },
+        hostname: a.hostname,
+        resolution: Resolution {
+            dns: a.dns,
+            hosts: a.add_host,
+        },
     };
     if a.detach {
         // A monitor started by the runtime boots the instance and records its exit.

@@ -20,9 +20,16 @@
 //! - [`tap`]: the tap device.
 //! - [`tc`]: the ingress qdiscs and redirect filters.
 //! - [`addr`]: links, addresses and routes, read and turned into the guest's description.
+//! - [`etc`]: the container's `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`.
+//! - [`cni`]: CNI plugins run as the CNI specification says (`ADD`, `DEL`, their results).
+//! - [`run`]: `crx run`'s own network: a namespace per instance prepared by CNI, then joined
+//!   by the VM through [`attach`] as crx-runc's are.
 
 mod addr;
+pub mod cni;
+pub mod etc;
 mod netns;
+pub mod run;
 mod tap;
 mod tc;
 #[cfg(test)]
@@ -91,6 +98,8 @@ pub enum NetError {
     },
     #[error("the thread working in network namespace {0} panicked")]
     Thread(PathBuf),
+    #[error(transparent)]
+    Cni(#[from] cni::CniError),
 }
 
 /// What a spec asks of the container's network.

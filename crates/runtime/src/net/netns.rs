@@ -91,3 +91,55 @@ where
         })?;
     thread.join().map_err(|_| NetError::Thread(owned))?
 }
+
+/// Creates a network namespace kept by a bind mount on `path` (a new empty file), as
+/// `ip netns add` does: a thread unshares its network namespace and bind-mounts its own
+/// `/proc/self/task/TID/ns/net` there, then ends; the mount keeps the namespace.
+pub(super) fn create(path: &Path) -> Result<(), NetError> {
+    use nix::mount::{mount, MsFlags};
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source: std::io::Error| NetError::Netns {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    let target = path.to_owned();
+    let made = std::thread::spawn(move || -> nix::Result<()> {
+        nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
+        let own = format!("/proc/self/task/{}/ns/net", nix::unistd::gettid());
+        mount(
+            Some(own.as_str()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+    })
+    .join()
+    .unwrap_or(Err(nix::errno::Errno::EIO));
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(path);
+        return Err(err(e.into()));
+    }
+    Ok(())
+}
+
+/// Undoes [`create`]: unmounts `path` (the namespace goes once nothing else holds it) and
+/// removes the file; a path already gone is success.
+pub(super) fn destroy(path: &Path) -> Result<(), NetError> {
+    use nix::mount::{umount2, MntFlags};
+    // EINVAL: not (or no longer) a mount point.
+    let _ = umount2(path, MntFlags::MNT_DETACH);
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(NetError::Netns {
+            path: path.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}

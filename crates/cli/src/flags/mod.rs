@@ -1,0 +1,9 @@
+//! Parsers of `crx run`'s structured flags, one per file (clap `value_parser`s, unit-tested).
+//!
+//! - [`publish`]: `-p [IP:]HOST:CONTAINER[/tcp|udp]`.
+//! - [`network`]: `--network bridge|none`.
+//! - [`add_host`]: `--add-host NAME:IP`.
+
+pub mod add_host;
+pub mod network;
+pub mod publish;
