@@ -60,7 +60,8 @@ fn forward(target: &Target, sig: Signal) {
         Target::Booting(pid, home) => {
             let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
             instance::wait_gone(*pid, Duration::from_secs(5));
-            let _ = std::fs::remove_dir_all(home);
+            // As `rm` does: its binds, network (CNI DEL, the namespace) and directory.
+            let _ = crx_runtime::Home::load(home).map(|h| h.remove());
             std::process::exit(128 + sig as i32);
         }
         Target::Nothing => std::process::exit(128 + sig as i32),
