@@ -12,6 +12,7 @@
 //! - [`instance`]: run, exec, signal, remove.
 //! - [`monitor`]: the runtime's own monitor processes (this program again), started and
 //!   entered here; [`sync`]: their start-up report over an inherited pipe.
+//! - [`pod`]: one microVM per pod, every container of the pod in it (the containerd shim).
 //! - [`sandbox`]: one microVM (its VMM, its agent) holding containers: the one boot path.
 //! - [`relay`]: the one stdio/pty relay of a process, and the wait for its exit.
 //! - [`signals`]: signals forwarded to a container's process; dying by its signal.
@@ -35,6 +36,7 @@ pub mod monitor;
 pub mod net;
 pub mod oci;
 pub mod paths;
+pub mod pod;
 pub mod record;
 pub mod relay;
 pub mod sandbox;

@@ -75,6 +75,10 @@ fn mount_source(r: &Rootfs, target: &Path, read_only: bool) -> Result<()> {
         MsFlags::empty()
     };
     let device = Path::new(&r.device);
+    // A directory of a VM-wide share (a pod's containers, ADR 0019): the share first.
+    if let Some(tag) = shared_file_tag(&r.device).filter(|_| !r.is_virtiofs()) {
+        mount_share(tag)?;
+    }
     if !r.is_virtiofs() && device.is_dir() {
         do_mount(Some(device), target, None, MsFlags::MS_BIND, None)?;
         if read_only {
@@ -97,20 +101,25 @@ pub fn mount_file_shares(spec: &Value) -> Result<()> {
     let sources = spec["mounts"].as_array().into_iter().flatten();
     let sources = sources.filter(|m| m["type"] == "bind");
     for tag in sources.filter_map(|m| shared_file_tag(m["source"].as_str()?)) {
-        let dir = Path::new(SHARES_DIR).join(tag);
-        mkdir(&dir)?;
-        if is_mount_point(&dir)? {
-            continue;
-        }
-        do_mount(
-            Some(Path::new(tag)),
-            &dir,
-            Some("virtiofs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            None,
-        )?;
+        mount_share(tag)?;
     }
     Ok(())
+}
+
+/// Mounts the virtio-fs share `tag` at `SHARES_DIR/TAG` unless it is mounted already.
+fn mount_share(tag: &str) -> Result<()> {
+    let dir = Path::new(SHARES_DIR).join(tag);
+    mkdir(&dir)?;
+    if is_mount_point(&dir)? {
+        return Ok(());
+    }
+    do_mount(
+        Some(Path::new(tag)),
+        &dir,
+        Some("virtiofs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None,
+    )
 }
 
 /// Whether `dir` is on another file system than its parent.

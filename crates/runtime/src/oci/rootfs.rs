@@ -64,56 +64,72 @@ pub fn deliver(rootfs: &Path, spec: &mut Value, c: &ContainerDir) -> Result<Deli
     // `root.readonly` is libcontainer's to apply in the guest (a read-only remount after the
     // mounts, as runc does): mount points may still have to be made in the rootfs.
     let mut shares = vec![("root".to_owned(), share("root", rootfs, true)?)];
-    let mut left_out = Vec::new();
-    let (mut files, mut dirs) = (0, 0);
-    if let Some(mounts) = spec["mounts"].as_array_mut() {
-        let mut kept = Vec::new();
-        for m in mounts.drain(..) {
-            if !is_bind(&m) {
-                kept.push(m);
-                continue;
-            }
-            let dest = m["destination"].as_str().unwrap_or("?").to_owned();
-            let src = PathBuf::from(m["source"].as_str().unwrap_or_default());
-            let options: Vec<&str> = m["options"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            let attrs = BindAttrs::from_options(&options);
-            if !src.exists() {
-                left_out.push(dest);
-                continue;
-            }
-            let slot = if src.is_dir() {
-                dirs += 1;
-                format!("d{}", dirs - 1)
-            } else {
-                files += 1;
-                format!("f{}", files - 1)
-            };
-            let name = format!("{slot}/{}", staged_name(&src));
-            let target = c.dir.join(BINDS_DIR).join(&name);
-            bind(&src, &target, &attrs)?;
-            kept.push(guest_mount(&name, &dest, &options, attrs.ro));
-            let dest = dest.trim_end_matches('/');
-            for (rel, ro) in nested_mounts(&target) {
-                let (name, dest) = (format!("{name}/{rel}"), format!("{dest}/{rel}"));
-                kept.push(guest_mount(&name, &dest, &options, ro));
-            }
-        }
-        *mounts = kept;
-    }
-    if files + dirs > 0 {
-        let dir = c.dir.join(BINDS_DIR);
-        shares.push((BINDS_DIR.to_owned(), share(BINDS_DIR, &dir, false)?));
+    let staging = c.dir.join(BINDS_DIR);
+    let (staged, left_out) = stage_binds(spec, &staging, BINDS_DIR, "")?;
+    if staged > 0 {
+        shares.push((BINDS_DIR.to_owned(), share(BINDS_DIR, &staging, false)?));
     }
     Ok(Delivery {
         rootfs: Rootfs::virtiofs("root", WritableLayer::Direct),
         shares,
         left_out,
     })
+}
+
+/// Stages every bind mount of `spec` whose source exists under `staging` (`dN/NAME` or
+/// `fN/NAME`, see the module's doc) and rewrites it into the guest's bind mount of
+/// `prefix` + that name in the share `tag` (whose directory holds `staging` as `prefix`).
+/// Returns how many were staged and the destinations left out (missing sources).
+pub fn stage_binds(
+    spec: &mut Value,
+    staging: &Path,
+    tag: &str,
+    prefix: &str,
+) -> Result<(usize, Vec<String>), OciError> {
+    let mut left_out = Vec::new();
+    let (mut files, mut dirs) = (0, 0);
+    let Some(mounts) = spec["mounts"].as_array_mut() else {
+        return Ok((0, left_out));
+    };
+    let mut kept = Vec::new();
+    for m in mounts.drain(..) {
+        if !is_bind(&m) {
+            kept.push(m);
+            continue;
+        }
+        let dest = m["destination"].as_str().unwrap_or("?").to_owned();
+        let src = PathBuf::from(m["source"].as_str().unwrap_or_default());
+        let options: Vec<&str> = m["options"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let attrs = BindAttrs::from_options(&options);
+        if !src.exists() {
+            left_out.push(dest);
+            continue;
+        }
+        let slot = if src.is_dir() {
+            dirs += 1;
+            format!("d{}", dirs - 1)
+        } else {
+            files += 1;
+            format!("f{}", files - 1)
+        };
+        let name = format!("{slot}/{}", staged_name(&src));
+        let target = staging.join(&name);
+        bind(&src, &target, &attrs)?;
+        let shared = format!("{prefix}{name}");
+        kept.push(guest_mount(tag, &shared, &dest, &options, attrs.ro));
+        let dest = dest.trim_end_matches('/');
+        for (rel, ro) in nested_mounts(&target) {
+            let (name, dest) = (format!("{shared}/{rel}"), format!("{dest}/{rel}"));
+            kept.push(guest_mount(tag, &name, &dest, &options, ro));
+        }
+    }
+    *mounts = kept;
+    Ok((files + dirs, left_out))
 }
 
 /// The directory in a container's state (and the share tag) for its bind mounts.
@@ -148,9 +164,9 @@ const GUEST_OPTIONS: [&str; 24] = [
     "rsymfollow",
 ];
 
-/// The guest's bind mount of the source staged as `name` in the binds share, at `dest`.
-fn guest_mount(name: &str, dest: &str, options: &[&str], ro: bool) -> Value {
-    let mut m = share_file_mount(BINDS_DIR, name, dest, ro);
+/// The guest's bind mount of the source staged as `name` in the share `tag`, at `dest`.
+fn guest_mount(tag: &str, name: &str, dest: &str, options: &[&str], ro: bool) -> Value {
+    let mut m = share_file_mount(tag, name, dest, ro);
     if let Some(o) = m["options"].as_array_mut() {
         o.extend(
             options
@@ -556,6 +572,7 @@ mod tests {
             }
         );
         let m = guest_mount(
+            BINDS_DIR,
             "d0/data",
             "/data",
             &["rbind", "rro", "noexec", "rprivate"],
