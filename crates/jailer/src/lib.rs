@@ -10,6 +10,13 @@
 //! the program is killed if the jailer dies (`PR_SET_PDEATHSIG`), so killing the jailer's pid
 //! kills the jailed program.
 //!
+//! With [`Jail::as_init`] the caller has started the jailer as PID 1 of a new PID namespace
+//! already (crx-runtime does, ADR 0018): then nothing forks and nothing waits; the jailer
+//! makes the same jail around itself and execs the program in its own place, so the
+//! program is the caller's child and no jailer process stays behind. A parent-death signal
+//! the caller armed is armed again after the uid change (which clears it), and a caller that
+//! died meanwhile is seen through a pidfd taken at the start.
+//!
 //! Inherited file descriptors pass through unchanged: a caller hands the program its
 //! verified boot files, its tap and its sockets that way.
 
@@ -83,6 +90,10 @@ pub struct Jail {
     /// The program, as a path inside the jail (bind it), and its arguments (argv[1..]).
     pub program: PathBuf,
     pub args: Vec<String>,
+    /// The jailer already is PID 1 of a new PID namespace its caller made: it execs the
+    /// program in its own place instead of forking it and waiting (checked: refused when
+    /// the jailer's pid is not 1).
+    pub as_init: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,14 +166,19 @@ impl Jail {
 /// killed program). Errors before the program starts are returned (nothing has run).
 pub fn run(jail: &Jail) -> Result<i32, JailError> {
     jail.validate()?;
+    // Before anything else (the host's /proc is still mounted): the caller to die with.
+    let caller = match jail.as_init {
+        true => Some(supervise::Caller::of_init()?),
+        false => None,
+    };
     let netns: Option<OwnedFd> = match &jail.network {
         Network::New => None,
         Network::Join(p) => Some(mounts::open_ns(p)?),
     };
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWUTS;
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+    if caller.is_none() {
+        flags |= CloneFlags::CLONE_NEWPID;
+    }
     if netns.is_none() {
         flags |= CloneFlags::CLONE_NEWNET;
     }
@@ -172,7 +188,10 @@ pub fn run(jail: &Jail) -> Result<i32, JailError> {
             .map_err(sys("joining the network namespace"))?;
     }
     mounts::build(jail)?;
-    supervise::fork_and_wait(|parent| privs::enter(jail, parent))
+    match caller {
+        Some(caller) => Err(privs::enter(jail, &caller)),
+        None => supervise::fork_and_wait(|parent| privs::enter(jail, parent)),
+    }
 }
 
 /// The directory a path inside the jail has on the host, before `pivot_root`.

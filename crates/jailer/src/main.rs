@@ -38,6 +38,10 @@ struct Cli {
     /// RLIMIT_NPROC of the jail's uid (the program's threads count).
     #[arg(long, default_value_t = 256)]
     max_processes: u64,
+    /// The caller started crx-jailer as PID 1 of a new PID namespace: exec the program in
+    /// place (it becomes the caller's child) instead of forking it and waiting.
+    #[arg(long)]
+    as_init: bool,
     /// The program (a path inside the jail) and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -93,6 +97,7 @@ fn jail(cli: Cli) -> Result<Jail> {
         max_processes: cli.max_processes,
         program: program.into(),
         args: command.collect(),
+        as_init: cli.as_init,
     })
 }
 

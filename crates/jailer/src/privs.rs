@@ -8,21 +8,20 @@ use std::os::unix::ffi::OsStrExt;
 
 use nix::mount::{mount, MsFlags};
 use nix::sys::resource::{setrlimit, Resource};
-use nix::sys::signal::Signal;
 use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
 
-use crate::supervise::{unblock_signals, ParentLink};
+use crate::supervise::{unblock_signals, Parent};
 use crate::{io, sys, Jail, JailError};
 
 /// Never returns on success (the program runs); the error says which step failed.
-pub(crate) fn enter(jail: &Jail, parent: &ParentLink) -> JailError {
+pub(crate) fn enter(jail: &Jail, parent: &impl Parent) -> JailError {
     match try_enter(jail, parent) {
         Ok(never) => match never {},
         Err(e) => e,
     }
 }
 
-fn try_enter(jail: &Jail, parent: &ParentLink) -> Result<std::convert::Infallible, JailError> {
+fn try_enter(jail: &Jail, parent: &impl Parent) -> Result<std::convert::Infallible, JailError> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount(Some("proc"), "/proc", Some("proc"), flags, None::<&str>)
         .map_err(sys("mounting the jail's /proc"))?;
@@ -41,11 +40,13 @@ fn try_enter(jail: &Jail, parent: &ParentLink) -> Result<std::convert::Infallibl
     setresgid(gid, gid, gid).map_err(sys("setresgid"))?;
     setresuid(uid, uid, uid).map_err(sys("setresuid"))?;
     // After the uid change, which clears it.
-    nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL)).map_err(sys("PR_SET_PDEATHSIG"))?;
-    if !parent.is_alive() {
-        return Err(JailError::Invalid(
-            "the jailer died while the jail was being set up".into(),
-        ));
+    if let Some(signal) = parent.death_signal() {
+        nix::sys::prctl::set_pdeathsig(Some(signal)).map_err(sys("PR_SET_PDEATHSIG"))?;
+        if !parent.is_alive() {
+            return Err(JailError::Invalid(
+                "the jailer's parent died while the jail was being set up".into(),
+            ));
+        }
     }
     clear_capabilities()?;
     nix::sys::prctl::set_no_new_privs().map_err(sys("PR_SET_NO_NEW_PRIVS"))?;

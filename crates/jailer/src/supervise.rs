@@ -67,15 +67,86 @@ fn wait(child: Pid, mask: &SigSet) -> Result<i32, JailError> {
     }
 }
 
+/// The process the jailed program dies with: the parent-death signal to arm again after the
+/// uid change (which clears it), and whether that process still lives once it is armed (it
+/// may have died before: then nobody would send the signal).
+pub(crate) trait Parent {
+    fn death_signal(&self) -> Option<Signal>;
+    fn is_alive(&self) -> bool;
+}
+
+/// Whether `fd` (a pipe's read end or a pidfd) has nothing to report: the pipe's writer, or
+/// the process, is still there.
+fn quiet(fd: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+}
+
 /// The child's end of a pipe whose other end only the jailer holds: it hangs up when the
 /// jailer dies, which closes the race between the fork and `PR_SET_PDEATHSIG`.
 pub(crate) struct ParentLink(OwnedFd);
 
-impl ParentLink {
-    pub(crate) fn is_alive(&self) -> bool {
-        let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
-        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+impl Parent for ParentLink {
+    fn death_signal(&self) -> Option<Signal> {
+        Some(Signal::SIGKILL)
     }
+
+    fn is_alive(&self) -> bool {
+        quiet(&self.0)
+    }
+}
+
+/// The caller of a jailer started as PID 1 of a new PID namespace ([`crate::Jail::as_init`]):
+/// the parent-death signal it armed (if any), and this process's status in the host's /proc,
+/// opened at the start (before the jail hides that /proc): its `PPid` changes from the
+/// caller's to a reaper's if the caller dies (from inside the new PID namespace `getppid`
+/// says 0 either way, and the caller's pid means nothing there).
+pub(crate) struct Caller {
+    signal: Option<Signal>,
+    status: std::fs::File,
+    ppid: i32,
+}
+
+impl Caller {
+    /// Checks that this process is PID 1 of its PID namespace and finds its caller.
+    pub(crate) fn of_init() -> Result<Caller, JailError> {
+        if nix::unistd::getpid().as_raw() != 1 {
+            return Err(JailError::Invalid(
+                "--as-init: the jailer is not PID 1 of a new PID namespace".into(),
+            ));
+        }
+        let signal = nix::sys::prctl::get_pdeathsig().map_err(sys("PR_GET_PDEATHSIG"))?;
+        let status = std::fs::File::open("/proc/self/status")
+            .map_err(crate::io("opening /proc/self/status"))?;
+        let ppid = parent_in(&status)
+            .filter(|&p| p > 0)
+            .ok_or_else(|| JailError::Invalid("no parent pid in /proc/self/status".into()))?;
+        Ok(Caller {
+            signal,
+            status,
+            ppid,
+        })
+    }
+}
+
+impl Parent for Caller {
+    fn death_signal(&self) -> Option<Signal> {
+        self.signal
+    }
+
+    fn is_alive(&self) -> bool {
+        parent_in(&self.status) == Some(self.ppid)
+    }
+}
+
+/// The `PPid` of a /proc/PID/status file, read again from its start.
+fn parent_in(status: &std::fs::File) -> Option<i32> {
+    let mut buf = [0u8; 4096];
+    let n = std::os::unix::fs::FileExt::read_at(status, &mut buf, 0).ok()?;
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|p| p.trim().parse().ok())
 }
 
 /// Unblocks what [`fork_and_wait`] blocked (in the child, before exec).

@@ -218,3 +218,134 @@ fn a_jail_that_cannot_be_made_safely_is_refused_before_anything_runs() {
     let out = f.run(&[], "exit 0");
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// Spawns `cmd` as PID 1 of a new PID namespace, as crx-runtime does for `--as-init`
+/// (`crx_runtime::jail::spawn_as_init`; the jailer crate is a leaf, so the dance is repeated
+/// here), with a parent-death signal armed when `die_with_us`.
+fn spawn_as_init(cmd: &mut Command, die_with_us: bool) -> Child {
+    use nix::sched::{setns, unshare, CloneFlags};
+    if die_with_us {
+        // SAFETY: runs in the forked child before exec; prctl is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(cmd, || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+                Ok(())
+            });
+        }
+    }
+    let own = std::fs::File::open("/proc/thread-self/ns/pid").unwrap();
+    unshare(CloneFlags::CLONE_NEWPID).unwrap();
+    let child = cmd.spawn();
+    setns(&own, CloneFlags::CLONE_NEWPID).unwrap();
+    child.unwrap()
+}
+
+/// `--as-init`: no jailer stays; the spawned process is the jailed program itself, PID 1 of
+/// its namespace, as confined as a forked one.
+#[test]
+fn as_init_the_jailer_becomes_the_program_with_the_same_confinement() {
+    let f = Fixture::new();
+    let mut cmd = f.jailer(&["--as-init"], "echo ready; exec /bin/busybox sleep 60");
+    cmd.stdout(Stdio::piped());
+    let (mut child, _out) = started(spawn_as_init(&mut cmd, false));
+    let pid = child.id();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(exe.ends_with("busybox"), "{}", exe.display());
+    let ids = format!("{NOBODY}\t{NOBODY}\t{NOBODY}\t{NOBODY}");
+    assert_eq!(status_field(pid, "Uid"), ids);
+    assert_eq!(status_field(pid, "Gid"), ids);
+    for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(pid, caps), "0000000000000000", "{caps}");
+    }
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert!(status_field(pid, "NSpid").ends_with("\t1"));
+    for ns in ["mnt", "pid", "ipc", "uts", "net"] {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        assert_ne!(theirs, ours, "shares the host's {ns} namespace");
+    }
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["bin", "dev", "proc"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Inside: its own /proc, the same view as a forked jail's.
+    let mut cmd = f.jailer(&["--as-init"], "cd /; echo $$ /proc/[0-9]*; exit 3");
+    let out = spawn_as_init(cmd.stdout(Stdio::piped()), false)
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "1 /proc/1");
+}
+
+/// `--as-init` where the jailer is not PID 1 of a new namespace is refused, nothing run.
+#[test]
+fn as_init_outside_a_new_pid_namespace_is_refused() {
+    let f = Fixture::new();
+    let out = f.run(&["--as-init"], "echo ran");
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert!(err.contains("not PID 1"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+const PARENT_ENV: &str = "CRX_JAILER_TEST_PARENT";
+
+/// `--as-init` with a parent-death signal armed by the caller: the uid change clears it and
+/// the jailer arms it again, so the jailed program dies with the caller. Run twice: as the
+/// test, it starts this test binary again as a caller, which starts the jail, prints its pid
+/// and exits.
+#[test]
+fn as_init_the_program_dies_with_its_caller() {
+    if let Some(dir) = std::env::var_os(PARENT_ENV) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_crx-jailer"));
+        cmd.arg("--as-init")
+            .arg("--root")
+            .arg(Path::new(&dir).join("jail"))
+            .args(["--uid", NOBODY, "--gid", NOBODY])
+            .args(["--bind", &format!("{BUSYBOX}:/bin/busybox:ro")])
+            .args([
+                "--",
+                "/bin/busybox",
+                "sh",
+                "-c",
+                "echo ready; exec /bin/busybox sleep 60",
+            ])
+            .stdout(Stdio::piped());
+        let (child, _out) = started(spawn_as_init(&mut cmd, true));
+        println!("PID {}", child.id());
+        std::process::exit(0);
+    }
+    let f = Fixture::new();
+    let mut caller = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "as_init_the_program_dies_with_its_caller",
+            "--nocapture",
+        ])
+        .env(PARENT_ENV, f.dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid: u32 = BufReader::new(caller.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("PID ").and_then(|p| p.trim().parse().ok()))
+        .expect("the caller printed the jailed program's pid");
+    caller.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.contains(") Z") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the jailed program outlived its caller"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -5,21 +5,51 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 /// Makes the child started by `cmd` die (SIGKILL) when this process dies, whatever kills it,
-/// including a death between fork and the child's prctl.
+/// including a death between fork and the child's prctl. A child born in a PID namespace of
+/// its own ([`crate::jail::spawn_as_init`]) sees no parent (`getppid` is 0): it asks a pidfd
+/// of this process instead.
 pub fn die_with_parent(cmd: &mut Command) {
     let parent = std::process::id();
+    let pidfd = own_pidfd();
     // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
-    // system calls (prctl, getppid, _exit); it allocates nothing.
+    // system calls (prctl, getppid, poll, _exit); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
             // The parent may have died before prctl: then nobody would kill us.
-            if nix::unistd::getppid().as_raw() as u32 != parent {
+            let alive = match nix::unistd::getppid().as_raw() as u32 {
+                0 => pidfd.as_ref().is_none_or(|fd| {
+                    let mut fds = [nix::libc::pollfd {
+                        fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+                        events: nix::libc::POLLIN,
+                        revents: 0,
+                    }];
+                    nix::libc::poll(fds.as_mut_ptr(), 1, 0) == 0
+                }),
+                ppid => ppid == parent,
+            };
+            if !alive {
                 nix::libc::_exit(1);
             }
             Ok(())
         });
     }
+}
+
+/// A pidfd of this process (readable once it has exited), close-on-exec; none on a kernel
+/// without pidfd_open (before 5.3).
+fn own_pidfd() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open(2) takes a pid and flags and reads no memory; the result is checked.
+    let fd = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_pidfd_open,
+            std::process::id() as nix::libc::pid_t,
+            0,
+        )
+    };
+    // SAFETY: a new descriptor that nothing else owns.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Lets the child started by `cmd` inherit the descriptors `fds` at the same numbers: their

@@ -9,6 +9,10 @@
 //! read-only. The vsock socket it creates in its directory, where the runtime connects to it
 //! without following links ([`crate::agent::connect_port`]).
 //!
+//! The jailer is started as PID 1 of a new PID namespace ([`spawn_as_init`]) and execs
+//! crx-vmm in its own place (`--as-init`, ADR 0018): the VMM is the runtime's child, with no
+//! jailer process waiting between them.
+//!
 //! The VMM is born in a cgroup v2 of its own, sized from its VM ([`crate::jail::cgroup`]),
 //! unless the runtime already runs the sandbox in its host cgroup (crx-runc's `cgroupsPath`).
 //!
@@ -21,7 +25,9 @@ pub mod cgroup;
 
 use std::os::unix::fs::{chown, DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
+
+use nix::sched::CloneFlags;
 
 use serde::{Deserialize, Serialize};
 
@@ -231,11 +237,13 @@ impl VmJail {
         Ok(inside)
     }
 
-    /// `crx-jailer ... -- /crx-vmm ARGS`, joining the VMM's cgroup before it execs.
+    /// `crx-jailer --as-init ... -- /crx-vmm ARGS`, joining the VMM's cgroup before it execs;
+    /// to be started with [`spawn_as_init`].
     pub fn command(&self, vmm_args: &[String]) -> Result<Command, RuntimeError> {
         let mut cmd = Command::new(&self.jailer);
         let id = self.uid.to_string();
-        cmd.arg("--root")
+        cmd.arg("--as-init")
+            .arg("--root")
             .arg(&self.root)
             .args(["--uid", &id, "--gid", &id, "--hostname", "crx-vmm"])
             .args(["--device", "kvm", "--max-files", "4096"]);
@@ -250,9 +258,49 @@ impl VmJail {
     }
 }
 
+/// Spawns `cmd` as PID 1 of a new PID namespace (the jailer's `--as-init`). This thread
+/// enters a new PID namespace for its children (`unshare(CLONE_NEWPID)` changes only where
+/// the calling thread's next child is born, and is allowed in a threaded process), spawns,
+/// and goes back to its own (`setns` into its active namespace), whatever the spawn gave.
+pub fn spawn_as_init(cmd: &mut Command) -> std::io::Result<Child> {
+    let own = std::fs::File::open("/proc/thread-self/ns/pid")?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWPID)?;
+    let spawned = cmd.spawn();
+    if let Err(e) = nix::sched::setns(&own, CloneFlags::CLONE_NEWPID) {
+        // Not expected (root entering its own namespace); the child is not left behind.
+        if let Ok(mut c) = spawned {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        return Err(e.into());
+    }
+    spawned
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The child is PID 1 of a namespace of its own, and this thread's next child is born in
+    /// ours again (as root, as the tiers run; the jail needs root anyway).
+    #[test]
+    fn a_child_spawned_as_init_is_pid_1_and_the_next_is_not() {
+        let pid_of = |out: std::process::Output| String::from_utf8(out.stdout).unwrap();
+        let mut sh = Command::new("sh");
+        sh.args(["-c", "echo $$"])
+            .stdout(std::process::Stdio::piped());
+        let first = spawn_as_init(&mut sh).unwrap().wait_with_output().unwrap();
+        assert_eq!(pid_of(first).trim(), "1");
+        let second = sh.spawn().unwrap();
+        let id = second.id();
+        assert_eq!(
+            pid_of(second.wait_with_output().unwrap()).trim(),
+            id.to_string()
+        );
+        // Twice in a row on one thread: the namespace was given back each time.
+        let again = spawn_as_init(&mut sh).unwrap().wait_with_output().unwrap();
+        assert_eq!(pid_of(again).trim(), "1");
+    }
 
     #[test]
     fn uids_are_in_the_range_and_differ_by_directory() {

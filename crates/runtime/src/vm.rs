@@ -201,12 +201,16 @@ impl VmConfig {
         cmd.stdin(Stdio::null())
             .stdout(console)
             .stderr(log)
-            .process_group(0)
-            .spawn()
-            .map_err(|source| RuntimeError::SpawnVmm {
-                path: program,
-                source,
-            })
+            .process_group(0);
+        // Jailed: the jailer is PID 1 of the VM's PID namespace and becomes crx-vmm.
+        match &jail {
+            Some(_) => crate::jail::spawn_as_init(&mut cmd),
+            None => cmd.spawn(),
+        }
+        .map_err(|source| RuntimeError::SpawnVmm {
+            path: program,
+            source,
+        })
     }
 }
 

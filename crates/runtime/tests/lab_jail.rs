@@ -1,6 +1,6 @@
 //! A jailed VMM's cgroup (ADR 0011) over its life, seen from the host: the VMM is born in
-//! `crx/NAME` with its VM's limits; after a `kill -9` of its jailer the VMM dies (its parent
-//! death signal) and the empty cgroup stays until its sandbox is gone, when a sweep removes
+//! `crx/NAME` with its VM's limits, alone (the jailer became it, ADR 0018); after a `kill -9`
+//! of the VMM the empty cgroup stays until its sandbox is gone, when a sweep removes
 //! it; removing the cgroup of a live sandbox kills what runs in it.
 //!
 //! Runs inside the nested lab (`cargo xtask lab -- target/debug/deps/lab_jail-HASH lab_`) with
@@ -67,7 +67,7 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 fn lab_a_jailed_vmms_cgroup_outlives_a_kill_9_until_swept() {
     let h = cgroup::find().expect("the lab mounts cgroup2 with the memory and pids controllers");
     let t = tempfile::tempdir().unwrap();
-    let (_vm, mut jailer) = boot(t.path());
+    let (_vm, mut vmm) = boot(t.path());
     let vm_dir = t.path().join("vm");
     let dir = h.root.join(cgroup::PARENT).join(cgroup::name_for(&vm_dir));
     let read = |f: &str| {
@@ -81,18 +81,19 @@ fn lab_a_jailed_vmms_cgroup_outlives_a_kill_9_until_swept() {
         ((192 + cgroup::VMM_OVERHEAD_MIB) << 20).to_string()
     );
     assert_eq!(read("pids.max"), (2 + cgroup::PIDS_BASE).to_string());
-    // The jailer and its VMM, and nothing else.
+    // The VMM, our child (no jailer waits between), and nothing else.
     let procs = members(&dir);
-    assert_eq!(procs.len(), 2, "{procs:?}");
-    assert!(procs.contains(&jailer.id()), "{procs:?}");
+    assert_eq!(procs, [vmm.id()]);
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", vmm.id())).unwrap();
+    assert_eq!(comm.trim(), "crx-vmm");
     let rec = crx_runtime::jail::Confinement::load(t.path()).unwrap();
     assert_eq!(rec.cgroup.unwrap().path, dir);
     assert!(rec.seccomp && rec.jail.is_some());
 
-    // kill -9 of the jailer: the VMM dies with it, the cgroup stays (its sandbox still exists).
-    jailer.kill().unwrap();
-    jailer.wait().unwrap();
-    wait_until("the VMM outlived its SIGKILLed jailer", || {
+    // kill -9 of the VMM: the cgroup empties and stays (its sandbox still exists).
+    vmm.kill().unwrap();
+    vmm.wait().unwrap();
+    wait_until("the SIGKILLed VMM stayed in its cgroup", || {
         members(&dir).is_empty()
     });
     cgroup::sweep();
@@ -107,7 +108,7 @@ fn lab_a_jailed_vmms_cgroup_outlives_a_kill_9_until_swept() {
 #[test]
 fn lab_removing_a_live_sandboxs_cgroup_kills_its_vmm() {
     let t = tempfile::tempdir().unwrap();
-    let (_vm, mut jailer) = boot(t.path());
+    let (_vm, mut vmm) = boot(t.path());
     let vm_dir = t.path().join("vm");
     let dir = cgroup::find()
         .unwrap()
@@ -117,7 +118,7 @@ fn lab_removing_a_live_sandboxs_cgroup_kills_its_vmm() {
     assert!(!members(&dir).is_empty());
     cgroup::remove(&vm_dir).unwrap();
     assert!(!dir.exists());
-    let status = jailer.wait().unwrap();
+    let status = vmm.wait().unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(9), "{status}");
 }

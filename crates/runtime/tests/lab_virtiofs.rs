@@ -19,8 +19,9 @@ use crx_runtime::vm::VmConfig;
 
 const BOOT: Duration = Duration::from_secs(180);
 
-/// The VMM runs jailed (ADR 0011), seen from the host: the jailer's only child is crx-vmm,
-/// as the sandbox's own user with no capabilities, `no_new_privs` and its seccomp filters, in
+/// The VMM runs jailed (ADR 0011), seen from the host: the runtime's child is crx-vmm itself
+/// (the jailer, started as PID 1 of a new PID namespace, became it: ADR 0018), as the
+/// sandbox's own user with no capabilities, `no_new_privs` and its seccomp filters, in
 /// namespaces of its own, with the VM's directory as its `/`.
 /// The only child of `parent`, by parent pid (the lab's kernel has no
 /// /proc/PID/task/TID/children).
@@ -94,8 +95,7 @@ fn assert_cgroup(vmm: u32, vm_dir: &Path) {
     }
 }
 
-fn assert_jailed(jailer: u32, vm_dir: &Path) {
-    let vmm = child_of(jailer);
+fn assert_jailed(vmm: u32, vm_dir: &Path) {
     let comm = std::fs::read_to_string(format!("/proc/{vmm}/comm")).unwrap();
     assert_eq!(comm.trim(), "crx-vmm");
     assert_cgroup(vmm, vm_dir);
@@ -107,6 +107,7 @@ fn assert_jailed(jailer: u32, vm_dir: &Path) {
         assert_eq!(field(caps), "0000000000000000", "{caps}");
     }
     assert_eq!(field("NoNewPrivs"), "1");
+    assert!(field("NSpid").ends_with("\t1"), "{}", field("NSpid"));
     assert_eq!(
         field("Seccomp"),
         "2",
