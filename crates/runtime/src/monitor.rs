@@ -199,8 +199,8 @@ fn instance_monitor(root: &Path, cfg: &instance::RunConfig, sync: SyncWriter) ->
         warnings: Vec::new(),
         id: Some(home.state.id.clone()),
     });
-    crate::trim::release();
     let vmm = sb.vmm.id();
+    crate::trim::release_later(vec![vmm]);
     let waited = sb.control.wait(&home.state.id, None, || pid_alive(vmm));
     if let Ok(s) = waited {
         let _ = home.set_exit(s.code);

@@ -370,13 +370,21 @@ impl Monitor {
             _ => None,
         };
         let term = term.map(Arc::new);
+        let mut trimmed = vec![self.vmm.id()];
+        trimmed.extend(lock_shares(&self.shares).iter().map(|(_, d)| d.pid()));
+        let trimmed: Arc<[u32]> = trimmed.into();
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
                 // A thread each: a `wait-unpaused` waits for a `resume` served meanwhile.
-                let (c, record, agent, term) =
-                    (c.clone(), record.clone(), agent.clone(), term.clone());
+                let (c, record, agent, term, trimmed) = (
+                    c.clone(),
+                    record.clone(),
+                    agent.clone(),
+                    term.clone(),
+                    trimmed.clone(),
+                );
                 std::thread::spawn(move || {
-                    let _ = answer(conn, &c, &record, &agent, term.as_deref());
+                    let _ = answer(conn, &c, &record, &agent, term.as_deref(), &trimmed);
                 });
             }
         });
@@ -393,12 +401,15 @@ impl Monitor {
     }
 }
 
+/// `trimmed`: the sandbox's other processes (the VMM, the virtiofsd daemons), trimmed with
+/// this one once the container runs.
 fn answer(
     conn: UnixStream,
     c: &ContainerDir,
     record: &Shared,
     agent: &Agent,
     term: Option<&OwnedFd>,
+    trimmed: &[u32],
 ) -> std::io::Result<()> {
     let mut line = String::new();
     BufReader::new(&conn).take_line(&mut line)?;
@@ -416,8 +427,9 @@ fn answer(
     };
     (&conn).write_all(reply.as_bytes())?;
     if started {
-        // From here the monitor only relays and waits: its startup pages go back.
-        crate::trim::release();
+        // From here the monitor only relays and waits, and the VM idles or runs its
+        // container: the startup pages of all of the sandbox's processes go back.
+        crate::trim::release_later(trimmed.to_vec());
     }
     Ok(())
 }
