@@ -4,6 +4,7 @@
 //! - `crxarg=VALUE` (repeatable, in order): its arguments (`argv[1..]`).
 //! - `crxenv=NAME=VALUE` (repeatable): extra environment for it.
 //! - `crxhostname=NAME`: the guest hostname (default `crx`).
+//! - `crxtemplate=1`: a template boot: stop for a snapshot once ready (`crate::identity`).
 //!
 //! Values with spaces are double-quoted as the kernel allows: `crxarg="a b"`. The kernel strips
 //! no quotes from `/proc/cmdline`, so they are removed here, as the kernel's `next_arg` does.
@@ -15,6 +16,7 @@ pub struct Config {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub hostname: Option<String>,
+    pub template: bool,
 }
 
 /// Splits a kernel command line into parameters: whitespace separates them except inside double
@@ -64,6 +66,7 @@ pub fn parse(cmdline: &str) -> Config {
                 }
             }
             "crxhostname" => c.hostname = Some(v.to_string()),
+            "crxtemplate" => c.template = v == "1",
             _ => {}
         }
     }

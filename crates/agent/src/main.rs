@@ -13,6 +13,7 @@ mod boot_timer;
 mod call;
 mod cmdline;
 mod containers;
+mod identity;
 mod network;
 mod pid1;
 mod reaper;
@@ -90,7 +91,8 @@ fn pid1_main() -> ! {
         let marks = |step| {
             boot_timer::mark(step);
         };
-        if let Err(e) = agent::serve(&addr, &reaper, marks) {
+        let template = cfg.template;
+        if let Err(e) = agent::serve(&addr, &reaper, marks, template) {
             eprintln!("crx-init: agent: {e:#}");
         }
     }
@@ -113,7 +115,7 @@ fn process_main(args: Vec<String>) -> Result<ExitCode> {
                 }
             }
             let reaper = Reaper::start().context("starting the reaper")?;
-            agent::serve(&addr, &reaper, |_| {})?;
+            agent::serve(&addr, &reaper, |_| {}, false)?;
             Ok(ExitCode::SUCCESS)
         }
         Some("--container-helper") => {

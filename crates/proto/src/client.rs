@@ -166,6 +166,7 @@ pub fn op_name(r: &Request) -> &'static str {
         Request::Remove { .. } => "remove",
         Request::ConfigureNetwork { .. } => "configure_network",
         Request::Shutdown => "shutdown",
+        Request::Identity { .. } => "identity",
     }
 }
 

@@ -5,6 +5,12 @@
 /// The boot-timer I/O port: unassigned on a PC, one `out` instruction from any guest mode.
 pub const BOOT_TIMER_PORT: u16 = 0x440;
 
+/// The port a template VM's crx-init writes once it is ready to be snapshotted (its agent
+/// listening, its container helper started; `crxtemplate=1` on the kernel command line): the
+/// runtime starts a template's boot with `crx-vmm --snapshot-on-port` on it (ADR 0017). The
+/// write returns in every VM restored from that snapshot.
+pub const TEMPLATE_SNAPSHOT_PORT: u16 = 0x441;
+
 /// The boot-timer codes crx-init writes, in boot order (other values are custom marks).
 pub mod mark {
     /// crx-init started (PID 1's first instruction of note).

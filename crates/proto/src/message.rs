@@ -92,6 +92,17 @@ pub enum Request {
     },
     /// Stop everything and power off the VM (the agent answers `Ok` first).
     Shutdown,
+    /// What makes a VM restored from a template its own (ADR 0017), sent before any container
+    /// is created in it: `entropy` (host randomness, 32 to 512 bytes) is added to the guest's
+    /// input pool and the CRNG reseeded; the agent then waits (bounded) until each
+    /// `disk_sectors[i]` is the size of the guest's i-th virtio disk (`/dev/vda`, `/dev/vdb`,
+    /// ...: the sandbox's disks, announced by a configuration-change interrupt at restore).
+    /// Answered by `Ok`. Added after version 1 as a new value only.
+    Identity {
+        entropy: Vec<u8>,
+        #[serde(default)]
+        disk_sectors: Vec<u64>,
+    },
 }
 
 /// Where a container's root filesystem comes from.

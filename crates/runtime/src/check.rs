@@ -126,6 +126,32 @@ fn kvm_speed() -> Check {
     }
 }
 
+/// The template cache (ADR 0017) and whether `crx run`'s default shape has its template.
+fn templates() -> Check {
+    let vm = paths::verified_boot_files()
+        .ok()
+        .zip(paths::find_vmm().ok())
+        .map(|(boot, vmm)| crate::vm::VmConfig {
+            vmm,
+            boot,
+            memory_mib: 256,
+            vcpus: 1,
+            disk: "disk".into(),
+            vsock_uds: Default::default(),
+            console: Default::default(),
+            vmm_log: Default::default(),
+            die_with_parent: false,
+            boot_timer: false,
+            fs: Vec::new(),
+            net: Vec::new(),
+        });
+    let detail = format!(
+        "{}; VMs with a network device or a virtio-fs share boot cold",
+        crate::template::status(vm.as_ref())
+    );
+    check("templates", true, detail, "")
+}
+
 /// Nanoseconds per iteration under which KVM runs guest code natively (as in `crx-kvmspeed`).
 const FAST_ENOUGH_NS: f64 = 50.0;
 
@@ -179,6 +205,7 @@ pub fn run_all(root: &Path) -> Vec<Check> {
         ),
     });
     out.push(sandbox_cgroups());
+    out.push(templates());
     out.push(seccomp());
     out.push(unconfined_instances(root));
     let dir = existing_ancestor(root);

@@ -17,6 +17,7 @@
 //! - [`relay`]: the one stdio/pty relay of a process, and the wait for its exit.
 //! - [`signals`]: signals forwarded to a container's process; dying by its signal.
 //! - [`check`]: host readiness (`crx check`), with a calibrated tiny KVM guest.
+//! - [`template`]: VMs booted once to agent ready, snapshotted, restored copy-on-write.
 //! - [`trace`]: boot-phase timestamps with `CRX_TRACE=1`.
 //! - [`trim`]: a monitor's startup pages handed back once it waits (`MADV_PAGEOUT`).
 //! - [`virtiofs`]: host directories shared live with a VM (one virtiofsd each).
@@ -43,6 +44,7 @@ pub mod sandbox;
 pub mod signals;
 pub mod spec;
 pub mod sync;
+pub mod template;
 pub mod trace;
 pub mod trim;
 pub mod tty;

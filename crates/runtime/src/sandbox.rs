@@ -12,6 +12,7 @@ use crx_proto::{Request, Rootfs, StreamKind};
 use crate::agent::{agent_timeout, Agent, Control};
 use crate::error::RuntimeError;
 use crate::relay::{open_stdio, Stdio};
+use crate::template::{self, Plan};
 use crate::trace;
 use crate::vm::VmConfig;
 
@@ -33,24 +34,46 @@ pub enum Streams {
     Pty(std::os::unix::net::UnixStream),
 }
 
-/// Boots `vm`: starts crx-vmm, calls `on_spawn(pid)` at once (to record it where a later
+/// Boots `vm`: restored from its template when one fits ([`template::plan`], ADR 0017),
+/// else cold; starts crx-vmm, calls `on_spawn(pid)` at once (to record it where a later
 /// process looks), and waits for the guest agent (bounded by [`agent_timeout`]; a VM that
-/// stops first fails at once). On any error the VMM is killed and reaped.
+/// stops first fails at once); a restored VM gets its identity before anything else. On any
+/// error the VMM is killed and reaped.
 pub fn boot<E: From<RuntimeError>>(
     vm: &VmConfig,
     on_spawn: impl FnOnce(u32) -> Result<(), E>,
 ) -> Result<Sandbox, E> {
-    let mut vmm = vm.spawn()?;
+    let plan = template::plan(vm);
+    let mut vmm = match &plan {
+        Plan::Restore(r) => {
+            // The template was built without the boot timer: the shapes must match.
+            let mut restored = vm.clone();
+            restored.boot_timer = false;
+            restored.spawn_as(
+                crate::jail::enabled(),
+                crate::jail::seccomp_enabled(),
+                &r.launch(),
+            )?
+        }
+        Plan::Cold(_) => vm.spawn()?,
+    };
     let spawned_ms = trace::now_ms();
     trace::mark("vmm spawned");
     let agent = Agent::new(vm.vsock_uds.clone());
     let ready = on_spawn(vmm.id()).and_then(|()| {
-        agent
+        let mut c = agent
             .wait_ready(agent_timeout(), &vm.vmm_log, &vm.console, || {
                 matches!(vmm.try_wait(), Ok(None))
             })
-            .map_err(E::from)
+            .map_err(E::from)?;
+        if let Plan::Restore(_) = &plan {
+            let id = template::identity(vm).map_err(E::from)?;
+            c.call(id).map_err(|e| E::from(RuntimeError::from(e)))?;
+            trace::mark("identity given (entropy, disk)");
+        }
+        Ok(c)
     });
+    drop(plan);
     let control = match ready {
         Ok(c) => c,
         Err(e) => {

@@ -121,6 +121,16 @@ impl VmConfig {
 
     /// [`VmConfig::spawn`], jailed or not, with crx-vmm's seccomp filters or not.
     pub(crate) fn spawn_with(&self, jailed: bool, seccomp: bool) -> Result<Child, RuntimeError> {
+        self.spawn_as(jailed, seccomp, &crate::template::Launch::Boot)
+    }
+
+    /// [`VmConfig::spawn_with`], booting or building or restoring a template (`launch`).
+    pub(crate) fn spawn_as(
+        &self,
+        jailed: bool,
+        seccomp: bool,
+        launch: &crate::template::Launch,
+    ) -> Result<Child, RuntimeError> {
         let vm_dir = self.vsock_uds.parent().unwrap_or(Path::new("."));
         crate::paths::create_private_dir_all(vm_dir).map_err(io(vm_dir))?;
         let mut jail = match jailed {
@@ -133,7 +143,9 @@ impl VmConfig {
             j.limit(self.memory_mib, self.vcpus, own)?;
         }
         let mut cfg = self.vmm_config();
+        launch.describe(&mut cfg);
         let mut fds = self.boot.fds().to_vec();
+        fds.extend(launch.fds());
         let disk = match cfg.disks.first_mut() {
             Some(d) => {
                 let f = std::fs::File::open(&d.path).map_err(io(&d.path))?;
@@ -183,6 +195,7 @@ impl VmConfig {
         if !seccomp {
             args.push("--no-seccomp".to_owned());
         }
+        args.extend(launch.args());
         // What confines this VMM, recorded beside vm.toml (`crx inspect`, `crx check`).
         crate::jail::Confinement::of(jail.as_ref(), seccomp)
             .save(record.parent().unwrap_or(Path::new(".")))?;

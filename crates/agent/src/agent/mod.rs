@@ -25,11 +25,14 @@ use streams::Streams;
 
 /// Listens on `addr` and serves connections until one asks for `Shutdown`; `mark` gets
 /// [`boot_timer::READY`] once the socket listens, then [`boot_timer::HELPER_STARTED`] from
-/// the thread that starts the container helper, to which container requests go.
+/// the thread that starts the container helper, to which container requests go. A
+/// `template` boot starts the helper first and stops for its snapshot before accepting
+/// ([`crate::identity::snapshot_point`]).
 pub fn serve(
     addr: &ListenAddr,
     reaper: &Reaper,
     mark: impl Fn(u8) + Send + Copy + 'static,
+    template: bool,
 ) -> Result<()> {
     let forwarder = Arc::new(Forwarder::new(reaper));
     let helper = Some(forwarder.clone());
@@ -38,6 +41,10 @@ pub fn serve(
     let listener = Listener::bind(addr).with_context(|| format!("listening on {addr}"))?;
     mark(boot_timer::READY);
     eprintln!("crx-init: agent listening on {addr}");
+    if template {
+        forwarder.warm_up();
+        crate::identity::snapshot_point(true);
+    }
     // The helper starts while the host connects; a request that needs it first waits.
     let warming = std::thread::Builder::new()
         .name("helper-start".into())

@@ -215,6 +215,22 @@ impl<S: Read + Write + AsFd> Session<S> {
                 "send hello with the protocol version first".into(),
             ),
             Request::Ping => (Response::Pong, None),
+            Request::Identity {
+                entropy,
+                disk_sectors,
+            } => match crate::identity::apply(&entropy, &disk_sectors) {
+                Ok(()) => (Response::Ok, None),
+                Err(e) => err(e.kind(), crx_proto::chain(&e)),
+            },
+            // A template's clone runs nothing before its own randomness (ADR 0017).
+            Request::CreateContainer { .. } | Request::Exec { .. }
+                if crate::identity::pending() =>
+            {
+                err(
+                    ErrorKind::InvalidRequest,
+                    "this VM was restored from a template: send identity first".into(),
+                )
+            }
             // Only the VM's PID 1 owns the network it would change (not a host-tier agent).
             Request::ConfigureNetwork { .. } if std::process::id() != 1 => err(
                 ErrorKind::Unsupported,

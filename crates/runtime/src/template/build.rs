@@ -1,0 +1,165 @@
+//! Building a template: boot the VM once with an empty disk and `crxtemplate=1`, let crx-init
+//! stop it at its snapshot port once its agent listens (crx-vmm `--snapshot-on-port` writes
+//! the snapshot and exits 0), then publish the staging directory by rename, under the key's
+//! exclusive lock so that two builders never race.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::key::Key;
+use super::store::{self, KEY, PLACEHOLDER, STAGING};
+use super::{Launch, TemplateError};
+use crate::vm::VmConfig;
+
+/// Builds `key`'s template from `vm` under `root` unless it exists; its directory.
+pub fn ensure(vm: &VmConfig, key: &Key, root: &Path) -> Result<PathBuf, TemplateError> {
+    crate::paths::create_private_dir_all(root).map_err(|e| io_err(root, e))?;
+    crate::paths::set_mode(root, 0o755).map_err(|e| io_err(root, e))?;
+    let name = key.name();
+    let _lock = store::lock(root, &name, true, true)?;
+    let dir = root.join(&name);
+    if store::complete(&dir) {
+        return Ok(dir);
+    }
+    let staging = root.join(format!("{STAGING}{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir(&staging).map_err(|e| io_err(&staging, e))?;
+    let built = boot_and_snapshot(vm, &staging);
+    if let Err(e) = built {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    publish(&staging, &dir, key)?;
+    Ok(dir)
+}
+
+fn io_err(p: &Path, source: std::io::Error) -> TemplateError {
+    TemplateError::Io {
+        path: p.to_owned(),
+        source,
+    }
+}
+
+/// The template VM: `vm`'s kernel, initrd, memory and vCPUs; an empty disk in the disk slot;
+/// its socket, console and log in `staging`; no boot timer, network or shares.
+fn template_vm(vm: &VmConfig, staging: &Path) -> VmConfig {
+    let mut t = vm.clone();
+    t.disk = staging.join(PLACEHOLDER);
+    t.vsock_uds = staging.join("v.sock");
+    t.console = staging.join("console");
+    t.vmm_log = staging.join("vmm.log");
+    t.die_with_parent = true;
+    t.boot_timer = false;
+    t.fs.clear();
+    t.net.clear();
+    t
+}
+
+/// Boots the template VM and waits (bounded by the agent timeout) for crx-vmm to write the
+/// snapshot into `staging` and exit 0. Unjailed (seccomp on): it runs only the verified
+/// kernel and initrd and no container, and writes its snapshot where a jail's user could not.
+fn boot_and_snapshot(vm: &VmConfig, staging: &Path) -> Result<(), TemplateError> {
+    let t = template_vm(vm, staging);
+    std::fs::File::create(&t.disk).map_err(|e| io_err(&t.disk, e))?;
+    let start = Instant::now();
+    let mut child = t.spawn_as(
+        false,
+        crate::jail::seccomp_enabled(),
+        &Launch::Template(staging),
+    )?;
+    let limit = crate::agent::agent_timeout();
+    let why = loop {
+        match child.try_wait() {
+            Ok(Some(s)) if s.success() && store::complete(staging) => {
+                crate::trace::mark(&format!(
+                    "template snapshot written ({:.0} ms after the boot began)",
+                    start.elapsed().as_secs_f64() * 1000.0
+                ));
+                return Ok(());
+            }
+            Ok(Some(s)) => break format!("crx-vmm exited ({s})"),
+            Ok(None) => {}
+            Err(e) => break format!("waiting for crx-vmm: {e}"),
+        }
+        let console = std::fs::read_to_string(&t.console).unwrap_or_default();
+        if console.contains("crx-init: template:") {
+            break "the guest could not stop for its snapshot".into();
+        }
+        if start.elapsed() > limit {
+            break format!("no snapshot after {}s", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let last = [&t.vmm_log, &t.console]
+        .iter()
+        .find_map(|p| last_line(p))
+        .unwrap_or_default();
+    Err(TemplateError::Build(format!("{why}: {last}")))
+}
+
+/// The last non-empty line of a log.
+fn last_line(p: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(p).ok()?;
+    let l = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    Some(l.trim().to_owned())
+}
+
+/// Makes `staging` readable by every jail's user (a restore maps it read-only), records the
+/// key, and renames it to `dir` (an incomplete `dir` left by a crash is replaced).
+fn publish(staging: &Path, dir: &Path, key: &Key) -> Result<(), TemplateError> {
+    for f in ["v.sock", "vm.toml", crate::jail::CONFINEMENT_FILE] {
+        let _ = std::fs::remove_file(staging.join(f));
+    }
+    std::fs::write(staging.join(KEY), &key.text).map_err(|e| io_err(staging, e))?;
+    let rd = std::fs::read_dir(staging).map_err(|e| io_err(staging, e))?;
+    for e in rd.flatten() {
+        crate::paths::set_mode(&e.path(), 0o644).map_err(|err| io_err(&e.path(), err))?;
+    }
+    crate::paths::set_mode(staging, 0o755).map_err(|e| io_err(staging, e))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    }
+    std::fs::rename(staging, dir).map_err(|e| io_err(dir, e))?;
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::File::open(parent).and_then(|f| f.sync_all());
+    }
+    store::touch(dir);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_published_template_is_readable_and_keyed() {
+        let d = tempfile::tempdir().unwrap();
+        let staging = d.path().join(".staging-k-1");
+        std::fs::create_dir(&staging).unwrap();
+        for f in [
+            store::STATE,
+            store::MEMORY,
+            PLACEHOLDER,
+            "v.sock",
+            "vm.toml",
+        ] {
+            std::fs::write(staging.join(f), b"x").unwrap();
+        }
+        crate::paths::set_mode(&staging, 0o700).unwrap();
+        let key = Key {
+            text: "crx-template v1\n".into(),
+        };
+        let dir = d.path().join("k");
+        std::fs::create_dir(&dir).unwrap(); // a crashed build's leftover
+        publish(&staging, &dir, &key).unwrap();
+        assert!(!staging.exists() && store::complete(&dir));
+        assert!(!dir.join("v.sock").exists() && !dir.join("vm.toml").exists());
+        assert_eq!(std::fs::read_to_string(dir.join(KEY)).unwrap(), key.text);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o755);
+        assert_eq!(mode(&dir.join(store::MEMORY)), 0o644);
+    }
+}

@@ -1,0 +1,251 @@
+//! VM templates (ADR 0017): for each key (kernel, initrd, memory, vCPUs, device shape, crx-vmm
+//! binary, host CPU: [`key::Key`]) one VM booted once to "agent ready" and snapshotted
+//! (crx-vmm's format, ADR 0014), kept in the cache ([`store`]). A sandbox whose VM has that
+//! shape is restored from it instead of booting: its memory mapped copy-on-write from the one
+//! memory file (every clone shares the pages none of them wrote), its own disk put into the
+//! template's disk slot (a configuration-change interrupt announces its size), its own vsock
+//! socket (the guest's connections reset), then its own randomness (the agent's `Identity`).
+//!
+//! [`plan`] decides, for every sandbox boot ([`crate::sandbox::boot`]): restore, building the
+//! template first when it is missing, or boot cold and say why (`CRX_TRACE=1`): `CRX_COLD=1`
+//! (`crx run --cold`), a network device or virtio-fs share (their state cannot be snapshotted
+//! yet), no disk, or a failed build.
+
+pub mod build;
+pub mod key;
+pub mod store;
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use crate::vm::VmConfig;
+
+/// Template errors.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// A file of the cache.
+    #[error("template cache: {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Starting the template's VMM.
+    #[error("template boot")]
+    Spawn(#[source] Box<crate::RuntimeError>),
+    /// The template VM did not snapshot itself.
+    #[error("template build failed: {0}")]
+    Build(String),
+}
+
+impl From<crate::RuntimeError> for TemplateError {
+    fn from(e: crate::RuntimeError) -> Self {
+        TemplateError::Spawn(Box::new(e))
+    }
+}
+
+/// How crx-vmm starts (an argument of [`VmConfig::spawn_as`]).
+#[derive(Debug)]
+pub enum Launch<'a> {
+    /// Boot the kernel.
+    Boot,
+    /// Boot a template: crx-init stops at its snapshot port, crx-vmm writes the snapshot here.
+    Template(&'a Path),
+    /// Restore the template whose directory this descriptor is (crx-vmm inherits it and
+    /// reads `/proc/self/fd/N/state`: no bind into a jail needed; files 0644, directory 0755).
+    Restore(&'a File),
+}
+
+impl Launch<'_> {
+    /// crx-vmm's extra arguments.
+    pub(crate) fn args(&self) -> Vec<String> {
+        match self {
+            Launch::Boot => Vec::new(),
+            Launch::Template(dir) => vec![
+                "--snapshot-on-port".into(),
+                crx_proto::console::TEMPLATE_SNAPSHOT_PORT.to_string(),
+                dir.display().to_string(),
+            ],
+            Launch::Restore(f) => vec![
+                "--restore".into(),
+                format!("/proc/self/fd/{}", f.as_raw_fd()),
+            ],
+        }
+    }
+
+    /// The descriptors crx-vmm must inherit for it.
+    pub(crate) fn fds(&self) -> Vec<RawFd> {
+        match self {
+            Launch::Restore(f) => vec![f.as_raw_fd()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Adjusts the VM description: a template boot tells crx-init so on the command line.
+    pub(crate) fn describe(&self, cfg: &mut crx_vmconfig::VmConfig) {
+        if let Launch::Template(_) = self {
+            let args = cfg.init_args.take().unwrap_or_default();
+            cfg.init_args = Some(format!("{args} crxtemplate=1").trim().to_owned());
+        }
+    }
+}
+
+/// A template a VM is restored from: its directory, open, and a shared lock on it (held until
+/// the VM answers, so that `crx gc` does not remove it under a starting VMM).
+#[derive(Debug)]
+pub struct Restore {
+    pub name: String,
+    pub dir: PathBuf,
+    dir_fd: File,
+    _lock: LockHolder,
+}
+
+struct LockHolder(#[allow(dead_code)] store::Lock);
+
+impl std::fmt::Debug for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lock")
+    }
+}
+
+impl Restore {
+    /// How crx-vmm is started for it.
+    pub fn launch(&self) -> Launch<'_> {
+        Launch::Restore(&self.dir_fd)
+    }
+}
+
+/// What a sandbox boot does.
+#[derive(Debug)]
+pub enum Plan {
+    /// Boot the kernel, for this reason.
+    Cold(String),
+    /// Restore this template.
+    Restore(Restore),
+}
+
+/// Whether cold boots are forced (`CRX_COLD=1`; `crx run --cold` sets it).
+pub fn forced_cold() -> bool {
+    std::env::var_os("CRX_COLD").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Why `vm` cannot come from a template, if it cannot.
+pub fn unfit(vm: &VmConfig) -> Option<&'static str> {
+    if forced_cold() {
+        return Some("CRX_COLD=1");
+    }
+    if !vm.net.is_empty() {
+        return Some("the VM has a network device (virtio-net state cannot be snapshotted yet)");
+    }
+    if !vm.fs.is_empty() {
+        return Some("the VM has a virtio-fs share (virtiofsd's state cannot be snapshotted)");
+    }
+    if vm.disk.as_os_str().is_empty() {
+        return Some("the VM has no disk (templates have one disk slot)");
+    }
+    None
+}
+
+/// Decides how `vm` starts; builds its template first when it is missing (the first sandbox
+/// of a shape pays one cold boot and a snapshot). Every cold reason is traced.
+pub fn plan(vm: &VmConfig) -> Plan {
+    let p = plan_in(vm, &store::root());
+    match &p {
+        Plan::Cold(why) => crate::trace::mark(&format!("template: cold boot: {why}")),
+        Plan::Restore(r) => crate::trace::mark(&format!("template: restoring {}", r.name)),
+    }
+    p
+}
+
+fn plan_in(vm: &VmConfig, root: &Path) -> Plan {
+    if let Some(why) = unfit(vm) {
+        return Plan::Cold(why.into());
+    }
+    let Some(key) = key::Key::of(vm) else {
+        return Plan::Cold(format!("{} cannot be read", vm.vmm.display()));
+    };
+    let name = key.name();
+    let dir = root.join(&name);
+    if !store::complete(&dir) {
+        crate::trace::mark(&format!("template: building {name}"));
+        match build::ensure(vm, &key, root) {
+            Ok(_) => {
+                let _ = store::prune(root, store::limit_bytes(), |_| false);
+            }
+            Err(e) => return Plan::Cold(crate::chain(&e)),
+        }
+    }
+    let opened = store::lock(root, &name, false, true).and_then(|lock| {
+        let f = File::open(&dir).map_err(|source| TemplateError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok((lock, f))
+    });
+    match opened {
+        Ok((Some(lock), dir_fd)) if store::complete(&dir) => {
+            store::touch(&dir);
+            Plan::Restore(Restore {
+                name,
+                dir,
+                dir_fd,
+                _lock: LockHolder(lock),
+            })
+        }
+        Ok(_) => Plan::Cold("the template was removed meanwhile".into()),
+        Err(e) => Plan::Cold(crate::chain(&e)),
+    }
+}
+
+/// The `Identity` request that makes a restored VM its own: 64 bytes from the host's
+/// `getrandom` (through /dev/urandom) and its disk's size in sectors.
+pub fn identity(vm: &VmConfig) -> Result<crx_proto::Request, crate::RuntimeError> {
+    use std::io::Read;
+    let mut entropy = vec![0u8; 64];
+    let urandom = Path::new("/dev/urandom");
+    File::open(urandom)
+        .and_then(|mut f| f.read_exact(&mut entropy))
+        .map_err(crate::error::io(urandom))?;
+    let sectors = std::fs::metadata(&vm.disk)
+        .map_err(crate::error::io(&vm.disk))?
+        .len()
+        / 512;
+    Ok(crx_proto::Request::Identity {
+        entropy,
+        disk_sectors: vec![sectors],
+    })
+}
+
+/// The template state for `crx check`: the cache, what it holds, and the current key's.
+pub fn status(vm: Option<&VmConfig>) -> String {
+    let root = store::root();
+    let all = store::list(&root);
+    let mib = all.iter().map(|e| e.bytes).sum::<u64>() as f64 / f64::from(1 << 20);
+    let mut s = format!(
+        "{} in {} ({mib:.1} MiB allocated, limit {} MiB)",
+        all.len(),
+        root.display(),
+        store::limit_bytes() >> 20
+    );
+    if let Some(k) = vm.and_then(key::Key::of) {
+        let here = store::complete(&root.join(k.name()));
+        s.push_str(&format!(
+            "; crx run's default shape ({} MiB, {} vCPU): {}",
+            vm.map_or(0, |v| v.memory_mib),
+            vm.map_or(0, |v| v.vcpus),
+            if here {
+                "template ready"
+            } else {
+                "no template yet (the next run builds it)"
+            }
+        ));
+    }
+    if forced_cold() {
+        s.push_str("; CRX_COLD=1: every boot is cold");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;
