@@ -9,6 +9,7 @@
 
 mod actions;
 mod events;
+mod exits;
 mod mounts;
 mod serve;
 mod service;

@@ -98,3 +98,24 @@ fn server_started() {
         std::os::fd::AsRawFd::as_raw_fd(&out.as_fd()),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// containerd 1.6 calls the v2 names, containerd 2 the v3 ones: every method has both.
+    #[test]
+    fn every_method_is_served_under_v2_and_v3() {
+        let svc = Arc::new(Service::with_events("t", None, Arc::default()));
+        let m = methods(svc);
+        for name in [
+            "Create", "Start", "Delete", "Kill", "Exec", "Wait", "State", "Shutdown",
+        ] {
+            for v in ["v2", "v3"] {
+                let key = format!("/containerd.task.{v}.Task/{name}");
+                assert!(m.contains_key(&key), "{key}");
+            }
+        }
+        assert_eq!(m.len() % 2, 0);
+    }
+}

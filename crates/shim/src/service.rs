@@ -8,7 +8,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use containerd_shim as shim;
 use shim::api;
 use shim::protos::protobuf::well_known_types::any::Any;
-use shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use shim::protos::protobuf::Message;
 use shim::protos::ttrpc::{self, Code};
 use shim::protos::types::task::{ProcessInfo, Status};
@@ -19,14 +18,14 @@ use crx_proto::{Request, Response};
 use crx_runtime::pod::PodDir;
 
 use crate::actions::{read_spec, sandbox_of, CONTAINER_TYPE};
-use crate::events::{now, Event, Events};
+use crate::events::{Event, Events};
 use crate::stdio::Paths;
 use crate::task::{Container, Phase, PodHandle, Proc};
 
 /// The pod's shim state, shared by the request threads and the exit watchers.
 pub struct Inner {
-    state: Mutex<State>,
-    changed: Condvar,
+    pub state: Mutex<State>,
+    pub changed: Condvar,
     pub events: Events,
     exit: Arc<ExitSignal>,
     namespace: String,
@@ -56,7 +55,7 @@ fn agent_err(e: impl std::error::Error) -> ttrpc::Error {
     err(Code::UNKNOWN, crx_proto::chain(&e))
 }
 
-fn not_found(id: &str) -> ttrpc::Error {
+pub fn not_found(id: &str) -> ttrpc::Error {
     err(Code::NOT_FOUND, format!("{id}: not found"))
 }
 
@@ -94,92 +93,6 @@ impl Inner {
             .clone()
             .ok_or_else(|| err(Code::FAILED_PRECONDITION, "the pod has no VM"))
     }
-
-    /// Records the exit of `id`'s process `exec_id` with `code`: its output drained first,
-    /// then the state, the waiters and containerd's `TaskExit`.
-    pub fn exited(&self, id: &str, exec_id: &str, code: u32) {
-        let copies = {
-            let mut s = self.lock();
-            let Some(p) = s.containers.get_mut(id).and_then(|c| c.proc_mut(exec_id)) else {
-                return;
-            };
-            if p.exit.is_some() {
-                return;
-            }
-            p.copies.take()
-        };
-        if let Some(c) = copies {
-            c.drain();
-        }
-        let at = now();
-        let pid = {
-            let mut s = self.lock();
-            let pid = s.pod.as_ref().map_or(0, |p| p.vmm_pid);
-            if let Some(p) = s.containers.get_mut(id).and_then(|c| c.proc_mut(exec_id)) {
-                p.exit = Some((code, at.clone()));
-                p.phase = Phase::Stopped;
-            }
-            self.changed.notify_all();
-            pid
-        };
-        self.events.publish(Event::Exit {
-            id: id.to_owned(),
-            exec_id: exec_id.to_owned(),
-            pid,
-            status: code,
-            at,
-        });
-    }
-
-    /// Blocks until `id`'s process `exec_id` has exited; its status and time.
-    fn wait_exit(&self, id: &str, exec_id: &str) -> TtrpcResult<(u32, Timestamp)> {
-        let mut s = self.lock();
-        loop {
-            let p = s
-                .containers
-                .get(id)
-                .and_then(|c| c.proc(exec_id))
-                .ok_or_else(|| not_found(id))?;
-            if let Some((code, at)) = &p.exit {
-                return Ok((*code, at.clone()));
-            }
-            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-}
-
-/// Watches a guest process until it exits (or its VM dies: [`crate::task::VM_DIED`]).
-fn watch(inner: Arc<Inner>, pod: PodHandle, id: String, exec_id: String) {
-    std::thread::spawn(move || {
-        let exec = (!exec_id.is_empty()).then_some(exec_id.as_str());
-        let status = pod
-            .agent
-            .control()
-            .and_then(|mut c| c.wait(&id, exec, || pod.alive()));
-        let code = match status {
-            Ok(s) => s.code.clamp(0, 255) as u32,
-            Err(_) => crate::task::VM_DIED,
-        };
-        inner.exited(&id, &exec_id, code);
-    });
-}
-
-/// Watches the sandbox's stand-in process: it ends when killed or when the VM dies.
-fn watch_sandbox(inner: Arc<Inner>, pod: PodHandle, id: String) {
-    std::thread::spawn(move || loop {
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        let done = {
-            let s = inner.lock();
-            s.containers.get(&id).is_none_or(|c| c.init.exit.is_some())
-        };
-        if done {
-            return;
-        }
-        if !pod.alive() {
-            inner.exited(&id, "", crate::task::VM_DIED);
-            return;
-        }
-    });
 }
 
 impl shim::Task for Service {
@@ -259,12 +172,14 @@ impl shim::Task for Service {
         let pid = pod.vmm_pid;
         if req.exec_id.is_empty() {
             match is_sandbox {
-                true => watch_sandbox(self.inner.clone(), pod, req.id.clone()),
-                false => watch(self.inner.clone(), pod, req.id.clone(), String::new()),
+                true => crate::exits::watch_sandbox(self.inner.clone(), pod, req.id.clone()),
+                false => {
+                    crate::exits::watch(self.inner.clone(), pod, req.id.clone(), String::new())
+                }
             }
             self.inner.events.publish(Event::Start { id: req.id, pid });
         } else {
-            watch(self.inner.clone(), pod, req.id.clone(), req.exec_id.clone());
+            crate::exits::watch(self.inner.clone(), pod, req.id.clone(), req.exec_id.clone());
             self.inner.events.publish(Event::ExecStarted {
                 id: req.id,
                 exec_id: req.exec_id,
@@ -585,4 +500,65 @@ pub fn bundle(dir: &str) -> TtrpcResult<(PathBuf, serde_json::Value)> {
         ));
     }
     Ok((dir, spec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shim::Task;
+
+    fn ctx() -> TtrpcContext {
+        TtrpcContext {
+            fd: -1,
+            cancel_rx: crossbeam::channel::never(),
+            conn_ctx: Default::default(),
+            mh: Default::default(),
+            res_tx: std::sync::mpsc::channel().0,
+            metadata: Default::default(),
+            timeout_nano: 0,
+        }
+    }
+
+    fn code(e: ttrpc::Error) -> Code {
+        match e {
+            ttrpc::Error::RpcStatus(s) => s.code(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Requests for what does not exist fail with their code, and a shim with no container
+    /// left exits on `Shutdown`.
+    #[test]
+    fn requests_without_a_pod_fail_cleanly() {
+        let exit = Arc::new(ExitSignal::default());
+        let svc = Service::with_events("t", None, exit.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let create = api::CreateTaskRequest {
+            id: "c1".into(),
+            bundle: dir.path().display().to_string(),
+            ..Default::default()
+        };
+        assert_eq!(
+            code(svc.create(&ctx(), create).unwrap_err()),
+            Code::INVALID_ARGUMENT
+        );
+        let kill = api::KillRequest {
+            id: "c1".into(),
+            signal: 9,
+            ..Default::default()
+        };
+        assert_eq!(code(svc.kill(&ctx(), kill).unwrap_err()), Code::NOT_FOUND);
+        let state = api::StateRequest {
+            id: "c1".into(),
+            ..Default::default()
+        };
+        assert_eq!(code(svc.state(&ctx(), state).unwrap_err()), Code::NOT_FOUND);
+        assert_eq!(
+            code(svc.pids(&ctx(), api::PidsRequest::default()).unwrap_err()),
+            Code::FAILED_PRECONDITION
+        );
+        svc.shutdown(&ctx(), api::ShutdownRequest::default())
+            .unwrap();
+        exit.wait();
+    }
 }
