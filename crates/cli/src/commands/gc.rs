@@ -1,4 +1,5 @@
-//! `crx gc`: remove the homes of instances whose VMM is gone; `--images`: unused images too.
+//! `crx gc`: remove the homes of instances whose VMM is gone and stale VM templates (ADR 0017);
+//! `--images`: unused images too.
 
 use std::path::Path;
 
@@ -19,6 +20,11 @@ pub fn run(root: &Path, a: Args) -> Result<i32> {
     // The cgroups of VMs whose home is gone (ADR 0011), also after a kill -9.
     for cg in crx_runtime::jail::cgroup::sweep() {
         println!("removed cgroup {}", cg.display());
+    }
+    // Templates of other boot files or crx-vmm, and over the size limit (ADR 0017).
+    let t = crx_runtime::template::gc()?;
+    for name in &t.removed {
+        println!("removed template {name}");
     }
     if a.images {
         let in_use: Vec<crx_image::Digest> = home::list(root)?

@@ -217,6 +217,37 @@ pub fn identity(vm: &VmConfig) -> Result<crx_proto::Request, crate::RuntimeError
     })
 }
 
+/// `crx gc`: removes the templates whose kernel, initrd or crx-vmm is no longer the current
+/// one (when those can be found), the least recently used ones over the size limit, and
+/// staging directories of dead builders; templates a VM is being restored from stay.
+pub fn gc() -> Result<store::Pruned, TemplateError> {
+    let current = crate::paths::verified_boot_files()
+        .ok()
+        .zip(crate::paths::find_vmm().ok())
+        .and_then(|(boot, vmm)| {
+            let d = boot.digests();
+            Some((
+                d.kernel.sha256,
+                d.initrd.sha256,
+                key::binary_identity(&vmm)?,
+            ))
+        });
+    store::prune(&store::root(), store::limit_bytes(), |e| {
+        stale(&e.key, current.as_ref())
+    })
+}
+
+/// Whether a template's key names other boot files or another crx-vmm than `current`
+/// (kernel, initrd, vmm); nothing is stale when the current ones are unknown.
+fn stale(key: &str, current: Option<&(String, String, String)>) -> bool {
+    let Some((kernel, initrd, vmm)) = current else {
+        return false;
+    };
+    key::Key::field(key, "kernel") != Some(kernel)
+        || key::Key::field(key, "initrd") != Some(initrd)
+        || key::Key::field(key, "vmm") != Some(vmm)
+}
+
 /// The template state for `crx check`: the cache, what it holds, and the current key's.
 pub fn status(vm: Option<&VmConfig>) -> String {
     let root = store::root();

@@ -202,3 +202,14 @@ fn a_restored_vm_is_given_host_entropy_and_its_disk_size() {
     assert_eq!((entropy.len(), disk_sectors.as_slice()), (64, &[8][..]));
     assert_ne!(a, b, "two clones get the same bytes");
 }
+
+#[test]
+fn gc_calls_templates_of_other_boot_files_or_another_vmm_stale() {
+    let key = "crx-template v1\nkernel=k1\ninitrd=i1\nmemory_mib=256\nvmm=1:2:3:4\n";
+    let cur = |k: &str, i: &str, v: &str| Some((k.to_owned(), i.to_owned(), v.to_owned()));
+    assert!(!stale(key, cur("k1", "i1", "1:2:3:4").as_ref()));
+    assert!(stale(key, cur("k2", "i1", "1:2:3:4").as_ref()));
+    assert!(stale(key, cur("k1", "i2", "1:2:3:4").as_ref()));
+    assert!(stale(key, cur("k1", "i1", "1:2:3:5").as_ref()));
+    assert!(!stale(key, None));
+}
