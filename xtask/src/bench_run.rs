@@ -126,7 +126,7 @@ fn trace_marks(stderr: &str) -> Vec<(String, Duration)> {
 }
 
 /// An OCI bundle whose rootfs is the lab's busybox-static, for `runc run`.
-fn runc_bundle(work: &Path) -> Result<PathBuf> {
+pub(crate) fn runc_bundle(work: &Path) -> Result<PathBuf> {
     let bundle = work.join("bundle");
     let bin = bundle.join("rootfs/bin");
     std::fs::create_dir_all(&bin)?;
@@ -141,7 +141,7 @@ fn runc_bundle(work: &Path) -> Result<PathBuf> {
     Ok(bundle)
 }
 
-fn runc_once(bundle: &Path, i: usize) -> Result<Duration> {
+pub(crate) fn runc_once(bundle: &Path, i: usize) -> Result<Duration> {
     let started = Instant::now();
     let status = Command::new("runc")
         .args(["run", "--bundle"])

@@ -4,16 +4,16 @@
 //!    guest, process start to the first guest instruction (`crx-vmm-bench --warm`).
 //! 2. The nested lab, a Linux guest: spawn to the booted guest ready (cold) against spawn to
 //!    the guest restored from a snapshot answering on its console (`crx-vmm-bench --lab-warm`).
-//!
-//! The runtime's part (`crx run` from a template, PSS of restored sandboxes) is not built yet
-//! (issue 17).
+//! 3. The nested lab, the runtime (same lab session, [`crate::bench_template`]): `crx run`
+//!    cold vs restored from its template vs `runc run`, and the PSS of 10 idle sandboxes
+//!    restored from one template vs 10 booted cold.
 
 use std::process::Command;
 
 use anyhow::Result;
 
 use crate::kernel::{self, Flavor};
-use crate::{bench_lab, cmd, lab, workspace_root};
+use crate::{bench_lab, cmd, workspace_root};
 
 /// Builds crx-vmm and crx-initrd in release; runs the host part `runs * 5` times and the lab
 /// part `runs` times.
@@ -23,11 +23,15 @@ pub fn run(runs: usize) -> Result<i32> {
     let bench = workspace_root().join("target/release/crx-vmm-bench");
     println!("== on this host's /dev/kvm (tiny guest): restore vs cold start");
     cmd::run(Command::new(&bench).args(["--warm", "--runs", &(runs.max(1) * 5).to_string()]))?;
-    println!("== in the nested lab (Linux guest): restore vs cold boot");
-    let cmd = [
-        bench.to_string_lossy().into_owned(),
-        "--lab-warm".into(),
-        runs.max(1).to_string(),
-    ];
-    lab::run(&cmd, &lab::Options::default())
+    println!("== in the nested lab: crx-vmm restore vs cold boot, then crx run from templates");
+    bench_lab::outer("warm", runs.max(1), Vec::new())
+}
+
+/// Inside the lab: the crx-vmm part, then the runtime part.
+pub fn inner(runs: usize) -> Result<()> {
+    let bench = workspace_root().join("target/release/crx-vmm-bench");
+    println!("-- crx-vmm (Linux guest): restore vs cold boot");
+    cmd::run(Command::new(&bench).args(["--lab-warm", &runs.to_string()]))?;
+    println!("-- crx run: cold vs from a template vs runc");
+    crate::bench_template::inner(runs)
 }

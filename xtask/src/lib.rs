@@ -7,6 +7,7 @@ pub mod bench_confine;
 pub mod bench_lab;
 pub mod bench_oci;
 pub mod bench_run;
+pub mod bench_template;
 pub mod bench_vmm;
 pub mod bench_warm;
 pub mod boot;

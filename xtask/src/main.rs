@@ -106,6 +106,7 @@ fn bench(what: Bench, runs: usize, inner: bool) -> Result<i32> {
         Bench::Run if inner => xtask::bench_run::inner(runs).map(|_| 0),
         Bench::Run => xtask::bench_run::outer(runs),
         Bench::Vmm => xtask::bench_vmm::run(runs),
+        Bench::Warm if inner => xtask::bench_warm::inner(runs).map(|_| 0),
         Bench::Warm => xtask::bench_warm::run(runs),
         Bench::Oci if inner => xtask::bench_oci::inner(runs).map(|_| 0),
         Bench::Oci => xtask::bench_oci::outer(runs),

@@ -1,0 +1,164 @@
+//! `crx run` from a VM template (ADR 0017), in the nested lab (tier 3): the first run of a
+//! shape builds the template, later ones restore it; a restored container answers, runs,
+//! keeps time; clones differ in their randomness and boot id; ten sandboxes restored from one
+//! template each run a container. Templates go to a fresh `CRX_TEMPLATE_DIR` per test binary.
+//! `--network none`: a VM with a network device boots cold (ADR 0017).
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+struct Lab {
+    root: PathBuf,
+    templates: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+static LAB: OnceLock<Lab> = OnceLock::new();
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn lab() -> (&'static Lab, MutexGuard<'static, ()>) {
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = LAB.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let lab = Lab {
+            root: dir.path().join("root"),
+            templates: dir.path().join("templates"),
+            _dir: dir,
+        };
+        let out = crx(&lab, &["load", "--busybox"]);
+        assert!(out.status.success(), "load: {}", text(&out.stderr));
+        lab
+    });
+    (lab, guard)
+}
+
+fn crx(lab: &Lab, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_crx"))
+        .arg("--root")
+        .arg(&lab.root)
+        .args(args)
+        .env("CRX_TEMPLATE_DIR", &lab.templates)
+        .env("CRX_TRACE", "1")
+        .env_remove("CRX_COLD")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `crx run --rm --network none busybox ARGS`, which must succeed; (stdout, stderr).
+fn run(lab: &Lab, extra: &[&str], args: &[&str]) -> (String, String) {
+    let mut all = vec!["run", "--rm", "--network", "none"];
+    all.extend_from_slice(extra);
+    all.push("busybox");
+    all.extend_from_slice(args);
+    let out = crx(lab, &all);
+    let (o, e) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "crx {all:?}: {}\n{o}\n{e}",
+        out.status
+    );
+    (o, e)
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// What a clone prints: its time, 16 random bytes, its boot id.
+const PROBE: &str = "date +%s; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; \
+                     cat /proc/sys/kernel/random/boot_id";
+
+fn probe(lab: &Lab) -> (f64, f64, Vec<String>, String) {
+    let before = now();
+    let (out, err) = run(lab, &[], &["sh", "-c", PROBE]);
+    let after = now();
+    assert!(err.contains("template: restoring"), "not restored:\n{err}");
+    let lines: Vec<String> = out.lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    (before, after, lines, err)
+}
+
+#[test]
+fn lab_template_restored_containers_answer_keep_time_and_differ() {
+    let (lab, _g) = lab();
+    // The first run of the shape builds the template, then restores from it.
+    let (out, err) = run(lab, &[], &["echo", "first"]);
+    assert_eq!(out, "first\n");
+    assert!(err.contains("template: building"), "{err}");
+    assert!(err.contains("template: restoring"), "{err}");
+    assert!(err.contains("identity given"), "{err}");
+    // An old template: its clock must move on by the time it spent on disk.
+    std::thread::sleep(Duration::from_secs(30));
+    let (b1, a1, one, _) = probe(lab);
+    let guest: f64 = one[0].parse().unwrap();
+    // `date +%s` truncates: the guest's second may start up to 1 s before ours.
+    assert!(
+        guest >= b1.floor() - 1.0 && guest <= a1 + 1.0,
+        "guest time {guest} outside [{b1}, {a1}] +- 1 s"
+    );
+    let (_, _, two, err) = probe(lab);
+    assert!(!err.contains("template: building"), "rebuilt:\n{err}");
+    assert_eq!(one[1].len(), 32, "{one:?}");
+    assert_ne!(
+        one[1], two[1],
+        "two clones read the same /dev/urandom bytes"
+    );
+    assert_eq!(one[2].len(), 36, "{one:?}");
+    assert_ne!(one[2], two[2], "two clones have the same boot id");
+    // --cold boots the kernel, and says so.
+    let (out, err) = run(lab, &["--cold"], &["echo", "cold"]);
+    assert_eq!(out, "cold\n");
+    assert!(err.contains("template: cold boot: CRX_COLD=1"), "{err}");
+    // crx check reports the cache.
+    let out = crx(lab, &["check"]);
+    let check = text(&out.stdout);
+    assert!(check.contains("templates: 1 in"), "{check}");
+}
+
+#[test]
+fn lab_template_ten_sandboxes_from_one_template_each_run_a_container() {
+    let (lab, _g) = lab();
+    let names: Vec<String> = (0..10).map(|i| format!("clone{i}")).collect();
+    for n in &names {
+        let out = crx(
+            lab,
+            &[
+                "run",
+                "-d",
+                "--network",
+                "none",
+                "--name",
+                n,
+                "busybox",
+                "sleep",
+                "600",
+            ],
+        );
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{n}: {err}");
+    }
+    for n in &names {
+        let out = crx(lab, &["exec", n, "echo", n]);
+        assert_eq!(text(&out.stdout).trim(), n, "{}", text(&out.stderr));
+    }
+    let dirs: Vec<_> = std::fs::read_dir(&lab.templates)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("state").exists())
+        .collect();
+    assert_eq!(dirs.len(), 1, "one template for the ten");
+    for n in &names {
+        let out = crx(lab, &["rm", "-f", n]);
+        assert!(out.status.success(), "rm {n}: {}", text(&out.stderr));
+    }
+}
