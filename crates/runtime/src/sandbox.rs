@@ -73,15 +73,19 @@ pub fn boot<E: From<RuntimeError>>(
         }
         Ok(c)
     });
-    drop(plan);
     let control = match ready {
         Ok(c) => c,
         Err(e) => {
             let _ = vmm.kill();
             let _ = vmm.wait();
+            if let Plan::Restore(r) = plan {
+                // A template that did not come up is rebuilt by the next boot.
+                r.discard();
+            }
             return Err(e);
         }
     };
+    drop(plan);
     if trace::enabled() {
         boot_marks(vm, spawned_ms);
     }

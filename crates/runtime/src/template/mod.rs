@@ -114,6 +114,19 @@ impl Restore {
     pub fn launch(&self) -> Launch<'_> {
         Launch::Restore(&self.dir_fd)
     }
+
+    /// Removes the template (a VM restored from it did not answer): the next boot of its
+    /// shape builds it again. Kept while another VM is being restored from it.
+    pub fn discard(self) {
+        let Restore {
+            name, dir, _lock, ..
+        } = self;
+        drop(_lock);
+        crate::trace::mark(&format!("template: {name} discarded"));
+        if let Some(root) = dir.parent() {
+            let _ = store::remove(root, &name);
+        }
+    }
 }
 
 /// What a sandbox boot does.

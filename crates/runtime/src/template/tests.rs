@@ -102,13 +102,20 @@ fn the_first_boot_builds_and_publishes_the_template_and_later_ones_restore_it() 
     assert!(store::prune(&root, 0, |_| true).unwrap().removed.is_empty());
     drop(r);
     // Another sandbox of the shape restores it without a boot.
-    assert!(matches!(plan_retrying(&v, &root), Plan::Restore(_)));
+    let Plan::Restore(r) = plan_retrying(&v, &root) else {
+        panic!("not restored");
+    };
     assert_eq!(runs(d.path()), 1);
+    // One that did not come up is discarded, and the next boot builds it again.
+    r.discard();
+    assert!(store::list(&root).is_empty());
+    assert!(matches!(plan_retrying(&v, &root), Plan::Restore(_)));
+    assert_eq!(runs(d.path()), 2);
     // Another memory size is another template.
     let mut bigger = v.clone();
     bigger.memory_mib = 256;
     assert!(matches!(plan_retrying(&bigger, &root), Plan::Restore(_)));
-    assert_eq!((runs(d.path()), store::list(&root).len()), (2, 2));
+    assert_eq!((runs(d.path()), store::list(&root).len()), (3, 2));
     // A changed crx-vmm binary is another key: rebuilt.
     let again = std::fs::read(&v.vmm).unwrap();
     let tmp = d.path().join("vmm.new");
@@ -116,7 +123,7 @@ fn the_first_boot_builds_and_publishes_the_template_and_later_ones_restore_it() 
     crate::paths::set_mode(&tmp, 0o755).unwrap();
     std::fs::rename(&tmp, &v.vmm).unwrap();
     assert!(matches!(plan_retrying(&v, &root), Plan::Restore(_)));
-    assert_eq!(runs(d.path()), 3);
+    assert_eq!(runs(d.path()), 4);
     // No staging left behind.
     let left: Vec<_> = std::fs::read_dir(&root)
         .unwrap()
