@@ -39,6 +39,33 @@ pub fn read_spec(dir: &Path) -> serde_json::Value {
         .unwrap_or_default()
 }
 
+/// The `start` action as containerd 1.6 and 1.7 speak it: the serving shim of the pod started
+/// (or found: `serve` exits at once when the pod's shim answers on the address), and its
+/// address printed plain on stdout (the crate's `start` prints containerd 2's JSON instead).
+pub fn start(flags: &Flags) -> anyhow::Result<()> {
+    use std::io::Write;
+    let bundle = match flags.bundle.is_empty() {
+        true => std::env::current_dir()?,
+        false => PathBuf::from(&flags.bundle),
+    };
+    let grouping = sandbox_of(&read_spec(&bundle), &flags.id);
+    let opts = StartOpts {
+        id: flags.id.clone(),
+        publish_binary: flags.publish_binary.clone(),
+        address: flags.address.clone(),
+        ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
+        namespace: flags.namespace.clone(),
+        debug: flags.debug,
+        ..Default::default()
+    };
+    let (_pid, address) = shim::spawn(opts, &grouping, Vec::new())?;
+    shim::util::write_address(&address)?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(address.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
 impl shim::Shim for CrxShim {
     type T = crate::service::Service;
 

@@ -33,6 +33,12 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Ok(flags) if flags.action == "start" => {
+            if let Err(e) = actions::start(&flags) {
+                eprintln!("{RUNTIME_ID}: {e:#}");
+                std::process::exit(1);
+            }
+        }
         _ => {
             let config = shim::Config {
                 no_setup_logger: true,
