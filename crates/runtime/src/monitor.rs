@@ -200,7 +200,7 @@ fn instance_monitor(root: &Path, cfg: &instance::RunConfig, sync: SyncWriter) ->
         id: Some(home.state.id.clone()),
     });
     let vmm = sb.vmm.id();
-    crate::trim::release_later(vec![vmm]);
+    crate::trim::release_later(vec![vmm], move || pid_alive(vmm));
     let waited = sb.control.wait(&home.state.id, None, || pid_alive(vmm));
     if let Ok(s) = waited {
         let _ = home.set_exit(s.code);

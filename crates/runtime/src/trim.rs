@@ -60,14 +60,19 @@ fn enabled() -> bool {
 /// the pages of the binary it still maps are shared, which `MADV_PAGEOUT` leaves alone.
 pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// On a thread of its own, after [`SETTLE`]: [`release`] for this process, then
-/// [`release_processes`] for `pids` and their descendants (crx-vmm, the virtiofsd daemons).
-pub fn release_later(pids: Vec<u32>) {
+/// On a thread of its own, after [`SETTLE`] and if `still_running` then says so: [`release`]
+/// for this process, then [`release_processes`] for `pids` and their descendants (crx-vmm,
+/// the virtiofsd daemons). A container that stopped meanwhile (a short one) is left alone: its
+/// monitor is shutting the VM down and would only fault back what it paged out.
+pub fn release_later(pids: Vec<u32>, still_running: impl FnOnce() -> bool + Send + 'static) {
     if !enabled() {
         return;
     }
     std::thread::spawn(move || {
         std::thread::sleep(SETTLE);
+        if !still_running() {
+            return;
+        }
         release();
         release_processes(&with_descendants(&pids));
     });

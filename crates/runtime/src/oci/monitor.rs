@@ -406,7 +406,7 @@ impl Monitor {
 fn answer(
     conn: UnixStream,
     c: &ContainerDir,
-    record: &Shared,
+    record: &Arc<Shared>,
     agent: &Agent,
     term: Option<&OwnedFd>,
     trimmed: &[u32],
@@ -429,7 +429,12 @@ fn answer(
     if started {
         // From here the monitor only relays and waits, and the VM idles or runs its
         // container: the startup pages of all of the sandbox's processes go back.
-        crate::trim::release_later(trimmed.to_vec());
+        // Not once it has stopped: the monitor is then shutting the VM down, and would
+        // only fault back what it pages out.
+        let record = record.clone();
+        crate::trim::release_later(trimmed.to_vec(), move || {
+            matches!(record.lock().phase, Phase::Running | Phase::Paused)
+        });
     }
     Ok(())
 }
