@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a command in a new container (its own microVM).
-    Run(commands::run::Args),
+    Run(Box<commands::run::Args>),
     /// Run a command in a running (detached) container.
     Exec(commands::exec::Args),
     /// List instances.
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let root = cli.root;
     let result = match cli.command {
-        Command::Run(a) => commands::run::run(&root, a),
+        Command::Run(a) => commands::run::run(&root, *a),
         Command::Exec(a) => commands::exec::run(&root, a),
         Command::Ps(a) => commands::ps::run(&root, a),
         Command::Kill(a) => commands::kill::run(&root, a),

@@ -1,6 +1,6 @@
 //! `crx run`'s own network in the nested lab (tier 3): the default CNI bridge (`crx0`, Debian's
 //! containernetworking-plugins), `-p` fetched from the lab host, an instance reaching another
-//! by its address, `--network none`, and after every test
+//! by its address, `--network none`, `--hostname`/`--dns`/`--add-host`, and after every test
 //! nothing left: no veth on `crx0`, no namespace mount, no address lease, no iptables rule
 //! naming an instance's address, no tap.
 //! `cargo xtask lab -- target/debug/deps/lab_run_net-HASH lab_ --test-threads=1`.
@@ -163,6 +163,38 @@ fn lab_run_net_none_has_only_lo_and_bridge_has_eth0() {
     assert_no_leaks(&lab);
 }
 
+#[test]
+fn lab_run_net_hostname_dns_and_add_host_are_seen_inside() {
+    let lab = lab();
+    let out = crx(
+        &lab,
+        &[
+            "run",
+            "--rm",
+            "--hostname",
+            "box1",
+            "--dns",
+            "10.66.0.53",
+            "--add-host",
+            "db.test:10.1.2.3",
+            "busybox",
+            "sh",
+            "-c",
+            "hostname; cat /etc/hostname; cat /etc/resolv.conf; cat /etc/hosts",
+        ],
+    );
+    let t = text(&out.stdout);
+    assert!(t.starts_with("box1\nbox1\n"), "{t}");
+    assert!(t.contains("nameserver 10.66.0.53"), "{t}");
+    assert!(t.contains("10.1.2.3\tdb.test"), "{t}");
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with(SUBNET_PREFIX) && l.ends_with("box1")),
+        "{t}"
+    );
+    assert_no_leaks(&lab);
+}
+
 /// `kill -9` of a detached instance's monitor (its VMM dies with it), then `crx gc`.
 #[test]
 fn lab_run_net_gc_after_kill_9_leaves_nothing() {
@@ -196,5 +228,41 @@ fn lab_run_net_gc_after_kill_9_leaves_nothing() {
         .output()
         .unwrap();
     assert_eq!(code(&out), 0, "gc: {}", text(&out.stderr));
+    assert_no_leaks(&lab);
+}
+
+/// `-v` both ways: a host file read in the container, a container write seen on the host, and
+/// a `:ro` volume refusing writes; nothing mounted is left.
+#[test]
+fn lab_run_net_volumes_both_ways_and_ro_refused() {
+    let lab = lab();
+    let vol = lab.dir.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    std::fs::write(vol.join("h.txt"), "from-host\n").unwrap();
+    let rw = format!("{}:/data", vol.display());
+    let ro = format!("{}:/ro:ro", vol.display());
+    let out = crx(
+        &lab,
+        &[
+            "run",
+            "--rm",
+            "-v",
+            &rw,
+            "-v",
+            &ro,
+            "busybox",
+            "sh",
+            "-c",
+            "cat /data/h.txt; echo from-guest > /data/g.txt; \
+             if echo x > /ro/y; then echo wrote-ro; else echo ro-refused; fi",
+        ],
+    );
+    let t = text(&out.stdout);
+    assert_eq!(t, "from-host\nro-refused\n", "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(vol.join("g.txt")).unwrap(),
+        "from-guest\n"
+    );
+    assert!(!vol.join("y").exists());
     assert_no_leaks(&lab);
 }

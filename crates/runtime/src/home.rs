@@ -200,6 +200,9 @@ impl Home {
         // Its VMM's cgroup, and whatever still runs there (ADR 0011); best effort: a sweep
         // takes what is left.
         let _ = crate::jail::cgroup::remove(&self.dir.join("vm"));
+        // Its binds' host mounts (`-v`) first: a volume is never removed recursively.
+        crate::oci::rootfs::unbind_all(&self.dir)
+            .map_err(|e| RuntimeError::Volumes(Box::new(e)))?;
         // Its network (CNI `DEL`, the namespace): a failure keeps the home, to be tried again.
         crate::net::run::teardown(&self.dir)?;
         match fs::remove_dir_all(&self.dir) {

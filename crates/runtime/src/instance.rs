@@ -43,7 +43,13 @@ pub struct RunConfig {
     /// `--dns`, `--add-host` ([`crate::net::etc`]).
     #[serde(default)]
     pub resolution: crate::net::etc::Resolution,
+    /// `-v` volumes ([`binds`]).
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
 }
+
+mod binds;
+pub use binds::Volume;
 
 pub use crate::agent::agent_timeout;
 pub use crate::relay::{open_stdio, Stdio};
@@ -56,6 +62,8 @@ pub struct Started {
     pub home: Home,
     pub sandbox: Sandbox,
     pub streams: Streams,
+    /// The virtiofsd of the instance's binds (`-v`...), if any: keep it as long as the VM.
+    pub binds: Option<crate::virtiofs::Daemon>,
 }
 
 /// The image store under `root`.
@@ -121,7 +129,12 @@ fn boot_and_start(
     // (undone when the home is removed, or by `guard` if the start fails).
     let network = crate::net::run::setup(&home.dir, &home.state.id, &cfg.network)?;
     let spec = spec::runtime_spec(process, &hostname)?;
-    let spec = serde_json::to_value(&spec).expect("spec serializes");
+    let mut spec = serde_json::to_value(&spec).expect("spec serializes");
+    let own: Vec<std::net::IpAddr> = crate::net::run::addresses(&home.dir)
+        .iter()
+        .map(|ip| ip.address.addr)
+        .collect();
+    let binds = binds::share(&home.dir, cfg, &hostname, &own, &mut spec)?;
     home.write_spec(&spec)?;
     let mut vm = VmConfig {
         vmm,
@@ -138,6 +151,9 @@ fn boot_and_start(
         fs: Vec::new(),
         net: network.nics,
     };
+    if let Some(d) = &binds {
+        vm.add_fs(binds::TAG, d.socket());
+    }
     // The measured boot: what this VM boots, as verified (saved with the VMM's pid).
     home.state.boot = Some(vm.boot.digests());
     let mut sandbox = sandbox::boot(&vm, |pid| {
@@ -161,6 +177,7 @@ fn boot_and_start(
         home,
         sandbox,
         streams,
+        binds,
     })
 }
 
@@ -172,7 +189,7 @@ fn boot_and_start(
 pub fn start_detached(root: &Path, cfg: &RunConfig) -> Result<String, MonitorError> {
     let job = crate::monitor::Job::Instance {
         root: root.to_owned(),
-        config: cfg.clone(),
+        config: Box::new(cfg.clone()),
     };
     let started = crate::monitor::start(job, true)?;
     started
@@ -194,7 +211,10 @@ impl Drop for Cleanup {
         }
         if let Some(dir) = self.home.take() {
             let _ = crate::net::run::teardown(&dir);
-            let _ = std::fs::remove_dir_all(dir);
+            // Never recursively through a volume still mounted.
+            if binds::unbind(&dir).is_ok() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
         }
     }
 }

@@ -47,7 +47,8 @@ pub enum Job {
     /// A detached `crx run`: its instance, booted and monitored.
     Instance {
         root: PathBuf,
-        config: instance::RunConfig,
+        /// Boxed: the run's flags (network, volumes...) make it the largest job by far.
+        config: Box<instance::RunConfig>,
     },
 }
 
@@ -187,6 +188,7 @@ fn instance_monitor(root: &Path, cfg: &instance::RunConfig, sync: SyncWriter) ->
     let instance::Started {
         mut home,
         sandbox: mut sb,
+        binds: _binds,
         ..
     } = match instance::start(root, cfg) {
         Ok(s) => s,

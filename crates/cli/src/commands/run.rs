@@ -6,7 +6,7 @@ use std::time::Duration;
 use std::net::IpAddr;
 
 use anyhow::{bail, Result};
-use crx_runtime::instance::{self, RunConfig, Started};
+use crx_runtime::instance::{self, RunConfig, Started, Volume};
 use crx_runtime::net::cni::PortMapping;
 use crx_runtime::net::etc::{HostEntry, Resolution};
 use crx_runtime::net::run::{NetworkMode, RunNetwork};
@@ -69,6 +69,9 @@ pub struct Args {
     /// An /etc/hosts entry NAME:IP (repeatable).
     #[arg(long = "add-host", value_parser = flags::add_host::parse)]
     add_host: Vec<HostEntry>,
+    /// Bind-mount a host path: HOST:CONTAINER[:ro|rw] (repeatable; shared over virtio-fs).
+    #[arg(short = 'v', long = "volume", value_parser = flags::volume::parse)]
+    volume: Vec<Volume>,
     /// The image (name or digest).
     image: String,
     /// The command and its arguments (default: the image's).
@@ -112,6 +115,7 @@ pub fn run(root: &Path, mut a: Args) -> Result<i32> {
             dns: a.dns,
             hosts: a.add_host,
         },
+        volumes: a.volume,
     };
     if a.detach {
         // A monitor started by the runtime boots the instance and records its exit.
@@ -124,6 +128,7 @@ pub fn run(root: &Path, mut a: Args) -> Result<i32> {
         mut home,
         sandbox: mut sb,
         streams,
+        binds: _binds,
     } = instance::start_with(root, &cfg, on_spawn)?;
     let id = home.state.id.clone();
     signals.set(Target::Process {
