@@ -41,11 +41,13 @@ fn io_err(p: &Path, source: std::io::Error) -> TemplateError {
 }
 
 /// The template VM: `vm`'s kernel, initrd, memory and vCPUs; an empty disk in the disk slot;
-/// its socket, console and log in `staging`; no boot timer, network or shares.
-fn template_vm(vm: &VmConfig, staging: &Path) -> VmConfig {
+/// its console and log in `staging`, its socket in `sockets` (a local directory: the cache may
+/// be a filesystem without Unix sockets, as the nested lab's 9p share); no boot timer, network
+/// or shares.
+fn template_vm(vm: &VmConfig, staging: &Path, sockets: &Path) -> VmConfig {
     let mut t = vm.clone();
     t.disk = staging.join(PLACEHOLDER);
-    t.vsock_uds = staging.join("v.sock");
+    t.vsock_uds = sockets.join("v.sock");
     t.console = staging.join("console");
     t.vmm_log = staging.join("vmm.log");
     t.die_with_parent = true;
@@ -59,7 +61,16 @@ fn template_vm(vm: &VmConfig, staging: &Path) -> VmConfig {
 /// snapshot into `staging` and exit 0. Unjailed (seccomp on): it runs only the verified
 /// kernel and initrd and no container, and writes its snapshot where a jail's user could not.
 fn boot_and_snapshot(vm: &VmConfig, staging: &Path) -> Result<(), TemplateError> {
-    let t = template_vm(vm, staging);
+    let name = staging.file_name().unwrap_or_default().to_string_lossy();
+    let sockets = std::env::temp_dir().join(format!("crx-template{name}"));
+    let _ = std::fs::remove_dir_all(&sockets);
+    crate::paths::create_private_dir(&sockets).map_err(|e| io_err(&sockets, e))?;
+    let r = boot_in(&template_vm(vm, staging, &sockets), staging);
+    let _ = std::fs::remove_dir_all(&sockets);
+    r
+}
+
+fn boot_in(t: &VmConfig, staging: &Path) -> Result<(), TemplateError> {
     std::fs::File::create(&t.disk).map_err(|e| io_err(&t.disk, e))?;
     let start = Instant::now();
     let mut child = t.spawn_as(
@@ -109,7 +120,7 @@ fn last_line(p: &Path) -> Option<String> {
 /// Makes `staging` readable by every jail's user (a restore maps it read-only), records the
 /// key, and renames it to `dir` (an incomplete `dir` left by a crash is replaced).
 fn publish(staging: &Path, dir: &Path, key: &Key) -> Result<(), TemplateError> {
-    for f in ["v.sock", "vm.toml", crate::jail::CONFINEMENT_FILE] {
+    for f in ["vm.toml", crate::jail::CONFINEMENT_FILE] {
         let _ = std::fs::remove_file(staging.join(f));
     }
     std::fs::write(staging.join(KEY), &key.text).map_err(|e| io_err(staging, e))?;
@@ -155,7 +166,7 @@ mod tests {
         std::fs::create_dir(&dir).unwrap(); // a crashed build's leftover
         publish(&staging, &dir, &key).unwrap();
         assert!(!staging.exists() && store::complete(&dir));
-        assert!(!dir.join("v.sock").exists() && !dir.join("vm.toml").exists());
+        assert!(!dir.join("vm.toml").exists());
         assert_eq!(std::fs::read_to_string(dir.join(KEY)).unwrap(), key.text);
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
