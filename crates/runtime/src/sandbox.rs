@@ -35,57 +35,60 @@ pub enum Streams {
 }
 
 /// Boots `vm`: restored from its template when one fits ([`template::plan`], ADR 0017),
-/// else cold; starts crx-vmm, calls `on_spawn(pid)` at once (to record it where a later
-/// process looks), and waits for the guest agent (bounded by [`agent_timeout`]; a VM that
-/// stops first fails at once); a restored VM gets its identity before anything else. On any
-/// error the VMM is killed and reaped.
+/// else cold; calls `on_spawn(pid)` with the VMM that runs (at once for a cold boot, to record
+/// it where a later process looks; once a restored VM answered, since a restore that fails
+/// falls back to a cold boot), and waits for the guest agent (bounded by [`agent_timeout`]; a
+/// VM that stops first fails at once); a restored VM gets its identity before anything else.
+/// On any error the VMM is killed and reaped.
 pub fn boot<E: From<RuntimeError>>(
     vm: &VmConfig,
     on_spawn: impl FnOnce(u32) -> Result<(), E>,
 ) -> Result<Sandbox, E> {
-    let plan = template::plan(vm);
-    let mut vmm = match &plan {
-        Plan::Restore(r) => {
-            // The template was built without the boot timer: the shapes must match.
-            let mut restored = vm.clone();
-            restored.boot_timer = false;
-            restored.spawn_as(
-                crate::jail::enabled(),
-                crate::jail::seccomp_enabled(),
-                &r.launch(),
-            )?
+    let agent = Agent::new(vm.vsock_uds.clone());
+    if let Plan::Restore(r) = template::plan(vm) {
+        match restore(vm, &r, &agent) {
+            Ok((mut vmm, control)) => {
+                drop(r);
+                if let Err(e) = on_spawn(vmm.id()) {
+                    let _ = vmm.kill();
+                    let _ = vmm.wait();
+                    return Err(e);
+                }
+                trace::mark("agent ready");
+                return Ok(Sandbox {
+                    vmm,
+                    agent,
+                    control,
+                });
+            }
+            Err(e) => {
+                // Not this template again: the next boot of the shape builds it anew.
+                trace::mark(&format!(
+                    "template: restore failed, booting cold: {}",
+                    crate::chain(&e)
+                ));
+                r.discard();
+            }
         }
-        Plan::Cold(_) => vm.spawn()?,
-    };
+    }
+    let mut vmm = vm.spawn()?;
     let spawned_ms = trace::now_ms();
     trace::mark("vmm spawned");
-    let agent = Agent::new(vm.vsock_uds.clone());
     let ready = on_spawn(vmm.id()).and_then(|()| {
-        let mut c = agent
+        agent
             .wait_ready(agent_timeout(), &vm.vmm_log, &vm.console, || {
                 matches!(vmm.try_wait(), Ok(None))
             })
-            .map_err(E::from)?;
-        if let Plan::Restore(_) = &plan {
-            let id = template::identity(vm).map_err(E::from)?;
-            c.call(id).map_err(|e| E::from(RuntimeError::from(e)))?;
-            trace::mark("identity given (entropy, disk)");
-        }
-        Ok(c)
+            .map_err(E::from)
     });
     let control = match ready {
         Ok(c) => c,
         Err(e) => {
             let _ = vmm.kill();
             let _ = vmm.wait();
-            if let Plan::Restore(r) = plan {
-                // A template that did not come up is rebuilt by the next boot.
-                r.discard();
-            }
             return Err(e);
         }
     };
-    drop(plan);
     if trace::enabled() {
         boot_marks(vm, spawned_ms);
     }
@@ -95,6 +98,42 @@ pub fn boot<E: From<RuntimeError>>(
         agent,
         control,
     })
+}
+
+/// Restores `vm` from template `r` and gives it its identity; the VMM is killed on failure.
+fn restore(
+    vm: &VmConfig,
+    r: &template::Restore,
+    agent: &Agent,
+) -> Result<(Child, Control), RuntimeError> {
+    // The template was built without the boot timer: the shapes must match.
+    let mut restored = vm.clone();
+    restored.boot_timer = false;
+    let mut vmm = restored.spawn_as(
+        crate::jail::enabled(),
+        crate::jail::seccomp_enabled(),
+        &r.launch(),
+    )?;
+    trace::mark("vmm spawned (restoring)");
+    let ready = agent
+        .wait_ready(agent_timeout(), &vm.vmm_log, &vm.console, || {
+            matches!(vmm.try_wait(), Ok(None))
+        })
+        .and_then(|mut c| {
+            c.call(template::identity(vm)?)?;
+            trace::mark("identity given (entropy, disk)");
+            Ok(c)
+        });
+    match ready {
+        Ok(c) => Ok((vmm, c)),
+        Err(e) => {
+            let _ = vmm.kill();
+            let _ = vmm.wait();
+            // Killed, it left its socket: the cold VMM binds the same path.
+            let _ = std::fs::remove_file(&vm.vsock_uds);
+            Err(e)
+        }
+    }
 }
 
 /// The guest's boot-timer marks from the VMM's log, as trace marks.
