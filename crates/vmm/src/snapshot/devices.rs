@@ -63,4 +63,12 @@ impl Devices {
         }
         Ok(())
     }
+
+    /// Raises again the interrupts the restore raised (or the snapshot held pending): call
+    /// once the IOAPIC, PICs and LAPICs have their state, which dropped the earlier ones.
+    pub fn reassert_interrupts(&self) {
+        for t in &self.virtio {
+            lock(t).reassert_interrupt();
+        }
+    }
 }

@@ -90,6 +90,9 @@ pub(super) fn restore(
     devices.restore(&l.state.devices)?;
     let vcpus = attach::restored_vcpus(vm, &l.state.vcpus, shared)?;
     snap::kvm_vm::restore(vm, &l.state.kvm)?;
+    // A disk's size change and vsock's transport reset were signalled before the interrupt
+    // controllers had their state, which dropped them.
+    devices.reassert_interrupts();
     Ok(vcpus)
 }
 

@@ -81,6 +81,10 @@ pub trait TransportSnapshot: Send {
     /// Restores `state`, re-activating the device if it was active; the queues' notification
     /// eventfds are signalled so that buffers made available before the snapshot are seen.
     fn restore_state(&mut self, state: &TransportState) -> Result<(), DeviceStateError>;
+    /// Raises the interrupt again if a status bit is set: called once the interrupt
+    /// controllers have their restored state (an interrupt raised by `restore_state`, before
+    /// the IOAPIC and LAPICs had theirs, was lost; a spurious one is harmless).
+    fn reassert_interrupt(&mut self);
 }
 
 impl<D: VirtioDevice> TransportSnapshot for MmioTransport<D> {
@@ -117,6 +121,14 @@ impl<D: VirtioDevice> TransportSnapshot for MmioTransport<D> {
             queues,
             device,
         })
+    }
+
+    fn reassert_interrupt(&mut self) {
+        if self.interrupt_status != 0 {
+            if let Err(e) = self.interrupt.trigger() {
+                crate::guest_warn!("virtio-mmio: cannot trigger the interrupt: {e}");
+            }
+        }
     }
 
     fn restore_state(&mut self, state: &TransportState) -> Result<(), DeviceStateError> {
