@@ -115,8 +115,10 @@ impl Restore {
         Launch::Restore(&self.dir_fd)
     }
 
-    /// Removes the template (a VM restored from it did not answer): the next boot of its
-    /// shape builds it again. Kept while another VM is being restored from it.
+    /// Removes the template (a VM restored from it did not answer) and marks its key broken:
+    /// later boots of the shape boot cold, without building it again, until `crx gc` clears
+    /// the mark (or an input changes, which is another key). Kept while another VM is being
+    /// restored from it.
     pub fn discard(self) {
         let Restore {
             name, dir, _lock, ..
@@ -124,6 +126,7 @@ impl Restore {
         drop(_lock);
         crate::trace::mark(&format!("template: {name} discarded"));
         if let Some(root) = dir.parent() {
+            let _ = std::fs::write(store::broken_mark(root, &name), b"");
             let _ = store::remove(root, &name);
         }
     }
@@ -180,6 +183,11 @@ fn plan_in(vm: &VmConfig, root: &Path) -> Plan {
     };
     let name = key.name();
     let dir = root.join(&name);
+    if store::broken_mark(root, &name).exists() {
+        return Plan::Cold(format!(
+            "template {name} failed to restore before (`crx gc` lets it be built again)"
+        ));
+    }
     if !store::complete(&dir) {
         crate::trace::mark(&format!("template: building {name}"));
         match build::ensure(vm, &key, root) {

@@ -22,6 +22,11 @@ pub const USED: &str = "used";
 /// Prefix of a build in progress (or left by a builder that died).
 pub const STAGING: &str = ".staging-";
 
+/// The mark of a key whose template failed to restore (`NAME.broken`).
+pub fn broken_mark(root: &Path, name: &str) -> PathBuf {
+    root.join(format!("{name}.broken"))
+}
+
 /// The cache: `$CRX_TEMPLATE_DIR`, else `/var/cache/crx/templates`.
 pub fn root() -> PathBuf {
     std::env::var_os("CRX_TEMPLATE_DIR")
@@ -163,7 +168,7 @@ pub struct Pruned {
 }
 
 /// Removes the templates `stale` says are out of date, the least recently used ones while the
-/// cache is over `limit` bytes, and staging directories no builder holds.
+/// cache is over `limit` bytes, staging directories no builder holds, and broken marks.
 pub fn prune(
     root: &Path,
     limit: u64,
@@ -182,6 +187,10 @@ pub fn prune(
     if let Ok(rd) = std::fs::read_dir(root) {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
+            if n.ends_with(".broken") {
+                let _ = std::fs::remove_file(e.path());
+                continue;
+            }
             let Some(rest) = n.strip_prefix(STAGING) else {
                 continue;
             };
