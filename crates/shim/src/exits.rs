@@ -27,6 +27,7 @@ impl Inner {
         if let Some(c) = copies {
             c.drain();
         }
+        log::info!("{id} {exec_id:?} exited ({code})");
         let at = now();
         let pid = {
             let mut s = self.lock();

@@ -25,6 +25,7 @@ use crate::task::{Container, Phase, PodHandle, Proc};
 /// the container created in the VM (none for the sandbox); the pid reported (the VMM's).
 pub fn create(inner: &Inner, req: &api::CreateTaskRequest) -> TtrpcResult<u32> {
     let (dir, spec) = bundle(&req.bundle)?;
+    log::info!("create {} ({} rootfs mounts)", req.id, req.rootfs.len());
     if inner.lock().containers.contains_key(&req.id) {
         return Err(err(Code::ALREADY_EXISTS, &req.id));
     }
@@ -123,10 +124,12 @@ fn pod_for(
         ));
     }
     let dir = pod_dir(inner.namespace(), sandbox);
+    log::info!("booting pod {sandbox} in {}", dir.dir.display());
     let pod = PodHandle::boot(dir.clone(), spec.clone()).map_err(|e| {
         let _ = crx_runtime::pod::cleanup(&dir);
         err(Code::UNKNOWN, format!("booting the pod's VM: {e:#}"))
     })?;
+    log::info!("pod {sandbox} booted: crx-vmm pid {}", pod.vmm_pid);
     s.pod = Some(pod.clone());
     Ok(pod)
 }

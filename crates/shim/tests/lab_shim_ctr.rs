@@ -108,8 +108,10 @@ fn import_busybox(c: &Containerd) {
     assert!(out.status.success(), "import: {}", text(&out.stderr));
 }
 
+/// `ctr` bounded by `timeout` (a hung shim fails the test instead of hanging it).
 fn ctr_cmd(c: &Containerd, args: &[&str]) -> Command {
-    let mut cmd = Command::new("ctr");
+    let mut cmd = Command::new("timeout");
+    cmd.args(["-k", "5", "240", "ctr"]);
     cmd.arg("--address").arg(&c.address).args(args);
     cmd.stdin(Stdio::null());
     cmd
