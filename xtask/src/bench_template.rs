@@ -64,6 +64,7 @@ fn crx_cmd(crx: &Path, root: &Path, templates: &Path, cold: bool) -> Command {
     c.arg("--root")
         .arg(root)
         .env("CRX_TEMPLATE_DIR", templates)
+        .env("CRX_TEMPLATES", "1")
         .env_remove("CRX_TRACE")
         .stdin(Stdio::null());
     if cold {

@@ -40,6 +40,7 @@ fn crx(lab: &Lab, args: &[&str]) -> Output {
         .arg(&lab.root)
         .args(args)
         .env("CRX_TEMPLATE_DIR", &lab.templates)
+        .env("CRX_TEMPLATES", "1")
         .env("CRX_TRACE", "1")
         .env_remove("CRX_COLD")
         .stdin(Stdio::null())

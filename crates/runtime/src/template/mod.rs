@@ -146,10 +146,20 @@ pub fn forced_cold() -> bool {
     std::env::var_os("CRX_COLD").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
+/// Whether templates are on (`CRX_TEMPLATES=1`). Off by default until a restored clone is
+/// proven in the nested lab: there, the clone's crx-init died of SIGSEGV right after the
+/// snapshot point (ADR 0017, "State"), and each such failure costs a build and a cold boot.
+pub fn enabled() -> bool {
+    std::env::var_os("CRX_TEMPLATES").is_some_and(|v| v == "1")
+}
+
 /// Why `vm` cannot come from a template, if it cannot.
 pub fn unfit(vm: &VmConfig) -> Option<&'static str> {
     if forced_cold() {
         return Some("CRX_COLD=1");
+    }
+    if !enabled() {
+        return Some("templates are off (CRX_TEMPLATES=1 turns them on)");
     }
     if !vm.net.is_empty() {
         return Some("the VM has a network device (virtio-net state cannot be snapshotted yet)");
@@ -295,6 +305,8 @@ pub fn status(vm: Option<&VmConfig>) -> String {
     }
     if forced_cold() {
         s.push_str("; CRX_COLD=1: every boot is cold");
+    } else if !enabled() {
+        s.push_str("; off (CRX_TEMPLATES=1 turns them on)");
     }
     s
 }

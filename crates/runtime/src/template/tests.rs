@@ -67,6 +67,7 @@ fn runs(d: &Path) -> usize {
 
 /// Retries a plan whose fresh script another test's fork may briefly hold open (ETXTBSY).
 fn plan_retrying(vm: &VmConfig, root: &Path) -> Plan {
+    std::env::set_var("CRX_TEMPLATES", "1");
     for _ in 0..50 {
         match plan_in(vm, root) {
             Plan::Cold(why) if why.contains("Text file busy") => {
@@ -164,6 +165,7 @@ fn a_failed_build_boots_cold_saying_why_and_leaves_nothing() {
 
 #[test]
 fn vms_a_template_cannot_hold_boot_cold() {
+    std::env::set_var("CRX_TEMPLATES", "1");
     let d = tempfile::tempdir().unwrap();
     let base = vm(d.path(), fake_vmm(d.path(), false));
     let mut shared = base.clone();
