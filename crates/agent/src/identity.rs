@@ -1,10 +1,10 @@
 //! A template VM's snapshot point and what makes each clone of it its own (ADR 0017).
 //!
 //! A template boots with `crxtemplate=1` on the kernel command line. Once its agent listens and
-//! its container helper runs, crx-init writes [`TEMPLATE_SNAPSHOT_PORT`]: crx-vmm (started
-//! with `--snapshot-on-port`) stops the VM there and writes the snapshot. In every VM restored
-//! from it, that write returns: the agent is then a *clone* whose kernel RNG state, boot id
-//! (if anything had read it) and everything else are the template's, shared with every sibling.
+//! its container helper runs, crx-init says so on the console ([`READY_LINE`]) and waits in
+//! `accept`: the runtime then has crx-vmm (`--snapshot-on-signal`) snapshot the VM, idle in the
+//! kernel. Every VM restored from it is a *clone* whose kernel RNG state, boot id (if anything
+//! had read it) and everything else are the template's, shared with every sibling.
 //!
 //! The threat: two clones resumed from the same memory draw the same "random" bytes from the
 //! kernel's CRNG (keys, TLS nonces, ASLR of new processes, UUIDs) until something reseeds it.
@@ -19,8 +19,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-use crx_proto::console::TEMPLATE_SNAPSHOT_PORT;
 
 /// Set in a clone until its identity arrived.
 static PENDING: AtomicBool = AtomicBool::new(false);
@@ -60,19 +58,19 @@ pub fn pending() -> bool {
     PENDING.load(Ordering::SeqCst)
 }
 
-/// In a template boot (`template` set from the command line), stops here for the snapshot;
-/// returns in each clone (marking it [`pending`]), or at once when no snapshot is taken.
+/// In a template boot (`template` set from the command line), marks this VM a clone-to-be
+/// ([`pending`]) and says [`READY_LINE`] on the console: the host then asks crx-vmm for the
+/// snapshot (SIGUSR1) while the agent waits in `accept`, its vCPU idle in the kernel, and every
+/// clone resumes there.
 pub fn snapshot_point(template: bool) {
-    if !template {
-        return;
-    }
-    // Set before the write: the snapshot holds it set, and so does every clone.
-    PENDING.store(true, Ordering::SeqCst);
-    if !outb_ioperm(TEMPLATE_SNAPSHOT_PORT) {
-        eprintln!("crx-init: template: port {TEMPLATE_SNAPSHOT_PORT:#x} not writable (no ioperm): no snapshot");
-        PENDING.store(false, Ordering::SeqCst);
+    if template {
+        PENDING.store(true, Ordering::SeqCst);
+        eprintln!("{READY_LINE}");
     }
 }
+
+/// What a template's crx-init says on its console once it may be snapshotted.
+pub const READY_LINE: &str = crx_proto::console::TEMPLATE_READY_LINE;
 
 /// Applies the host's identity: entropy and reseed, then the disks' sizes.
 pub fn apply(entropy: &[u8], disk_sectors: &[u64]) -> Result<(), IdentityError> {
@@ -160,25 +158,6 @@ fn wait_disks(
         }
     }
     Ok(())
-}
-
-#[cfg(target_arch = "x86_64")]
-fn outb_ioperm(port: u16) -> bool {
-    // SAFETY: ioperm only changes this thread's I/O permission bitmap.
-    if unsafe { libc::ioperm(libc::c_ulong::from(port), 1, 1) } != 0 {
-        return false;
-    }
-    // SAFETY: ioperm granted this thread `port`: `out` does not fault; it touches no memory.
-    unsafe {
-        std::arch::asm!("out dx, al", in("dx") port, in("al") 1u8,
-            options(nomem, nostack, preserves_flags));
-    }
-    true
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn outb_ioperm(_port: u16) -> bool {
-    false
 }
 
 #[cfg(test)]

@@ -5,11 +5,10 @@
 /// The boot-timer I/O port: unassigned on a PC, one `out` instruction from any guest mode.
 pub const BOOT_TIMER_PORT: u16 = 0x440;
 
-/// The port a template VM's crx-init writes once it is ready to be snapshotted (its agent
+/// The console line a template VM's crx-init prints once it may be snapshotted (its agent
 /// listening, its container helper started; `crxtemplate=1` on the kernel command line): the
-/// runtime starts a template's boot with `crx-vmm --snapshot-on-port` on it (ADR 0017). The
-/// write returns in every VM restored from that snapshot.
-pub const TEMPLATE_SNAPSHOT_PORT: u16 = 0x441;
+/// runtime then sends crx-vmm (`--snapshot-on-signal`) SIGUSR1 (ADR 0017).
+pub const TEMPLATE_READY_LINE: &str = "crx-init: template ready for its snapshot";
 
 /// The boot-timer codes crx-init writes, in boot order (other values are custom marks).
 pub mod mark {

@@ -26,7 +26,7 @@ use streams::Streams;
 /// Listens on `addr` and serves connections until one asks for `Shutdown`; `mark` gets
 /// [`boot_timer::READY`] once the socket listens, then [`boot_timer::HELPER_STARTED`] from
 /// the thread that starts the container helper, to which container requests go. A
-/// `template` boot starts the helper first and stops for its snapshot before accepting
+/// `template` boot starts the helper first and says when it may be snapshotted
 /// ([`crate::identity::snapshot_point`]).
 pub fn serve(
     addr: &ListenAddr,
@@ -43,7 +43,6 @@ pub fn serve(
     eprintln!("crx-init: agent listening on {addr}");
     if template {
         forwarder.warm_up();
-        crate::identity::snapshot_point(true);
     }
     // The helper starts while the host connects; a request that needs it first waits.
     let warming = std::thread::Builder::new()
@@ -86,6 +85,8 @@ pub fn serve(
             }
         })
         .context("starting the accept thread")?;
+    // A template is snapshotted from here on, this thread in recv, the other in accept.
+    crate::identity::snapshot_point(template);
     // The accept thread holds a sender forever, so this returns only on Shutdown.
     rx.recv().context("agent accept loop ended")
 }

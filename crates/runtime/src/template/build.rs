@@ -1,6 +1,6 @@
-//! Building a template: boot the VM once with an empty disk and `crxtemplate=1`, let crx-init
-//! stop it at its snapshot port once its agent listens (crx-vmm `--snapshot-on-port` writes
-//! the snapshot and exits 0), then publish the staging directory by rename, under the key's
+//! Building a template: boot the VM once with an empty disk and `crxtemplate=1`; once crx-init
+//! says on the console that its agent listens, ask crx-vmm (`--snapshot-on-signal`) for the
+//! snapshot with SIGUSR1 (it writes it and exits 0), then publish the staging directory by rename, under the key's
 //! exclusive lock so that two builders never race.
 
 use std::path::{Path, PathBuf};
@@ -10,6 +10,9 @@ use super::key::Key;
 use super::store::{self, KEY, PLACEHOLDER, STAGING};
 use super::{Launch, TemplateError};
 use crate::vm::VmConfig;
+
+/// How long after crx-init's ready line the snapshot is asked for.
+const SETTLE: Duration = Duration::from_millis(300);
 
 /// Builds `key`'s template from `vm` under `root` unless it exists; its directory.
 pub fn ensure(vm: &VmConfig, key: &Key, root: &Path) -> Result<PathBuf, TemplateError> {
@@ -79,6 +82,7 @@ fn boot_in(t: &VmConfig, staging: &Path) -> Result<(), TemplateError> {
         &Launch::Template(staging),
     )?;
     let limit = crate::agent::agent_timeout();
+    let (mut ready, mut asked) = (None::<Instant>, false);
     let why = loop {
         match child.try_wait() {
             Ok(Some(s)) if s.success() && store::complete(staging) => {
@@ -92,9 +96,20 @@ fn boot_in(t: &VmConfig, staging: &Path) -> Result<(), TemplateError> {
             Ok(None) => {}
             Err(e) => break format!("waiting for crx-vmm: {e}"),
         }
-        let console = std::fs::read_to_string(&t.console).unwrap_or_default();
-        if console.contains("crx-init: template:") {
-            break "the guest could not stop for its snapshot".into();
+        if ready.is_none() {
+            let console = std::fs::read_to_string(&t.console).unwrap_or_default();
+            if console.contains(crx_proto::console::TEMPLATE_READY_LINE) {
+                ready = Some(Instant::now());
+            }
+        }
+        // Once crx-init said it is ready, it is about to wait in accept (its vCPU idle in the
+        // kernel): the snapshot is asked for a moment later, once.
+        if ready.is_some_and(|r| r.elapsed() >= SETTLE) && !asked {
+            asked = true;
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1) {
+                break format!("cannot signal crx-vmm: {e}");
+            }
         }
         if start.elapsed() > limit {
             break format!("no snapshot after {}s", limit.as_secs());

@@ -50,7 +50,8 @@ impl From<crate::RuntimeError> for TemplateError {
 pub enum Launch<'a> {
     /// Boot the kernel.
     Boot,
-    /// Boot a template: crx-init stops at its snapshot port, crx-vmm writes the snapshot here.
+    /// Boot a template: crx-vmm writes the snapshot here on SIGUSR1, which the builder sends
+    /// once crx-init said it is ready.
     Template(&'a Path),
     /// Restore the template whose directory this descriptor is (crx-vmm inherits it and
     /// reads `/proc/self/fd/N/state`: no bind into a jail needed; files 0644, directory 0755).
@@ -62,11 +63,7 @@ impl Launch<'_> {
     pub(crate) fn args(&self) -> Vec<String> {
         match self {
             Launch::Boot => Vec::new(),
-            Launch::Template(dir) => vec![
-                "--snapshot-on-port".into(),
-                crx_proto::console::TEMPLATE_SNAPSHOT_PORT.to_string(),
-                dir.display().to_string(),
-            ],
+            Launch::Template(dir) => vec!["--snapshot-on-signal".into(), dir.display().to_string()],
             Launch::Restore(f) => vec![
                 "--restore".into(),
                 format!("/proc/self/fd/{}", f.as_raw_fd()),

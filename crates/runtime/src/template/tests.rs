@@ -26,9 +26,8 @@ fn fake_vmm(d: &Path, fail: bool) -> PathBuf {
     } else {
         format!(
             "grep -q crxtemplate=1 \"$2\" || exit 3\n\
-             [ \"$3\" = --snapshot-on-port ] && [ \"$4\" = {} ] || exit 4\n\
-             echo state > \"$5/state\"; : > \"$5/memory\"; echo run >> {}",
-            crx_proto::console::TEMPLATE_SNAPSHOT_PORT,
+             [ \"$3\" = --snapshot-on-signal ] || exit 4\n\
+             echo state > \"$4/state\"; : > \"$4/memory\"; echo run >> {}",
             d.join("runs").display()
         )
     };
@@ -195,7 +194,7 @@ fn a_template_boot_says_so_to_crx_init_and_crx_vmm() {
     assert_eq!(cfg.init_args.as_deref(), Some("quiet crxtemplate=1"));
     assert_eq!(
         l.args(),
-        ["--snapshot-on-port", "1089", "/t/.staging-x-1"].map(String::from)
+        ["--snapshot-on-signal", "/t/.staging-x-1"].map(String::from)
     );
     let mut plain = crx_vmconfig::VmConfig::new(128, "/k");
     Launch::Boot.describe(&mut plain);
