@@ -10,11 +10,25 @@
 //! - [`vsock`]: the hybrid-vsock `CONNECT` handshake.
 //! - [`agent`]: what a test hands the guest agent (an ext4 busybox disk, specs, processes).
 //! - [`net`]: a tap on the lab host.
+//! - With the feature `cri`: [`cri`], a CRI v1 client over containerd's socket;
+//!   [`cri_env`], containerd with its CRI plugin, CNI and runtime handlers of the test's own;
+//!   [`cri_images`], the offline images in a loopback registry; [`cri_leaks`], what a pod
+//!   leaves on the host, counted; [`cri_pod`], the pod scenario of the CRI tests, step by step.
 //! - [`Lab`]: a temporary state root, held under the one-VM lock ([`one_vm`]), as a child
 //!   subreaper; [`text`], [`code`], [`merge`]: output and JSON helpers.
 
 pub mod agent;
 pub mod busybox;
+#[cfg(feature = "cri")]
+pub mod cri;
+#[cfg(feature = "cri")]
+pub mod cri_env;
+#[cfg(feature = "cri")]
+pub mod cri_images;
+#[cfg(feature = "cri")]
+pub mod cri_leaks;
+#[cfg(feature = "cri")]
+pub mod cri_pod;
 pub mod env;
 pub mod net;
 pub mod vm;

@@ -1,0 +1,353 @@
+//! The pod scenario of the CRI tests, step by step, for any runtime handler: a pod of two
+//! busybox containers (a web server and a client) sharing a host directory, driven as
+//! kubelet drives containerd. Each step asserts; a handler's test runs the steps it passes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_cri::v1::{ContainerState, PodSandboxConfig};
+
+use crate::cri::{container_config, pod_config, Cri};
+use crate::cri_env::{CriLab, BRIDGE};
+use crate::cri_images::BUSYBOX_IMAGE;
+use crate::cri_leaks::{wait_for_no_leaks, HostState};
+use crate::text;
+
+/// The server's port in the pod, and the host port mapped to it (portmap).
+pub const SERVER_PORT: i32 = 8080;
+pub const HOST_PORT: i32 = 18080;
+/// What the server serves.
+pub const PAGE: &str = "hello-from-the-pod";
+/// The server's first log line.
+pub const SERVER_STARTED: &str = "server-started";
+
+/// A running pod of the scenario: its ids, configuration and shared directory, and the
+/// host's state before it (for leak counting).
+#[derive(Debug)]
+pub struct Pod {
+    pub id: String,
+    pub config: PodSandboxConfig,
+    pub hostname: String,
+    pub log_dir: PathBuf,
+    /// The emptyDir-like volume: a host directory bound at `/shared` in both containers.
+    pub shared: PathBuf,
+    pub server: String,
+    pub client: String,
+    /// The host's state before the pod, and the directories counted in it.
+    pub before: HostState,
+    pub dirs: Vec<PathBuf>,
+}
+
+/// containerd's state directories a pod's leftovers would be in (`extra`: the handler's).
+pub fn state_dirs(lab: &CriLab, extra: &[PathBuf]) -> Vec<PathBuf> {
+    let [root, state] = lab.containerd_dirs();
+    let cri = "io.containerd.grpc.v1.cri";
+    let mut dirs = vec![
+        state.join("io.containerd.runtime.v2.task/k8s.io"),
+        root.join(cri).join("sandboxes"),
+        root.join(cri).join("containers"),
+        state.join(cri).join("sandboxes"),
+        state.join(cri).join("containers"),
+        lab.dir.path().join("ipam/crx-test"),
+    ];
+    dirs.extend_from_slice(extra);
+    dirs
+}
+
+/// RunPodSandbox (handler `handler`, pod `name`, host port mapped) -> PullImage ->
+/// CreateContainer x2 -> StartContainer x2; the host's state is taken first.
+pub fn start(lab: &CriLab, cri: &mut Cri, handler: &str, name: &str, extra: &[PathBuf]) -> Pod {
+    let dirs = state_dirs(lab, extra);
+    let uid = format!("{name}-{handler}");
+    let hostname = format!("pod-{name}");
+    let log_dir = lab.logs.join(&uid);
+    let shared = lab.dir.path().join(format!("shared-{uid}"));
+    std::fs::create_dir_all(&log_dir).unwrap();
+    std::fs::create_dir_all(&shared).unwrap();
+    let before = HostState::take(&dirs);
+    step(handler, "RunPodSandbox");
+    let config = pod_config(name, &uid, &hostname, &log_dir, &[(HOST_PORT, SERVER_PORT)]);
+    let id = cri
+        .run_pod(&config, handler)
+        .unwrap_or_else(|e| panic!("{handler}: RunPodSandbox: {e}\n{}", lab.containerd_log()));
+    step(handler, "PullImage, CreateContainer x2, StartContainer x2");
+    cri.pull(BUSYBOX_IMAGE)
+        .unwrap_or_else(|e| panic!("PullImage {BUSYBOX_IMAGE}: {e}"));
+    let server_script = format!(
+        "mkdir -p /www && echo {PAGE} > /www/index.html && hostname > /shared/server-hostname \
+         && echo {SERVER_STARTED} && exec httpd -f -p {SERVER_PORT} -h /www"
+    );
+    let mut pod = Pod {
+        id,
+        config,
+        hostname,
+        log_dir,
+        shared,
+        server: String::new(),
+        client: String::new(),
+        before,
+        dirs,
+    };
+    pod.server = pod.run(
+        lab,
+        cri,
+        "server",
+        0,
+        &["sh", "-c", &server_script],
+        handler,
+    );
+    pod.client = pod.run(
+        lab,
+        cri,
+        "client",
+        0,
+        &[
+            "sh",
+            "-c",
+            "echo client > /shared/from-client; exec sleep 100000",
+        ],
+        handler,
+    );
+    pod
+}
+
+impl Pod {
+    /// CreateContainer (`name`, attempt `attempt`, `/shared` bound) + StartContainer.
+    pub fn run(
+        &self,
+        lab: &CriLab,
+        cri: &mut Cri,
+        name: &str,
+        attempt: u32,
+        command: &[&str],
+        handler: &str,
+    ) -> String {
+        let mut config = container_config(
+            name,
+            BUSYBOX_IMAGE,
+            command,
+            &[(self.shared.as_path(), "/shared")],
+        );
+        if let Some(m) = config.metadata.as_mut() {
+            m.attempt = attempt;
+        }
+        config.log_path = format!("{name}-{attempt}.log");
+        let id = cri
+            .create(&self.id, config, &self.config)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{handler}: CreateContainer {name}: {e}\n{}",
+                    lab.containerd_log()
+                )
+            });
+        cri.start(&id).unwrap_or_else(|e| {
+            panic!(
+                "{handler}: StartContainer {name}: {e}\n{}",
+                lab.containerd_log()
+            )
+        });
+        id
+    }
+
+    /// How many processes named `comm` (15 bytes at most, as the kernel keeps it) run now
+    /// that did not before the pod.
+    pub fn new_processes(&self, comm: &str) -> usize {
+        HostState::take(&[])
+            .processes
+            .iter()
+            .filter(|(pid, (_, p))| {
+                p.split(':').next() == Some(comm) && !self.before.processes.contains_key(pid)
+            })
+            .count()
+    }
+
+    /// ExecSync of `cmd` in `id`, which must succeed; its stdout.
+    pub fn exec_ok(&self, cri: &mut Cri, id: &str, cmd: &[&str]) -> String {
+        let r = cri
+            .exec_sync(id, cmd, 120)
+            .unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {e}"));
+        assert_eq!(
+            r.exit_code,
+            0,
+            "ExecSync {cmd:?}: stdout {} stderr {}",
+            text(&r.stdout),
+            text(&r.stderr)
+        );
+        text(&r.stdout)
+    }
+
+    /// The client reaches the server on localhost; both see the pod's hostname and the
+    /// shared directory.
+    pub fn check_shared_network_volume_hostname(&self, cri: &mut Cri) {
+        step("", "localhost, hostname, shared volume");
+        let url = format!("http://127.0.0.1:{SERVER_PORT}/");
+        let got = self.exec_ok(
+            cri,
+            &self.client,
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "for i in $(seq 60); do wget -q -O - {url} && exit 0; sleep 1; done; exit 1"
+                ),
+            ],
+        );
+        assert!(got.contains(PAGE), "client fetching {url}: {got}");
+        for id in [&self.server, &self.client] {
+            let h = self.exec_ok(cri, id, &["hostname"]);
+            assert_eq!(h.trim(), self.hostname, "hostname in {id}");
+        }
+        let from_server = self.exec_ok(cri, &self.client, &["cat", "/shared/server-hostname"]);
+        assert_eq!(from_server.trim(), self.hostname);
+        let on_host = std::fs::read_to_string(self.shared.join("from-client")).unwrap();
+        assert_eq!(on_host.trim(), "client");
+        self.exec_ok(
+            cri,
+            &self.server,
+            &["sh", "-c", "echo back > /shared/from-server"],
+        );
+        let back = std::fs::read_to_string(self.shared.join("from-server")).unwrap();
+        assert_eq!(back.trim(), "back");
+    }
+
+    /// ExecSync reports a command's stdout, stderr and exit code.
+    pub fn check_exec_sync(&self, cri: &mut Cri) {
+        step("", "ExecSync");
+        let r = cri
+            .exec_sync(
+                &self.client,
+                &["sh", "-c", "echo to-out; echo to-err >&2; exit 7"],
+                60,
+            )
+            .expect("ExecSync");
+        assert_eq!(r.exit_code, 7);
+        assert_eq!(text(&r.stdout), "to-out\n");
+        assert_eq!(text(&r.stderr), "to-err\n");
+    }
+
+    /// The server's first line reaches its CRI log file (`TIME stdout F LINE`).
+    pub fn check_log_file(&self) {
+        step("", "CRI log file");
+        let path = self.log_dir.join("server-0.log");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            if log
+                .lines()
+                .any(|l| l.contains(" stdout F ") && l.ends_with(SERVER_STARTED))
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} lacks `{SERVER_STARTED}` after 60 s: {log:?}",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// ContainerStats of the server: CPU time and memory in use, both non-zero.
+    pub fn check_stats(&self, cri: &mut Cri) {
+        step("", "ContainerStats");
+        let s = cri.stats(&self.server).expect("ContainerStats");
+        let cpu = s
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage_core_nano_seconds.as_ref())
+            .map(|v| v.value)
+            .unwrap_or(0);
+        let mem = s
+            .memory
+            .as_ref()
+            .and_then(|m| m.working_set_bytes.as_ref())
+            .map(|v| v.value)
+            .unwrap_or(0);
+        assert!(cpu > 0 && mem > 0, "ContainerStats: {s:?}");
+    }
+
+    /// A third container exiting 3 is reported as 3 while the server keeps running; created
+    /// again (attempt 1, as kubelet restarts it), it runs.
+    pub fn check_exit_code_and_restart(&self, lab: &CriLab, cri: &mut Cri, handler: &str) {
+        step(handler, "exit code 3, sibling running, created again");
+        let quitter = self.run(lab, cri, "quitter", 0, &["sh", "-c", "exit 3"], handler);
+        let s = cri
+            .wait_state(
+                &quitter,
+                ContainerState::ContainerExited,
+                Duration::from_secs(120),
+            )
+            .unwrap();
+        assert_eq!(s.state, ContainerState::ContainerExited as i32, "{s:?}");
+        assert_eq!(s.exit_code, 3, "{s:?}");
+        let server = cri.status(&self.server).unwrap();
+        assert_eq!(
+            server.state,
+            ContainerState::ContainerRunning as i32,
+            "the server after its sibling exited: {server:?}"
+        );
+        assert!(self
+            .exec_ok(cri, &self.server, &["cat", "/www/index.html"])
+            .contains(PAGE));
+        let again = self.run(
+            lab,
+            cri,
+            "quitter",
+            1,
+            &["sh", "-c", "echo again > /shared/again; exec sleep 100000"],
+            handler,
+        );
+        let s = cri
+            .wait_state(
+                &again,
+                ContainerState::ContainerRunning,
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert_eq!(s.state, ContainerState::ContainerRunning as i32, "{s:?}");
+        assert_eq!(
+            self.exec_ok(cri, &again, &["cat", "/shared/again"]).trim(),
+            "again"
+        );
+    }
+
+    /// The lab host reaches the server at the pod's IP, and through the mapped host port on
+    /// 127.0.0.1.
+    pub fn check_pod_network(&self, cri: &mut Cri) {
+        step("", "pod IP and host port");
+        let ip = cri.pod_ip(&self.id).expect("PodSandboxStatus");
+        assert!(ip.starts_with("10.88.77."), "pod IP {ip:?}");
+        for url in [
+            format!("http://{ip}:{SERVER_PORT}/"),
+            format!("http://127.0.0.1:{HOST_PORT}/"),
+        ] {
+            let page = crate::net::fetch(&url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert!(page.contains(PAGE), "{url}: {page}");
+        }
+    }
+
+    /// StopPodSandbox + RemovePodSandbox, then nothing of the pod left on the host.
+    pub fn remove_and_check_leaks(self, lab: &CriLab, cri: &mut Cri) {
+        step("", "StopPodSandbox, RemovePodSandbox, leftovers");
+        cri.stop_and_remove_pod(&self.id)
+            .unwrap_or_else(|e| panic!("Stop/RemovePodSandbox: {e}\n{}", lab.containerd_log()));
+        assert!(!cri.pods().unwrap().contains(&self.id));
+        let mut left = wait_for_no_leaks(&self.before, &self.dirs, Duration::from_secs(60));
+        // The bridge CNI made for the first pod stays, as CNI's bridge plugin leaves it, and
+        // host-local keeps its lock and last reserved address (not an address in use).
+        left.retain(|l| {
+            *l != format!("link {BRIDGE}")
+                && !l.ends_with("/lock")
+                && !l.contains("/last_reserved_ip.")
+        });
+        assert!(
+            left.is_empty(),
+            "left on the host after RemovePodSandbox: {left:#?}"
+        );
+    }
+}
+
+/// Says which step runs (a hang shows where it is).
+fn step(handler: &str, what: &str) {
+    eprintln!("cri pod {handler}: {what}");
+}
