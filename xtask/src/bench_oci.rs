@@ -236,7 +236,7 @@ fn start_idle(crx_runc: &Path, root: &Path, bundle: &Path, id: &str) -> Result<u
 }
 
 /// `root` and its descendants.
-fn tree(root: u32) -> Vec<u32> {
+pub(crate) fn tree(root: u32) -> Vec<u32> {
     let mut parents = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
@@ -262,26 +262,26 @@ fn tree(root: u32) -> Vec<u32> {
 
 /// One process's PSS in KiB, from /proc/PID/smaps.
 #[derive(Debug, Default)]
-struct Usage {
+pub(crate) struct Usage {
     /// Mappings of files other than guest RAM: binaries and libraries, mostly shared.
-    files: u64,
+    pub(crate) files: u64,
     /// Anonymous mappings: heap, stacks, private copies.
-    anon: u64,
+    pub(crate) anon: u64,
     /// The guest RAM memfd (`crx-guest-ram`, mapped by crx-vmm and virtiofsd).
-    ram: u64,
+    pub(crate) ram: u64,
     /// The largest mappings outside guest RAM: (KiB, name), largest first.
     largest: Vec<(u64, String)>,
 }
 
 impl Usage {
-    fn add(&mut self, o: &Usage) {
+    pub(crate) fn add(&mut self, o: &Usage) {
         self.files += o.files;
         self.anon += o.anon;
         self.ram += o.ram;
     }
 }
 
-fn pss(pid: u32) -> Result<Usage> {
+pub(crate) fn pss(pid: u32) -> Result<Usage> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
         .with_context(|| format!("/proc/{pid}/smaps"))?;
     let mut u = Usage::default();

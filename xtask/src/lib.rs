@@ -6,6 +6,7 @@ pub mod arrows;
 pub mod bench_confine;
 pub mod bench_lab;
 pub mod bench_oci;
+pub mod bench_pod;
 pub mod bench_run;
 pub mod bench_template;
 pub mod bench_vmm;

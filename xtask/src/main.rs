@@ -95,6 +95,8 @@ enum Bench {
     Vmm,
     /// crx-runc create+start+delete vs runc and crun, and an idle container's host memory.
     Oci,
+    /// Kubernetes pods through containerd's CRI: the crx handler (shim) vs runc, in the lab.
+    Pod,
     /// Warm start: crx-vmm restoring a snapshot vs a cold start (tiny guest, this host).
     Warm,
     /// `crx run` with and without seccomp and the jail (the cost of each layer), in the lab.
@@ -110,6 +112,8 @@ fn bench(what: Bench, runs: usize, inner: bool) -> Result<i32> {
         Bench::Warm => xtask::bench_warm::run(runs),
         Bench::Oci if inner => xtask::bench_oci::inner(runs).map(|_| 0),
         Bench::Oci => xtask::bench_oci::outer(runs),
+        Bench::Pod if inner => xtask::bench_pod::inner(runs).map(|_| 0),
+        Bench::Pod => xtask::bench_pod::outer(runs),
         Bench::Confine if inner => xtask::bench_confine::inner(runs).map(|_| 0),
         Bench::Confine => xtask::bench_confine::outer(runs),
         Bench::Boot if inner => xtask::guest_boot::bench(runs, "kvm").map(|_| 0),
@@ -249,6 +253,7 @@ mod tests {
             &["bench", "warm"],
             &["bench", "oci"],
             &["bench", "confine"],
+            &["bench", "pod"],
         ] {
             assert!(needs_host_packages(&parse(args)), "{args:?}");
         }
@@ -260,6 +265,7 @@ mod tests {
             &["kvm-probe"][..],
             &["bench", "oci", "--inner"],
             &["bench", "confine", "--inner"],
+            &["bench", "pod", "--inner"],
             &["timed", "--limit", "9", "--", "t", "lab_"],
         ] {
             assert!(!needs_host_packages(&parse(args)), "{args:?}");
