@@ -144,8 +144,9 @@ pub fn forced_cold() -> bool {
 }
 
 /// Whether templates are on (`CRX_TEMPLATES=1`). Off by default until a restored clone is
-/// proven in the nested lab: there, the clone's crx-init died of SIGSEGV right after the
-/// snapshot point (ADR 0017, "State"), and each such failure costs a build and a cold boot.
+/// proven in the nested lab (ADR 0017, "State": a clone snapshotted on a user-mode port write
+/// died; the idle snapshot that replaced it is not yet proven there), and each failed restore
+/// costs a build and a cold boot.
 pub fn enabled() -> bool {
     std::env::var_os("CRX_TEMPLATES").is_some_and(|v| v == "1")
 }
