@@ -5,7 +5,9 @@ pub mod apt;
 pub mod arrows;
 pub mod bench_confine;
 pub mod bench_lab;
+pub mod bench_net;
 pub mod bench_oci;
+#[cfg(feature = "pod-bench")]
 pub mod bench_pod;
 pub mod bench_run;
 pub mod bench_template;

@@ -101,6 +101,45 @@ enum Bench {
     Warm,
     /// `crx run` with and without seccomp and the jail (the cost of each layer), in the lab.
     Confine,
+    /// TCP throughput and latency: crx-runc vs runc (podman's CNI) vs QEMU's tap, in the lab.
+    Net,
+}
+
+/// `bench pod` with the CRI harness compiled in.
+#[cfg(feature = "pod-bench")]
+fn pod(runs: usize, inner: bool) -> Result<i32> {
+    if inner {
+        xtask::bench_pod::inner(runs).map(|_| 0)
+    } else {
+        xtask::bench_pod::outer(runs)
+    }
+}
+
+/// `bench pod` needs the CRI harness (feature `pod-bench`), left out of a plain xtask because
+/// k8s-cri's build needs protoc, which a fresh machine only has once xtask installed the
+/// Debian packages: xtask builds itself with the feature (the packages are there by now) and
+/// runs that.
+#[cfg(not(feature = "pod-bench"))]
+fn pod(runs: usize, inner: bool) -> Result<i32> {
+    use anyhow::Context as _;
+    let mut c =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(xtask::workspace_root())
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--features",
+            "pod-bench",
+            "--",
+        ])
+        .args(["bench", "pod", &format!("--runs={runs}")]);
+    if inner {
+        c.arg("--inner");
+    }
+    let status = c.status().context("cargo run --features pod-bench")?;
+    Ok(status.code().unwrap_or(1))
 }
 
 fn bench(what: Bench, runs: usize, inner: bool) -> Result<i32> {
@@ -112,10 +151,11 @@ fn bench(what: Bench, runs: usize, inner: bool) -> Result<i32> {
         Bench::Warm => xtask::bench_warm::run(runs),
         Bench::Oci if inner => xtask::bench_oci::inner(runs).map(|_| 0),
         Bench::Oci => xtask::bench_oci::outer(runs),
-        Bench::Pod if inner => xtask::bench_pod::inner(runs).map(|_| 0),
-        Bench::Pod => xtask::bench_pod::outer(runs),
+        Bench::Pod => pod(runs, inner),
         Bench::Confine if inner => xtask::bench_confine::inner(runs).map(|_| 0),
         Bench::Confine => xtask::bench_confine::outer(runs),
+        Bench::Net if inner => xtask::bench_net::inner(runs).map(|_| 0),
+        Bench::Net => xtask::bench_net::outer(runs),
         Bench::Boot if inner => xtask::guest_boot::bench(runs, "kvm").map(|_| 0),
         Bench::Boot => {
             xtask::guest_boot::bench(runs, "tcg")?;
@@ -254,6 +294,7 @@ mod tests {
             &["bench", "oci"],
             &["bench", "confine"],
             &["bench", "pod"],
+            &["bench", "net"],
         ] {
             assert!(needs_host_packages(&parse(args)), "{args:?}");
         }
@@ -266,6 +307,7 @@ mod tests {
             &["bench", "oci", "--inner"],
             &["bench", "confine", "--inner"],
             &["bench", "pod", "--inner"],
+            &["bench", "net", "--inner"],
             &["timed", "--limit", "9", "--", "t", "lab_"],
         ] {
             assert!(!needs_host_packages(&parse(args)), "{args:?}");

@@ -1,0 +1,362 @@
+//! `cargo xtask bench net`: the network datapath, in the lab. TCP throughput for 10 s each way
+//! (Debian's iperf3: the lab host against a server in the guest, `-R` for guest -> host) and
+//! request/response latency (one byte there and back, many times, over one TCP connection to
+//! busybox `nc -e cat`), for
+//!
+//! - a `crx-runc` container on podman's CNI network (crx-vmm's virtio-net over a tap, tc
+//!   redirects from the veth; ADR 0015),
+//! - a `runc` container on the same network (the veth itself: the ceiling),
+//! - a QEMU VM of the same guest kernel with QEMU's user-space virtio-net on a tap
+//!   (`-netdev tap,vhost=off`, `virtio-net-device` on `-M microvm`),
+//!
+//! in the same invocation, each serving from the same tree (busybox, iperf3 and its
+//! libraries). Host CPU per GB moved is the busy time of all host CPUs (`/proc/stat`) over the
+//! run divided by the bytes. Ratios are crx-runc's over QEMU's. One 10 s run per direction and
+//! target (`--runs` is not used); the figures are recorded in docs/benchmarks.md.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::guest_boot::percentile;
+use crate::{bench_lab, cmd, virtiofsd, workspace_root};
+
+/// Seconds of each iperf3 run.
+const SECONDS: u32 = 10;
+/// Round trips of the latency test.
+const ROUND_TRIPS: usize = 2000;
+/// The QEMU VM's tap and addresses.
+const QEMU_TAP: &str = "crxbenchq0";
+const QEMU_HOST: &str = "10.97.0.1";
+const QEMU_GUEST: &str = "10.97.0.2";
+
+/// Builds release crx-runc (and what every lab bench needs), then runs [`inner`] in the lab.
+pub fn outer(runs: usize) -> Result<i32> {
+    let virtiofsd = virtiofsd::ensure()?;
+    let env = vec![(
+        "CRX_VIRTIOFSD".into(),
+        virtiofsd.to_string_lossy().into_owned(),
+    )];
+    bench_lab::outer("net", runs, env)
+}
+
+/// The part that runs inside the lab.
+pub fn inner(runs: usize) -> Result<()> {
+    bench_lab::in_scratch("net", runs, measure)
+}
+
+/// One target's figures.
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    /// Gbit/s host -> guest and guest -> host.
+    to_guest: f64,
+    to_host: f64,
+    /// Host CPU seconds per GB, both directions together.
+    cpu_per_gb: f64,
+    /// Round-trip median and p90.
+    rtt_median: Duration,
+    rtt_p90: Duration,
+}
+
+fn measure(work: &Path) -> Result<()> {
+    let tree = server_tree(work)?;
+    let crx_runc = workspace_root().join("target/release/crx-runc");
+    let mut results: Vec<(&str, Figures)> = Vec::new();
+    for (name, runtime) in [
+        ("crx-runc", crx_runc.as_path()),
+        ("runc", Path::new("runc")),
+    ] {
+        let pod = Podman::start(work, runtime, &tree).with_context(|| name.to_owned())?;
+        let f = figures(&pod.ip).with_context(|| format!("{name} at {}", pod.ip));
+        drop(pod);
+        results.push((name, f?));
+    }
+    remove_podman_storage();
+    let vm = Qemu::start(work, &tree)?;
+    let f = figures(QEMU_GUEST).context("qemu");
+    drop(vm);
+    results.push(("qemu-tap", f?));
+    report(&results);
+    Ok(())
+}
+
+fn report(results: &[(&str, Figures)]) {
+    println!(
+        "TCP throughput ({SECONDS} s each way, iperf3) and 1-byte request/response over TCP \
+         ({ROUND_TRIPS} round trips), lab host <-> guest, in the nested lab:"
+    );
+    for (name, f) in results {
+        println!(
+            "  {name:<9} host->guest {:>7.3} Gbit/s  guest->host {:>7.3} Gbit/s  \
+             host CPU {:>6.1} s/GB  rtt median {:>7.3} ms  p90 {:>7.3} ms",
+            f.to_guest,
+            f.to_host,
+            f.cpu_per_gb,
+            f.rtt_median.as_secs_f64() * 1e3,
+            f.rtt_p90.as_secs_f64() * 1e3
+        );
+    }
+    let get = |n: &str| results.iter().find(|r| r.0 == n).map(|r| r.1);
+    if let (Some(c), Some(q)) = (get("crx-runc"), get("qemu-tap")) {
+        println!(
+            "  crx-runc/qemu-tap: throughput host->guest {:.2}, guest->host {:.2}; \
+             CPU per GB {:.2}; rtt median {:.2}",
+            c.to_guest / q.to_guest.max(1e-12),
+            c.to_host / q.to_host.max(1e-12),
+            c.cpu_per_gb / q.cpu_per_gb.max(1e-12),
+            c.rtt_median.as_secs_f64() / q.rtt_median.as_secs_f64().max(1e-12)
+        );
+    }
+}
+
+/// Throughput both ways, CPU per GB, latency, against a guest serving at `ip`.
+fn figures(ip: &str) -> Result<Figures> {
+    wait_for_port(ip, 5201)?;
+    // The probe's connection is over before the server takes the measured one.
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu0 = busy_cpu_seconds()?;
+    let (to_guest, b1) = iperf(ip, false)?;
+    let (to_host, b2) = iperf(ip, true)?;
+    let cpu = busy_cpu_seconds()? - cpu0;
+    // No echo server (a busybox without `nc -e`): the latency is left out, said once.
+    let mut rtts = round_trips(ip).unwrap_or_else(|e| {
+        eprintln!("bench net: no round trips with {ip}: {e:#}");
+        Vec::new()
+    });
+    Ok(Figures {
+        to_guest,
+        to_host,
+        cpu_per_gb: cpu / ((b1 + b2) / 1e9).max(1e-12),
+        rtt_median: percentile(&mut rtts, 50),
+        rtt_p90: percentile(&mut rtts, 90),
+    })
+}
+
+/// One iperf3 run to `ip` (`-R`: the guest sends): Gbit/s received and bytes.
+fn iperf(ip: &str, reverse: bool) -> Result<(f64, f64)> {
+    let mut c = Command::new("iperf3");
+    c.args(["-c", ip, "-J", "-t", &SECONDS.to_string()]);
+    if reverse {
+        c.arg("-R");
+    }
+    let out = c.output().context("iperf3 (apt package iperf3)")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("iperf3 -c {ip}: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let sum = &v["end"]["sum_received"];
+    match (sum["bits_per_second"].as_f64(), sum["bytes"].as_f64()) {
+        (Some(bps), Some(bytes)) => Ok((bps / 1e9, bytes)),
+        _ => bail!("iperf3 -c {ip}: no result: {v}"),
+    }
+}
+
+/// Busy seconds of all host CPUs so far (`/proc/stat`: everything but idle and iowait).
+fn busy_cpu_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().unwrap_or_default();
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if f.len() < 5 {
+        bail!("/proc/stat: unexpected first line {line:?}");
+    }
+    let busy: f64 = f.iter().sum::<f64>() - f[3] - f[4];
+    // USER_HZ is 100 on Linux x86_64.
+    Ok(busy / 100.0)
+}
+
+/// [`ROUND_TRIPS`] one-byte exchanges with the echo server on port 7.
+fn round_trips(ip: &str) -> Result<Vec<Duration>> {
+    let mut s = TcpStream::connect((ip, 7)).with_context(|| format!("echo server {ip}:7"))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut b = [0u8; 1];
+    let mut rtts = Vec::with_capacity(ROUND_TRIPS);
+    for i in 0..ROUND_TRIPS {
+        let t = Instant::now();
+        s.write_all(&[i as u8])?;
+        s.read_exact(&mut b)?;
+        rtts.push(t.elapsed());
+    }
+    Ok(rtts)
+}
+
+fn wait_for_port(ip: &str, port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while TcpStream::connect((ip, port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("{ip}:{port} not listening after 180 s");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}
+
+/// What every guest runs: iperf3's server and an echo server, then waits.
+const SERVE: &str = "iperf3 -s -D; nc -l -p 7 -e /bin/cat & exec sleep 100000";
+
+/// A tree with busybox (and its applets), iperf3 and the libraries it loads.
+fn server_tree(work: &Path) -> Result<PathBuf> {
+    let tree = work.join("tree");
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "usr/bin"] {
+        std::fs::create_dir_all(tree.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", tree.join("bin/busybox"))?;
+    for applet in ["sh", "nc", "cat", "sleep", "ip", "mount", "ls"] {
+        std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet))?;
+    }
+    let iperf = Path::new("/usr/bin/iperf3");
+    let mut files = vec![iperf.to_owned()];
+    let ldd = Command::new("ldd").arg(iperf).output()?;
+    for l in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = l.split("=>").last().unwrap_or(l).split_whitespace().next();
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            files.push(p.into());
+        }
+    }
+    for f in files {
+        let dest = tree.join(f.strip_prefix("/")?);
+        std::fs::create_dir_all(dest.parent().unwrap_or(&tree))?;
+        std::fs::copy(&f, &dest).with_context(|| f.display().to_string())?;
+    }
+    std::fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
+    Ok(tree)
+}
+
+/// A container serving from `tree` through podman (its default CNI network) with `runtime`.
+struct Podman {
+    base: Vec<String>,
+    id: String,
+    ip: String,
+}
+
+impl Podman {
+    fn start(work: &Path, runtime: &Path, tree: &Path) -> Result<Podman> {
+        // Under /var (the lab's ext4 root): podman's overlay storage does not work on tmpfs.
+        let dir = Path::new("/var/tmp").join(format!("crx-bench-net-{}", std::process::id()));
+        let _ = work;
+        let base: Vec<String> = [
+            "--root",
+            &dir.join("root").to_string_lossy(),
+            "--runroot",
+            &dir.join("run").to_string_lossy(),
+            "--runtime",
+            &runtime.to_string_lossy(),
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+            "--storage-driver",
+            "overlay",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let out = Command::new("podman")
+            .args(&base)
+            .args(["run", "-d"])
+            .args([
+                "--ulimit",
+                "nofile=4096:4096",
+                "--ulimit",
+                "nproc=4096:4096",
+            ])
+            .arg("--rootfs")
+            .arg(tree)
+            .args(["/bin/sh", "-c", SERVE])
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!("podman run: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let ip = Command::new("podman")
+            .args(&base)
+            .args(["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &id])
+            .output()?;
+        let ip = String::from_utf8_lossy(&ip.stdout).trim().to_owned();
+        Ok(Podman { base, id, ip })
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(&self.base)
+            .args(["rm", "-f", "-t", "0", &self.id])
+            .output();
+    }
+}
+
+/// Removes podman's storage under /var/tmp (after both containers).
+fn remove_podman_storage() {
+    let dir = Path::new("/var/tmp").join(format!("crx-bench-net-{}", std::process::id()));
+    let _ = Command::new("umount").arg("-R").arg(&dir).output();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// QEMU (KVM, microvm) booting the guest kernel with `tree` as its initramfs, its
+/// virtio-net on the tap [`QEMU_TAP`].
+struct Qemu {
+    child: Child,
+}
+
+impl Qemu {
+    fn start(work: &Path, tree: &Path) -> Result<Qemu> {
+        let init = format!(
+            "#!/bin/sh\nmount -t proc p /proc; mount -t sysfs s /sys\nip link set lo up\n\
+             ip addr add {QEMU_GUEST}/24 dev eth0; ip link set eth0 up\n{SERVE}\n"
+        );
+        std::fs::write(tree.join("init"), init)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tree.join("init"), std::fs::Permissions::from_mode(0o755))?;
+        let cpio = work.join("qemu.cpio");
+        cmd::run(Command::new("sh").arg("-c").arg(format!(
+            "cd {} && find . | cpio -o -H newc > {} 2>/dev/null",
+            tree.display(),
+            cpio.display()
+        )))?;
+        let _ = Command::new("ip").args(["link", "del", QEMU_TAP]).output();
+        for args in [
+            vec!["tuntap", "add", "dev", QEMU_TAP, "mode", "tap"],
+            vec!["addr", "add", &format!("{QEMU_HOST}/24"), "dev", QEMU_TAP],
+            vec!["link", "set", QEMU_TAP, "up"],
+        ] {
+            cmd::run(Command::new("ip").args(&args))?;
+        }
+        let boot = std::env::var("CRX_BOOT_DIR").context("CRX_BOOT_DIR")?;
+        let child = Command::new("qemu-system-x86_64")
+            .args(["-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host"])
+            .args(["-m", "256", "-smp", "1", "-nographic", "-no-reboot"])
+            .arg("-kernel")
+            .arg(Path::new(&boot).join("vmlinux"))
+            .arg("-initrd")
+            .arg(&cpio)
+            .args(["-append", "console=ttyS0 quiet reboot=t rdinit=/init"])
+            .args([
+                "-netdev",
+                &format!("tap,id=n0,ifname={QEMU_TAP},script=no,downscript=no,vhost=off"),
+                "-device",
+                "virtio-net-device,netdev=n0",
+            ])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(work.join("qemu.log"))?)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("qemu-system-x86_64")?;
+        Ok(Qemu { child })
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("ip").args(["link", "del", QEMU_TAP]).output();
+    }
+}
