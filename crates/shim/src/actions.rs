@@ -20,6 +20,8 @@ pub struct CrxShim {
     namespace: String,
     id: String,
     bundle: PathBuf,
+    /// containerd's address (the pod's shim socket is named after it).
+    address: String,
 }
 
 /// The pod (sandbox id) of the container whose spec is `spec`; its own id without one.
@@ -78,6 +80,7 @@ impl shim::Shim for CrxShim {
             namespace: args.namespace.clone(),
             id: args.id.clone(),
             bundle,
+            address: args.address.clone(),
         }
     }
 
@@ -93,7 +96,15 @@ impl shim::Shim for CrxShim {
         let spec = read_spec(&self.bundle);
         let sandbox = sandbox_of(&spec, &self.id);
         let dir = PodDir::new(Path::new(crate::STATE_ROOT), &self.namespace, &sandbox);
+        // containerd runs `delete` for every task of a dead shim at once: the pod's clean-up
+        // and its containers' must not undo the same mounts and directories together.
+        let _lock = lock_state_root()?;
         let cleaned = if sandbox == self.id {
+            remove_dead_socket(&shim::socket_address(
+                &self.address,
+                &self.namespace,
+                &sandbox,
+            ));
             pod::cleanup(&dir)
         } else {
             pod::share::remove(&dir.share(), &self.id)
@@ -114,6 +125,24 @@ impl shim::Shim for CrxShim {
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         crate::service::Service::new(&self.namespace, publisher, Arc::new(ExitSignal::default()))
+    }
+}
+
+/// The state root, locked (exclusively, until dropped) against other `delete` actions.
+fn lock_state_root() -> Result<std::fs::File, shim::Error> {
+    let root = Path::new(crate::STATE_ROOT);
+    let locked = std::fs::create_dir_all(root)
+        .and_then(|()| std::fs::File::open(root))
+        .and_then(|f| f.lock().map(|()| f));
+    locked.map_err(|e| shim::Error::Other(format!("locking {}: {e}", root.display())))
+}
+
+/// Removes the pod's shim socket `address` (`unix://PATH`) that a killed shim left, unless a
+/// shim answers there.
+fn remove_dead_socket(address: &str) {
+    let path = address.trim_start_matches("unix://");
+    if std::os::unix::net::UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
     }
 }
 

@@ -125,7 +125,10 @@ pub fn remove(share: &Path, cid: &str) -> Result<(), PodError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(&root)(e)),
     }
-    std::fs::remove_dir(&dir).map_err(io(&dir))
+    match std::fs::remove_dir(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&dir)(e)),
+        _ => Ok(()),
+    }
 }
 
 /// Removes every container of the share, then the share's own mount and directory.
