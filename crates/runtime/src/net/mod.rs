@@ -96,6 +96,13 @@ pub enum NetError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "interfaces ({names}) were added to the container's network namespace after create \
+         (`ctr run --cni` does this): a microVM's network devices are fixed when it boots at \
+         create, so the container would not be on that network; prepare the namespace before \
+         create and give its path in the spec (as podman and containerd's CRI plugin do)"
+    )]
+    AddedAfterCreate { names: String },
     #[error("the thread working in network namespace {0} panicked")]
     Thread(PathBuf),
     #[error(transparent)]
@@ -146,6 +153,51 @@ pub fn join(spec: &Value, dir: &Path) -> Result<Attached, NetError> {
         SpecNetwork::Namespace(ns) => attach(&ns, &dir.join(RECORD)),
         _ => Ok(Attached::default()),
     }
+}
+
+/// For a `network` entry without a path ([`SpecNetwork::Loopback`]): moves this process (the
+/// container's monitor, whose pid is the container's) into a fresh network namespace, as runc
+/// gives its container one. A tool that configures `/proc/PID/ns/net` after create
+/// (`ctr run --cni`, an OCI hook) then works on that namespace, never on the host's stack.
+/// Call it on the main thread: `/proc/PID/ns/net` is the main thread's namespace.
+pub fn own_namespace_if_unpathed(spec: &Value) -> Result<(), NetError> {
+    if from_spec(spec) != SpecNetwork::Loopback {
+        return Ok(());
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| NetError::Netns {
+        path: "/proc/self/ns/net".into(),
+        source: e.into(),
+    })
+}
+
+/// Before `start` of a container with a `network` entry without a path, whose namespace
+/// `netns` (its monitor's `/proc/PID/ns/net`) is the fresh one of
+/// [`own_namespace_if_unpathed`]: an interface a tool added there since create cannot reach
+/// the VM, booted with loopback only; refused with why ([`NetError::AddedAfterCreate`])
+/// rather than a container silently off its network.
+pub fn check_nothing_added(spec: &Value, netns: &Path) -> Result<(), NetError> {
+    if from_spec(spec) != SpecNetwork::Loopback {
+        return Ok(());
+    }
+    let ns = netns::open(netns)?;
+    let p = netns.to_owned();
+    let names = run_in(ns, netns, move |h| async move {
+        let msgs: Vec<rtnetlink::packet_route::link::LinkMessage> =
+            futures_util::TryStreamExt::try_collect(h.link().get().execute())
+                .await
+                .map_err(nl_err(&p, "listing interfaces"))?;
+        Ok(msgs
+            .iter()
+            .filter_map(addr::link_of)
+            .map(|l| l.name)
+            .collect::<Vec<_>>())
+    })?;
+    if names.is_empty() {
+        return Ok(());
+    }
+    Err(NetError::AddedAfterCreate {
+        names: names.join(", "),
+    })
 }
 
 /// A VM NIC connected to an interface of the container's namespace: crx-vmm inherits the

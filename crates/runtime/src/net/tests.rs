@@ -363,6 +363,25 @@ fn a_namespace_with_only_lo_gives_no_nics() {
     detach(&record).unwrap();
 }
 
+/// `ctr run --cni`: an interface added after create to the fresh namespace of a spec without
+/// a namespace path is refused with why; a namespace given by path is never looked at here.
+#[test]
+fn an_interface_added_after_create_is_refused_at_start() {
+    let unpathed = json!({"linux": {"namespaces": [{"type": "network"}]}});
+    let fresh = Ns::new();
+    check_nothing_added(&unpathed, &fresh.path).unwrap();
+    let bridge = Ns::new();
+    let c = container_with_veth(&bridge);
+    let e = check_nothing_added(&unpathed, &c.path).unwrap_err();
+    assert!(
+        matches!(&e, NetError::AddedAfterCreate { names } if names == "eth0"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("after create"), "{e}");
+    let pathed = json!({"linux": {"namespaces": [{"type": "network", "path": c.path}]}});
+    check_nothing_added(&pathed, &c.path).unwrap();
+}
+
 #[test]
 fn a_file_that_is_no_namespace_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -153,15 +153,20 @@ fn locked(
 /// Starts a created container, then runs the `poststart` hooks; a failing hook is returned
 /// as a warning (`Ok(Some)`), as the spec says.
 pub fn start(root: &Path, id: &str) -> Result<Option<OciError>, OciError> {
-    let (c, _lock, _) = locked(
+    let (c, _lock, rec) = locked(
         root,
         id,
         &[Status::Created],
         "only a created container starts",
     )?;
+    let spec = c.read_config()?;
+    if let Some(pid) = rec.monitor_pid.filter(|_| rec.monitor_alive()) {
+        // The VM's NICs were fixed at create: refused if a tool added one since.
+        let netns = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+        crate::net::check_nothing_added(&spec, &netns)?;
+    }
     oci_monitor::request(&c, "start")?;
     let rec = c.load()?;
-    let spec = c.read_config()?;
     Ok(hooks::run_warn(
         &spec,
         HookKind::Poststart,

@@ -275,6 +275,9 @@ fn watch_backends(
 /// the VMM is killed (the shares' daemons stop when dropped).
 fn boot_vm(c: &ContainerDir, rec: &mut Record, console: Option<&Path>) -> Result<Booted, OciError> {
     let spec = c.read_config()?;
+    // A `network` entry without a path: our pid's namespace is a fresh one (this is the main
+    // thread), which a tool may configure; never the host's.
+    crate::net::own_namespace_if_unpathed(&spec)?;
     // Before anything starts: boot files that fail verification start nothing (ADR 0008).
     let boot = paths::verified_boot_files()?;
     if let Some(dir) = cgroup::host_dir(&spec) {
