@@ -339,12 +339,7 @@ impl CniSetup {
         for l in sh(&format!("ip -o link show master {CNI_BRIDGE}")).lines() {
             left.push(format!("on the bridge: {l}"));
         }
-        // The subnet's addresses on the lab host: the gateway on the bridge alone.
-        for l in sh("ip -o -4 addr").lines() {
-            if l.contains("10.88.78.") && !l.contains(&format!("{CNI_BRIDGE} ")) {
-                left.push(format!("address: {l}"));
-            }
-        }
+        left.extend(stray_addresses());
         for l in sh("ip -o link; ip -all netns exec ip -o link 2>/dev/null").lines() {
             if l.contains("crxtap") {
                 left.push(format!("tap: {l}"));
@@ -379,6 +374,19 @@ impl Drop for CniSetup {
             let _ = std::fs::remove_dir("/opt/cni");
         }
     }
+}
+
+/// The subnet's addresses on the lab host but the gateway on the bridge, one line each.
+fn stray_addresses() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-o", "-4", "addr"])
+        .output()
+        .unwrap();
+    text(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("10.88.78.") && !l.contains(&format!("{CNI_BRIDGE} ")))
+        .map(|l| format!("address: {l}"))
+        .collect()
 }
 
 /// The named network namespaces (`/run/netns`).
@@ -516,8 +524,9 @@ fn wait_for_no_leftovers(cni: &CniSetup, netns_before: &[String]) -> Vec<String>
 /// with its NICs (a `network` entry without a path: loopback only), and a VM takes no NIC
 /// after boot. What is asserted is that the refusal says why and that CNI worked on the
 /// monitor's fresh namespace, never on the lab host's (before, `/proc/PID/ns/net` was the
-/// host's: CNI put `eth0` and a default route on the host), and that nothing is left
-/// (no tap, no lease, no veth, no crx-vmm). podman and containerd's CRI plugin prepare the
+/// host's: CNI put `eth0` and a default route on the host), and that after `ctr task rm` and
+/// `ctr container rm` (ctr keeps a task whose start failed) nothing is left (no tap, no
+/// lease, no veth, no crx-vmm). podman and containerd's CRI plugin prepare the
 /// namespace before create and give its path: those reach the VM (lab_podman, lab_cri).
 #[test]
 fn lab_containerd_ctr_run_cni_both_ways() {
@@ -548,6 +557,15 @@ fn lab_containerd_ctr_run_cni_both_ways() {
                 said.contains("were added to the container's network namespace after create"),
                 "{name}: {said}"
             );
+            // CNI worked on the monitor's fresh namespace: nothing of it on the lab host's.
+            let stray = stray_addresses();
+            assert!(stray.is_empty(), "{name}: on the lab host: {stray:?}");
+            // ctr leaves a created task whose start failed (containerd deletes only stopped
+            // ones), and so its container: removed as a user would.
+            let rm = ctr(c, &["task", "rm", "--force", &id], &[]);
+            assert!(rm.status.success(), "{name}: {}", text(&rm.stderr));
+            let rm = ctr(c, &["container", "rm", &id], &[]);
+            assert!(rm.status.success(), "{name}: {}", text(&rm.stderr));
         } else {
             both_ways(c, &cni, &mut run, name, &id);
         }
