@@ -32,10 +32,10 @@ fn start_pod(c: &Containerd, pod: &str) -> String {
         status_of(t, pod) == Some("RUNNING") && status_of(t, &child) == Some("RUNNING")
     });
     let left = Left::now(c, &[pod]);
-    assert_eq!(
-        (left.vmms, left.virtiofsds, left.shims, left.pods),
-        (1, 1, 1, 1),
-        "one VM (jailer or not: one crx-vmm process counted), one virtiofsd, one shim: {left:?}"
+    // (virtiofsd in its namespace sandbox is two processes: a parent waiting for the server.)
+    assert!(
+        (left.vmms, left.shims, left.pods) == (1, 1, 1) && (1..=2).contains(&left.virtiofsds),
+        "one VM (one crx-vmm process counted, jailer or not), one virtiofsd, one shim: {left:?}"
     );
     eprintln!("{pod}: started in {:?}", started.elapsed());
     child
