@@ -136,6 +136,25 @@ fn count_procs(names: &[&str]) -> usize {
         .count()
 }
 
+/// Running virtiofsd daemons: in its namespace sandbox a daemon is two processes (a parent
+/// waiting for the server), so a virtiofsd whose parent is one is not counted again.
+fn count_virtiofsd_daemons() -> usize {
+    let comm = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let ppid = |pid: &str| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // pid (comm) state ppid ...: the comm may hold spaces, so split after its ')'.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        rest.split_whitespace().nth(1).unwrap_or("0").to_owned()
+    };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|pid| pid.parse::<u32>().is_ok())
+        .filter(|pid| comm(pid).trim() == "virtiofsd" && comm(&ppid(pid)).trim() != "virtiofsd")
+        .count()
+}
+
 /// What a pod leaves: VMMs, virtiofsd daemons, shims, mounts under the shim's state, pods.
 fn leftovers() -> (usize, usize, usize, usize, usize) {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")
@@ -146,7 +165,7 @@ fn leftovers() -> (usize, usize, usize, usize, usize) {
     let pods = std::fs::read_dir("/run/crx-shim").map_or(0, |d| d.count());
     (
         count_procs(&["crx-vmm", "crx-jailer"]),
-        count_procs(&["virtiofsd"]),
+        count_virtiofsd_daemons(),
         count_procs(&["containerd-shim"]),
         mounts,
         pods,
