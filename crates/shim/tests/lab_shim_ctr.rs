@@ -6,124 +6,14 @@
 //! The install step is the README's: containerd finds `containerd-shim-crx-v2` on its PATH,
 //! here `target/debug` prepended (crx-vmm and crx-jailer are found beside the shim).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crx_testkit::text;
 
-const IMAGE: &str = "docker.io/library/busybox:latest";
-const RUNTIME: &str = "io.containerd.crx.v2";
-const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
-
-struct Containerd {
-    address: PathBuf,
-    child: Mutex<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let mut c = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
-
-static CONTAINERD: OnceLock<Containerd> = OnceLock::new();
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn containerd() -> (&'static Containerd, MutexGuard<'static, ()>) {
-    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    (CONTAINERD.get_or_init(start_containerd), guard)
-}
-
-/// The directory of the shim binary: what the README's install step puts on PATH.
-fn shim_dir() -> PathBuf {
-    let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-crx-v2"));
-    assert!(shim.ends_with("containerd-shim-crx-v2"));
-    shim.parent().unwrap().to_owned()
-}
-
-fn start_containerd() -> Containerd {
-    let dir = tempfile::Builder::new()
-        .prefix("crx-shim-containerd-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let address = dir.path().join("containerd.sock");
-    let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
-    let path = format!(
-        "{}:{}",
-        shim_dir().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let child = Command::new("containerd")
-        .arg("--root")
-        .arg(dir.path().join("root"))
-        .arg("--state")
-        .arg(dir.path().join("state"))
-        .arg("--address")
-        .arg(&address)
-        .env("PATH", path)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("containerd (Debian package containerd) must be installed in the lab");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !address.exists() {
-        assert!(Instant::now() < deadline, "containerd did not listen");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let c = Containerd {
-        address,
-        child: Mutex::new(child),
-        _dir: dir,
-    };
-    import_busybox(&c);
-    c
-}
-
-fn import_busybox(c: &Containerd) {
-    let t = tempfile::tempdir().unwrap();
-    let layout = t.path().join("layout");
-    crx_image::busybox::build_busybox_layout(
-        Path::new(crx_image::busybox::DEFAULT_BUSYBOX),
-        &layout,
-        IMAGE,
-    )
-    .unwrap();
-    let archive = t.path().join("busybox.tar");
-    let tar = Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .arg("-cf")
-        .arg(&archive)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(tar.success());
-    let out = ctr(c, &["image", "import", archive.to_str().unwrap()]);
-    assert!(out.status.success(), "import: {}", text(&out.stderr));
-}
-
-/// `ctr` bounded by `timeout` (a hung shim fails the test instead of hanging it).
-fn ctr_cmd(c: &Containerd, args: &[&str]) -> Command {
-    let mut cmd = Command::new("timeout");
-    cmd.args(["-k", "5", "240", "ctr"]);
-    cmd.arg("--address").arg(&c.address).args(args);
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-fn ctr(c: &Containerd, args: &[&str]) -> Output {
-    ctr_cmd(c, args).output().unwrap()
-}
-
-fn log_of(c: &Containerd) -> String {
-    std::fs::read_to_string(c._dir.path().join("containerd.log")).unwrap_or_default()
-}
+#[allow(dead_code)] // the harness also serves lab_shim_kill9
+mod common;
+use common::{containerd, ctr, ctr_cmd, Containerd, CONTAINER_TYPE, IMAGE, RUNTIME, SANDBOX_ID};
 
 /// Processes whose command name is one of `names`.
 fn count_procs(names: &[&str]) -> usize {
@@ -183,7 +73,7 @@ fn assert_nothing_left(c: &Containerd) {
         assert!(
             Instant::now() < deadline,
             "left (vmm, virtiofsd, shim, mounts, pods): {left:?}\n{}",
-            log_of(c)
+            c.log()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -202,7 +92,7 @@ fn wait_running(c: &Containerd, id: &str) {
         assert!(
             Instant::now() < deadline,
             "{id} never ran: {listing}\n{}",
-            log_of(c)
+            c.log()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -236,7 +126,7 @@ fn lab_shim_ctr_run_output_and_exit_code() {
         Some(3),
         "{stdout}\n{}\n{}",
         text(&out.stderr),
-        log_of(c)
+        c.log()
     );
     assert!(stdout.contains("hi from sh"), "{stdout}");
     assert!(

@@ -28,6 +28,7 @@ use serde_json::Value;
 use super::bundle::is_bind;
 use super::container::ContainerDir;
 use super::error::{io, OciError};
+use crate::paths::{is_mount_point, unescape_mountinfo};
 use crate::virtiofs::{Daemon, DaemonOptions};
 
 /// The shares of a VM: `(tag, daemon)`.
@@ -395,44 +396,6 @@ fn nested_mounts(target: &Path) -> Vec<(String, bool)> {
     }
     found.sort_by(|a, b| a.0.cmp(&b.0));
     found
-}
-
-/// Whether `path` is a mount point in this mount namespace (`/proc/self/mountinfo`).
-fn is_mount_point(path: &Path) -> bool {
-    let Ok(real) = std::fs::canonicalize(path) else {
-        return false;
-    };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let real = real.to_string_lossy();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| unescape_mountinfo(m) == real)
-}
-
-/// A mountinfo field with its octal escapes (`\040` for a space...) undone.
-fn unescape_mountinfo(field: &str) -> String {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let oct = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (b[i], oct) {
-            (b'\\', Some(d)) => {
-                let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
-                out.push(v as u8);
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

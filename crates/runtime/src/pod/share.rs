@@ -10,6 +10,7 @@ use serde_json::Value;
 use crx_proto::{Rootfs, WritableLayer, SHARES_DIR};
 
 use super::{io, PodError, SHARE_TAG};
+use crate::paths::is_mount_point;
 
 /// The guest's file system type of a rootfs that is a directory of a share (the agent
 /// bind-mounts it once the share is mounted).
@@ -150,20 +151,6 @@ pub fn remove_all(share: &Path) -> Result<(), PodError> {
         })?;
     }
     std::fs::remove_dir(share).map_err(io(share))
-}
-
-/// Whether `path` is a mount point in this mount namespace.
-pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(real) = std::fs::canonicalize(path) else {
-        return false;
-    };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let real = real.to_string_lossy();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| m.replace("\\040", " ") == real)
 }
 
 #[cfg(test)]

@@ -112,16 +112,18 @@ fn import_busybox(c: &Containerd) {
     assert!(out.status.success(), "import: {}", text(&out.stderr));
 }
 
-/// `ctr` bounded by `timeout` (a hung shim fails the test instead of hanging it).
+/// `ctr` bounded by `timeout` (a hung shim fails the test instead of hanging it), to spawn.
+pub fn ctr_cmd(c: &Containerd, args: &[&str]) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["-k", "5", "240", "ctr"]);
+    cmd.arg("--address").arg(&c.address).args(args);
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// `ctr` bounded by `timeout`, run to its end.
 pub fn ctr(c: &Containerd, args: &[&str]) -> Output {
-    Command::new("timeout")
-        .args(["-k", "5", "120", "ctr"])
-        .arg("--address")
-        .arg(&c.address)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    ctr_cmd(c, args).output().unwrap()
 }
 
 impl Containerd {
