@@ -1,5 +1,7 @@
-//! `cargo xtask bench run`: the phases of a cold `crx run --rm busybox true` (image cached),
-//! next to `runc run` of the same rootfs, both inside the lab in one invocation.
+//! `cargo xtask bench run`: the phases of a cold `crx run --rm --network none busybox true`
+//! (image cached), next to `runc run` of the same rootfs (its spec's fresh network namespace:
+//! loopback only, as `--network none`), both inside the lab in one invocation; and the wall
+//! time of crx's default, the CNI bridge network (`crx0`: CNI ADD before the boot, DEL after).
 //!
 //! The outer half (on this host) builds release `crx` and `crx-vmm` and the boot artefacts,
 //! then runs the inner half in the lab, where KVM boots Linux. The inner half loads the
@@ -34,14 +36,17 @@ fn measure(work: &Path, runs: usize) -> Result<()> {
     let bundle = runc_bundle(work)?;
 
     // One warm-up of each (page cache, first-use costs), then alternate.
-    crx_once(crx, &root)?;
+    crx_once(crx, &root, NONE)?;
+    crx_once(crx, &root, BRIDGE)?;
     runc_once(&bundle, 0)?;
     let mut phases: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     let mut order = Vec::new();
     let mut crx_wall = Vec::new();
     let mut runc_wall = Vec::new();
+    let mut bridge_wall = Vec::new();
     for i in 0..runs {
-        let (wall, marks) = crx_once(crx, &root)?;
+        bridge_wall.push(crx_once(crx, &root, BRIDGE)?.0);
+        let (wall, marks) = crx_once(crx, &root, NONE)?;
         crx_wall.push(wall);
         for (phase, at) in marks {
             if !order.contains(&phase) {
@@ -52,7 +57,10 @@ fn measure(work: &Path, runs: usize) -> Result<()> {
         runc_wall.push(runc_once(&bundle, i + 1)?);
     }
 
-    println!("crx run --rm busybox true, {runs} cold microVMs in the nested lab (image cached):");
+    println!(
+        "crx run --rm --network none busybox true, {runs} cold microVMs in the nested lab \
+         (image cached):"
+    );
     println!(
         "  {:<36} {:>10} {:>10}",
         "phase (since crx main)", "median", "p90"
@@ -81,6 +89,14 @@ fn measure(work: &Path, runs: usize) -> Result<()> {
         ms(crx_med),
         ms(percentile(&mut crx_wall, 90))
     );
+    let bridge_med = percentile(&mut bridge_wall, 50);
+    println!(
+        "crx run --rm busybox true (default CNI bridge network), {runs} runs: median {} p90 {} \
+         (+{} for the network)",
+        ms(bridge_med),
+        ms(percentile(&mut bridge_wall, 90)),
+        ms(bridge_med.saturating_sub(crx_med))
+    );
     println!(
         "runc run of the same busybox rootfs, same lab, {runs} runs: median {} p90 {}",
         ms(runc_med),
@@ -93,13 +109,19 @@ fn measure(work: &Path, runs: usize) -> Result<()> {
     Ok(())
 }
 
-/// One `crx run --rm busybox true`: its wall time and its traced phases.
-fn crx_once(crx: &Path, root: &Path) -> Result<(Duration, Vec<(String, Duration)>)> {
+/// `crx run`'s network options: none (like runc's bundle), and the default bridge.
+const NONE: &[&str] = &["--network", "none"];
+const BRIDGE: &[&str] = &[];
+
+/// One `crx run --rm NET busybox true`: its wall time and its traced phases.
+fn crx_once(crx: &Path, root: &Path, net: &[&str]) -> Result<(Duration, Vec<(String, Duration)>)> {
     let started = Instant::now();
     let out = Command::new(crx)
         .arg("--root")
         .arg(root)
-        .args(["run", "--rm", "busybox", "true"])
+        .args(["run", "--rm"])
+        .args(net)
+        .args(["busybox", "true"])
         .env("CRX_TRACE", "1")
         .stdin(Stdio::null())
         .output()
