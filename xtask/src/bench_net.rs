@@ -73,13 +73,27 @@ fn measure(work: &Path) -> Result<()> {
         let pod = Podman::start(work, runtime, &tree).with_context(|| name.to_owned())?;
         let f = figures(&pod.ip).with_context(|| format!("{name} at {}", pod.ip));
         drop(pod);
-        results.push((name, f?));
+        let f = f?;
+        // Printed as measured: a later target's failure keeps what was measured.
+        println!("  measured {name}: {f:?}");
+        results.push((name, f));
     }
     remove_podman_storage();
     let vm = Qemu::start(work, &tree)?;
-    let f = figures(QEMU_GUEST).context("qemu");
+    match figures(QEMU_GUEST) {
+        Ok(f) => results.push(("qemu-tap", f)),
+        Err(e) => {
+            let log = std::fs::read_to_string(work.join("qemu.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!(
+                "bench net: qemu-tap not measured: {e:#}\nqemu.log (last lines, newest first):"
+            );
+            for l in tail {
+                eprintln!("  {l}");
+            }
+        }
+    }
     drop(vm);
-    results.push(("qemu-tap", f?));
     report(&results);
     Ok(())
 }
