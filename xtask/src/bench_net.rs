@@ -323,7 +323,8 @@ struct Qemu {
 impl Qemu {
     fn start(work: &Path, tree: &Path) -> Result<Qemu> {
         let init = format!(
-            "#!/bin/sh\nmount -t proc p /proc; mount -t sysfs s /sys\nip link set lo up\n\
+            "#!/bin/sh\nmount -t proc p /proc; mount -t sysfs s /sys; mount -t devtmpfs d /dev\n\
+             ip link set lo up\n\
              ip addr add {QEMU_GUEST}/24 dev eth0; ip link set eth0 up\n{SERVE}\n"
         );
         std::fs::write(tree.join("init"), init)?;
