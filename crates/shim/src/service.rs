@@ -59,6 +59,21 @@ pub fn not_found(id: &str) -> ttrpc::Error {
     err(Code::NOT_FOUND, format!("{id}: not found"))
 }
 
+impl State {
+    /// Container `id`, or NOT_FOUND.
+    pub fn container(&self, id: &str) -> TtrpcResult<&Container> {
+        self.containers.get(id).ok_or_else(|| not_found(id))
+    }
+
+    /// Container `id` and its process `exec_id` (empty: its init), or NOT_FOUND naming the
+    /// one missing.
+    pub fn process(&self, id: &str, exec_id: &str) -> TtrpcResult<(&Container, &Proc)> {
+        let c = self.container(id)?;
+        let p = c.proc(exec_id).ok_or_else(|| not_found(exec_id))?;
+        Ok((c, p))
+    }
+}
+
 impl Service {
     pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Service {
         Service::with_events(namespace, Some(publisher), exit)
@@ -126,13 +141,7 @@ impl shim::Task for Service {
         let pod = self.inner.pod()?;
         let (is_sandbox, process, paths) = {
             let s = self.inner.lock();
-            let c = s
-                .containers
-                .get(&req.id)
-                .ok_or_else(|| not_found(&req.id))?;
-            let p = c
-                .proc(&req.exec_id)
-                .ok_or_else(|| not_found(&req.exec_id))?;
+            let (c, p) = s.process(&req.id, &req.exec_id)?;
             if p.phase != Phase::Created {
                 return Err(err(
                     Code::FAILED_PRECONDITION,
@@ -269,13 +278,7 @@ impl shim::Task for Service {
     fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         let (is_sandbox, stopped) = {
             let s = self.inner.lock();
-            let c = s
-                .containers
-                .get(&req.id)
-                .ok_or_else(|| not_found(&req.id))?;
-            let p = c
-                .proc(&req.exec_id)
-                .ok_or_else(|| not_found(&req.exec_id))?;
+            let (c, p) = s.process(&req.id, &req.exec_id)?;
             (c.is_sandbox, p.exit.is_some())
         };
         if stopped {
@@ -305,13 +308,7 @@ impl shim::Task for Service {
 
     fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         let pod = self.inner.pod()?;
-        let is_sandbox = self
-            .inner
-            .lock()
-            .containers
-            .get(&req.id)
-            .ok_or_else(|| not_found(&req.id))?
-            .is_sandbox;
+        let is_sandbox = self.inner.lock().container(&req.id)?.is_sandbox;
         let pids = match is_sandbox {
             true => vec![pod.vmm_pid as i32],
             false => match call(&pod, Request::ListProcesses { id: req.id })? {
@@ -371,13 +368,7 @@ impl shim::Task for Service {
     fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
         let s = self.inner.lock();
         let pid = s.pod.as_ref().map_or(0, |p| p.vmm_pid);
-        let c = s
-            .containers
-            .get(&req.id)
-            .ok_or_else(|| not_found(&req.id))?;
-        let p = c
-            .proc(&req.exec_id)
-            .ok_or_else(|| not_found(&req.exec_id))?;
+        let (c, p) = s.process(&req.id, &req.exec_id)?;
         let status = match p.phase {
             Phase::Created => Status::CREATED,
             Phase::Running => Status::RUNNING,
@@ -435,7 +426,7 @@ impl Service {
         };
         let is_sandbox = {
             let s = self.inner.lock();
-            let c = s.containers.get(id).ok_or_else(|| not_found(id))?;
+            let c = s.container(id)?;
             if c.init.phase != from {
                 return Err(err(
                     Code::FAILED_PRECONDITION,
