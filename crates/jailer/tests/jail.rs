@@ -70,6 +70,25 @@ fn status_field(pid: u32, field: &str) -> String {
         .to_owned()
 }
 
+/// `pid` has namespaces of its own (mount, PID, IPC, UTS, network) and its `/` holds only
+/// what the jail put there.
+fn assert_isolated(pid: u32) {
+    for ns in ["mnt", "pid", "ipc", "uts", "net"] {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        assert_ne!(
+            theirs, ours,
+            "the jailed program shares the host's {ns} namespace"
+        );
+    }
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["bin", "dev", "proc"]);
+}
+
 fn started(mut child: Child) -> (Child, BufReader<std::process::ChildStdout>) {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
@@ -102,21 +121,7 @@ fn the_jailed_program_holds_no_privilege_and_sees_only_its_jail() {
         "{}",
         status_field(pid, "NSpid")
     );
-    for ns in ["mnt", "pid", "ipc", "uts", "net"] {
-        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
-        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
-        assert_ne!(
-            theirs, ours,
-            "the jailed program shares the host's {ns} namespace"
-        );
-    }
-    // Its `/` holds only what the jail put there.
-    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["bin", "dev", "proc"]);
+    assert_isolated(pid);
     // Killing the jailer kills the jail.
     child.kill().unwrap();
     child.wait().unwrap();
@@ -259,17 +264,7 @@ fn as_init_the_jailer_becomes_the_program_with_the_same_confinement() {
     }
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
     assert!(status_field(pid, "NSpid").ends_with("\t1"));
-    for ns in ["mnt", "pid", "ipc", "uts", "net"] {
-        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
-        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
-        assert_ne!(theirs, ours, "shares the host's {ns} namespace");
-    }
-    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["bin", "dev", "proc"]);
+    assert_isolated(pid);
     child.kill().unwrap();
     child.wait().unwrap();
     // Inside: its own /proc, the same view as a forked jail's.
