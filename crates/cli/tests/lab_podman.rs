@@ -11,15 +11,19 @@
 
 mod tools;
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crx_testkit::net::fetch;
+use crx_testkit::output_within;
 use tools::{assert_ran_where_expected, busybox_archive, runtimes, text};
 
 const IMAGE: &str = "localhost/busybox:latest";
+/// The longest one podman command may take in the lab (they take 2 to 60 s): a hang fails its
+/// test with `ps` and the sandboxes' logs, not the whole binary at the lab's limit.
+const PODMAN_LIMIT: Duration = Duration::from_secs(240);
 
 struct Podman {
     root: PathBuf,
@@ -74,17 +78,20 @@ fn podman_cmd(p: &Podman, runtime: &str) -> Command {
         .arg(&p.runroot)
         .args(["--runtime", runtime])
         .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file"])
-        .args(["--storage-driver", "overlay"]);
+        .args(["--storage-driver", "overlay"])
+        // What podman waits on, should a command hang (output_within reports it).
+        .args(["--log-level", "debug"]);
     c
 }
 
 fn podman(p: &Podman, runtime: &str, args: &[&str], more: &[&str]) -> Output {
-    podman_cmd(p, runtime)
-        .args(args)
-        .args(more)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    within(p, podman_cmd(p, runtime).args(args).args(more))
+}
+
+/// `cmd` run to its end within [`PODMAN_LIMIT`]; a hang reports crx-runc's and podman's logs.
+fn within(p: &Podman, cmd: &mut Command) -> Output {
+    let logs = [Path::new(crx::oci::DEFAULT_ROOT), &p.runroot];
+    output_within(cmd, PODMAN_LIMIT, &logs)
 }
 
 #[test]
@@ -129,11 +136,7 @@ fn lab_podman_it_gives_a_terminal() {
             .map(|a| shell_quote(&a.to_string_lossy()))
             .collect::<Vec<_>>()
             .join(" ");
-        let out = Command::new("script")
-            .args(["-qec", &line, "/dev/null"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let out = within(p, Command::new("script").args(["-qec", &line, "/dev/null"]));
         assert_eq!(
             out.status.code(),
             Some(6),

@@ -14,6 +14,7 @@
 //!   [`cri_env`], containerd with its CRI plugin, CNI and runtime handlers of the test's own;
 //!   [`cri_images`], the offline images in a loopback registry; [`cri_leaks`], what a pod
 //!   leaves on the host, counted; [`cri_pod`], the pod scenario of the CRI tests, step by step.
+//! - [`output_within`]: a command run to its end within a time limit, a hang reported.
 //! - [`Lab`]: a temporary state root, held under the one-VM lock ([`one_vm`]), as a child
 //!   subreaper; [`text`], [`code`], [`merge`]: output and JSON helpers.
 
@@ -33,6 +34,9 @@ pub mod env;
 pub mod net;
 pub mod vm;
 pub mod vsock;
+mod within;
+
+pub use within::output_within;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
