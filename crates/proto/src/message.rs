@@ -284,6 +284,28 @@ pub struct ContainerStats {
     /// `pids.max` (None: no limit). Added after version 1 (absent: None).
     #[serde(default)]
     pub pids_limit: Option<u64>,
+    /// The rest were added after version 1 (absent: 0).
+    /// CPU time in user and system mode (`cpu.stat`).
+    #[serde(default)]
+    pub cpu_user_ns: u64,
+    #[serde(default)]
+    pub cpu_system_ns: u64,
+    /// Anonymous, file-backed and inactive file-backed memory (`memory.stat`); the working
+    /// set is the usage less the inactive file pages.
+    #[serde(default)]
+    pub memory_anon_bytes: u64,
+    #[serde(default)]
+    pub memory_file_bytes: u64,
+    #[serde(default)]
+    pub memory_inactive_file_bytes: u64,
+    /// `memory.events`: times the limit was reached (`max`), the OOM killer was invoked
+    /// (`oom`) and killed a process of the container (`oom_kill`), since it was created.
+    #[serde(default)]
+    pub memory_max_events: u64,
+    #[serde(default)]
+    pub oom_events: u64,
+    #[serde(default)]
+    pub oom_kills: u64,
 }
 
 /// A typed error from the agent.

@@ -1,7 +1,7 @@
 //! Events to containerd (TaskCreate, TaskStart, TaskExit...), published on its ttrpc socket.
 
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -51,6 +51,9 @@ pub enum Event {
     },
     Paused(String),
     Resumed(String),
+    /// The OOM killer killed a process of the container (containerd's CRI then reports the
+    /// container's exit reason as `OOMKilled`).
+    Oom(String),
 }
 
 impl Event {
@@ -153,6 +156,13 @@ impl Event {
                     ..Default::default()
                 };
                 (topics::TASK_RESUMED_EVENT_TOPIC, Box::new(e))
+            }
+            Event::Oom(id) => {
+                let e = TaskOOM {
+                    container_id: id,
+                    ..Default::default()
+                };
+                (topics::TASK_OOM_EVENT_TOPIC, Box::new(e))
             }
         }
     }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::TtrpcResult;
 
+use crx_proto::{Request, Response};
+
 use crate::events::{now, Event};
 use crate::service::{not_found, Inner};
 use crate::task::{Phase, PodHandle};
@@ -48,6 +50,41 @@ impl Inner {
         });
     }
 
+    /// Tells containerd of OOM kills in `id`'s cgroup beyond those told (`oom_kills` is the
+    /// agent's count since the container was created): one `TaskOOM` when there are new ones.
+    pub fn note_ooms(&self, id: &str, oom_kills: u64) {
+        let new = {
+            let mut s = self.lock();
+            let Some(c) = s.containers.get_mut(id) else {
+                return;
+            };
+            let new = oom_kills > c.oom_kills;
+            c.oom_kills = c.oom_kills.max(oom_kills);
+            new
+        };
+        if new {
+            log::info!("{id}: OOM kill ({oom_kills} in all)");
+            self.events.publish(Event::Oom(id.to_owned()));
+        }
+    }
+
+    /// Asks the agent for `id`'s OOM kills and tells containerd of new ones (before a
+    /// process's exit, so that the exit is known as an OOM kill).
+    fn check_ooms(&self, pod: &PodHandle, id: &str) {
+        let answer = pod
+            .agent
+            .control()
+            .map_err(|e| e.to_string())
+            .and_then(|mut c| {
+                c.call(Request::Stats { id: id.to_owned() })
+                    .map_err(|e| e.to_string())
+            });
+        match answer {
+            Ok(Response::Stats(s)) => self.note_ooms(id, s.oom_kills),
+            other => log::warn!("{id}: no OOM count from the agent: {other:?}"),
+        }
+    }
+
     /// Blocks until `id`'s process `exec_id` has exited; its status and time.
     pub fn wait_exit(&self, id: &str, exec_id: &str) -> TtrpcResult<(u32, Timestamp)> {
         let mut s = self.lock();
@@ -71,7 +108,8 @@ impl Inner {
 pub fn watch(inner: Arc<Inner>, pod: PodHandle, id: String, exec_id: String) {
     std::thread::spawn(move || {
         let exec = (!exec_id.is_empty()).then_some(exec_id.as_str());
-        let mut code = crate::task::VM_DIED;
+        // The agent's answer; none when the VM died (or its agent kept failing).
+        let mut answered = None;
         for _ in 0..WAIT_TRIES {
             let status = pod
                 .agent
@@ -79,14 +117,17 @@ pub fn watch(inner: Arc<Inner>, pod: PodHandle, id: String, exec_id: String) {
                 .and_then(|mut c| c.wait(&id, exec, || pod.alive()));
             match status {
                 Ok(s) => {
-                    code = s.code.clamp(0, 255) as u32;
+                    answered = Some(s.code.clamp(0, 255) as u32);
                     break;
                 }
                 Err(_) if pod.alive() => std::thread::sleep(std::time::Duration::from_secs(1)),
                 Err(_) => break,
             }
         }
-        inner.exited(&id, &exec_id, code);
+        if answered.is_some() {
+            inner.check_ooms(&pod, &id);
+        }
+        inner.exited(&id, &exec_id, answered.unwrap_or(crate::task::VM_DIED));
     });
 }
 

@@ -393,10 +393,11 @@ impl shim::Task for Service {
 
     fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
         let pod = self.inner.pod()?;
-        let stats = match call(&pod, Request::Stats { id: req.id })? {
+        let stats = match call(&pod, Request::Stats { id: req.id.clone() })? {
             Response::Stats(s) => s,
             other => return Err(internal(format!("unexpected agent answer {other:?}"))),
         };
+        self.inner.note_ooms(&req.id, stats.oom_kills);
         let metrics = crate::service_create::metrics(&stats);
         let any = Any {
             type_url: "io.containerd.cgroups.v2.Metrics".into(),

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use containerd_shim as shim;
 use shim::api;
-use shim::protos::cgroups_v2::metrics::{CPUStat, MemoryStat, Metrics, PidsStat};
+use shim::protos::cgroups_v2::metrics::{CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat};
 use shim::protos::ttrpc::Code;
 use shim::TtrpcResult;
 
@@ -61,6 +61,7 @@ pub fn create(inner: &Inner, req: &api::CreateTaskRequest) -> TtrpcResult<u32> {
             mounted,
             init,
             execs: HashMap::new(),
+            oom_kills: 0,
         },
     );
     inner.events.publish(Event::Create {
@@ -307,12 +308,24 @@ pub fn metrics(s: &ContainerStats) -> Metrics {
     let mut m = Metrics::new();
     m.cpu = Some(CPUStat {
         usage_usec: s.cpu_usage_ns / 1000,
+        user_usec: s.cpu_user_ns / 1000,
+        system_usec: s.cpu_system_ns / 1000,
         ..Default::default()
     })
     .into();
     m.memory = Some(MemoryStat {
         usage: s.memory_bytes,
         usage_limit: s.memory_limit_bytes.unwrap_or(u64::MAX),
+        anon: s.memory_anon_bytes,
+        file: s.memory_file_bytes,
+        inactive_file: s.memory_inactive_file_bytes,
+        ..Default::default()
+    })
+    .into();
+    m.memory_events = Some(MemoryEvents {
+        max: s.memory_max_events,
+        oom: s.oom_events,
+        oom_kill: s.oom_kills,
         ..Default::default()
     })
     .into();
@@ -349,8 +362,15 @@ mod tests {
             pids: 2,
             memory_limit_bytes: None,
             pids_limit: Some(10),
+            cpu_user_ns: 3_000_000,
+            memory_inactive_file_bytes: 1024,
+            oom_kills: 2,
+            ..ContainerStats::default()
         });
         assert_eq!(m.cpu.usage_usec, 5000);
+        assert_eq!(m.cpu.user_usec, 3000);
+        assert_eq!(m.memory.inactive_file, 1024);
+        assert_eq!(m.memory_events.oom_kill, 2);
         assert_eq!(m.memory.usage, 4096);
         assert_eq!(m.pids.current, 2);
         assert_eq!(m.pids.limit, 10);

@@ -56,6 +56,8 @@ pub struct Container {
     pub mounted: bool,
     pub init: Proc,
     pub execs: HashMap<String, Proc>,
+    /// OOM kills in its cgroup already told to containerd (`TaskOOM`).
+    pub oom_kills: u64,
 }
 
 impl Container {

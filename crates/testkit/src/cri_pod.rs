@@ -5,7 +5,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_cri::v1::{ContainerState, PodSandboxConfig};
+use k8s_cri::v1::{
+    ContainerConfig, ContainerState, LinuxContainerConfig, LinuxContainerResources,
+    PodSandboxConfig, PodSandboxState,
+};
 
 use crate::cri::{container_config, pod_config, Cri};
 use crate::cri_env::{CriLab, BRIDGE};
@@ -18,6 +21,10 @@ pub const SERVER_PORT: i32 = 8080;
 pub const HOST_PORT: i32 = 18080;
 /// What the server serves.
 pub const PAGE: &str = "hello-from-the-pod";
+/// How soon containerd must see the containers of a pod whose VM or shim was killed exit.
+pub const KILLED_SEEN_WITHIN: Duration = Duration::from_secs(30);
+/// The memory limit of the container that the OOM killer must kill.
+pub const OOM_LIMIT: i64 = 24 << 20;
 /// The server's first log line.
 pub const SERVER_STARTED: &str = "server-started";
 
@@ -122,6 +129,12 @@ impl Pod {
         command: &[&str],
         handler: &str,
     ) -> String {
+        let config = self.config(name, attempt, command);
+        self.run_config(lab, cri, config, handler)
+    }
+
+    /// The configuration [`Pod::run`] creates a container with.
+    fn config(&self, name: &str, attempt: u32, command: &[&str]) -> ContainerConfig {
         let mut config = container_config(
             name,
             BUSYBOX_IMAGE,
@@ -132,6 +145,19 @@ impl Pod {
             m.attempt = attempt;
         }
         config.log_path = format!("{name}-{attempt}.log");
+        config
+    }
+
+    /// CreateContainer of `config` + StartContainer.
+    fn run_config(
+        &self,
+        lab: &CriLab,
+        cri: &mut Cri,
+        config: ContainerConfig,
+        handler: &str,
+    ) -> String {
+        let name = config.metadata.as_ref().map_or("", |m| m.name.as_str());
+        let name = name.to_owned();
         let id = cri
             .create(&self.id, config, &self.config)
             .unwrap_or_else(|e| {
@@ -152,13 +178,53 @@ impl Pod {
     /// How many processes named `comm` (15 bytes at most, as the kernel keeps it) run now
     /// that did not before the pod.
     pub fn new_processes(&self, comm: &str) -> usize {
+        self.new_pids(comm).len()
+    }
+
+    /// The pids of [`Pod::new_processes`].
+    pub fn new_pids(&self, comm: &str) -> Vec<u32> {
         HostState::take(&[])
             .processes
-            .iter()
+            .into_iter()
             .filter(|(pid, (_, p))| {
                 p.split(':').next() == Some(comm) && !self.before.processes.contains_key(pid)
             })
-            .count()
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    /// `kill -9` of the pod's one new process named `comm` (its crx-vmm, or its shim): soon
+    /// after, both containers are reported exited with `code` and the pod not ready, as
+    /// kubelet needs to see them to restart the pod, instead of a hang.
+    pub fn check_killed(&self, lab: &CriLab, cri: &mut Cri, comm: &str, code: i32) {
+        step("", &format!("kill -9 {comm}"));
+        let pids = self.new_pids(comm);
+        assert_eq!(pids.len(), 1, "one {comm} for the pod: {pids:?}");
+        let pid = nix::unistd::Pid::from_raw(pids[0] as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        for id in [&self.server, &self.client] {
+            let s = cri
+                .wait_state(id, ContainerState::ContainerExited, KILLED_SEEN_WITHIN)
+                .unwrap();
+            assert_eq!(
+                (s.state, s.exit_code),
+                (ContainerState::ContainerExited as i32, code),
+                "{id} after kill -9 of {comm}: {s:?}\n{}",
+                lab.containerd_log()
+            );
+        }
+        let deadline = std::time::Instant::now() + KILLED_SEEN_WITHIN;
+        loop {
+            let p = cri.pod_status(&self.id).expect("PodSandboxStatus");
+            if p.state == PodSandboxState::SandboxNotready as i32 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pod after kill -9 of {comm}: {p:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// ExecSync of `cmd` in `id`, which must succeed; its stdout.
@@ -308,6 +374,55 @@ impl Pod {
         assert_eq!(
             self.exec_ok(cri, &again, &["cat", "/shared/again"]).trim(),
             "again"
+        );
+    }
+
+    /// A container that outgrows its memory limit is killed by the OOM killer and reported
+    /// so (exit 137, reason `OOMKilled`, which containerd's CRI sets on `TaskOOM`), while the
+    /// server keeps running.
+    pub fn check_oom_killed(&self, lab: &CriLab, cri: &mut Cri, handler: &str) {
+        step(handler, "OOM kill reported as OOMKilled");
+        // busybox dd allocates its 64 MiB block and fills it: past the 24 MiB limit.
+        let mut config = self.config(
+            "hog",
+            0,
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        );
+        config.linux = Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: OOM_LIMIT,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let hog = self.run_config(lab, cri, config, handler);
+        let s = cri
+            .wait_state(
+                &hog,
+                ContainerState::ContainerExited,
+                Duration::from_secs(120),
+            )
+            .unwrap();
+        assert_eq!(s.state, ContainerState::ContainerExited as i32, "{s:?}");
+        // The OOM event and the exit reach containerd's CRI by two paths (an event, a task
+        // wait): the reason may follow the exit by a moment, as it may with runc.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut s = s;
+        while s.reason != "OOMKilled" && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            s = cri.status(&hog).unwrap();
+        }
+        assert_eq!(
+            (s.exit_code, s.reason.as_str()),
+            (137, "OOMKilled"),
+            "{s:?}\n{}",
+            lab.containerd_log()
+        );
+        let server = cri.status(&self.server).unwrap();
+        assert_eq!(
+            server.state,
+            ContainerState::ContainerRunning as i32,
+            "the server after its sibling's OOM kill: {server:?}"
         );
     }
 

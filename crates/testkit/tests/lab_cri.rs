@@ -24,6 +24,7 @@ fn lab_cri_runc_pod_of_two_containers() {
     pod.check_log_file();
     pod.check_stats(&mut cri);
     pod.check_exit_code_and_restart(&lab, &mut cri, "runc");
+    pod.check_oom_killed(&lab, &mut cri, "runc");
     pod.check_pod_network(&mut cri);
     pod.remove_and_check_leaks(&lab, &mut cri);
 }
@@ -45,7 +46,28 @@ fn lab_cri_crx_pod_of_two_containers_in_one_vm() {
     pod.check_log_file();
     pod.check_stats(&mut cri);
     pod.check_exit_code_and_restart(&lab, &mut cri, "crx");
+    pod.check_oom_killed(&lab, &mut cri, "crx");
     assert_eq!(pod.new_processes("crx-vmm"), 1, "still one VM for the pod");
     pod.check_pod_network(&mut cri);
     pod.remove_and_check_leaks(&lab, &mut cri);
+}
+
+/// `kill -9` of a pod's crx-vmm, then of another pod's shim: containerd's CRI reports every
+/// container exited and the pod not ready, and removing the pod leaves nothing. A killed VM
+/// is a kill of its containers (137); of a dead shim containerd's CRI knows no status and
+/// says 255 (its "unknown", whatever the shim's `delete` answers, as with runc's shim).
+#[test]
+fn lab_cri_crx_pods_killed_with_their_vm_or_shim() {
+    let lab = CriLab::start(Some(&shim_binary()));
+    let mut cri = lab.client();
+    let state = [PathBuf::from("/run/crx-shim")];
+    let kills = [
+        ("vmkill", "crx-vmm", 137),
+        ("shimkill", "containerd-shim", 255),
+    ];
+    for (name, comm, code) in kills {
+        let pod = cri_pod::start(&lab, &mut cri, "crx", name, &state);
+        pod.check_killed(&lab, &mut cri, comm, code);
+        pod.remove_and_check_leaks(&lab, &mut cri);
+    }
 }

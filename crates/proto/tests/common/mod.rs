@@ -91,6 +91,8 @@ pub fn all_responses() -> Vec<Response> {
             pids: 2,
             memory_limit_bytes: Some(1 << 26),
             pids_limit: None,
+            oom_kills: 1,
+            ..ContainerStats::default()
         }),
         Response::Error(AgentError::new(ErrorKind::NotFound, "no container c9")),
     ]
