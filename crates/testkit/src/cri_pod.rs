@@ -337,21 +337,9 @@ impl Pod {
     pub fn check_exit_code_and_restart(&self, lab: &CriLab, cri: &mut Cri, handler: &str) {
         step(handler, "exit code 3, sibling running, created again");
         let quitter = self.run(lab, cri, "quitter", 0, &["sh", "-c", "exit 3"], handler);
-        let s = cri
-            .wait_state(
-                &quitter,
-                ContainerState::ContainerExited,
-                Duration::from_secs(120),
-            )
-            .unwrap();
-        assert_eq!(s.state, ContainerState::ContainerExited as i32, "{s:?}");
+        let s = exited(cri, &quitter);
         assert_eq!(s.exit_code, 3, "{s:?}");
-        let server = cri.status(&self.server).unwrap();
-        assert_eq!(
-            server.state,
-            ContainerState::ContainerRunning as i32,
-            "the server after its sibling exited: {server:?}"
-        );
+        self.assert_server_runs(cri, "its sibling exited");
         assert!(self
             .exec_ok(cri, &self.server, &["cat", "/www/index.html"])
             .contains(PAGE));
@@ -396,14 +384,7 @@ impl Pod {
             ..Default::default()
         });
         let hog = self.run_config(lab, cri, config, handler);
-        let s = cri
-            .wait_state(
-                &hog,
-                ContainerState::ContainerExited,
-                Duration::from_secs(120),
-            )
-            .unwrap();
-        assert_eq!(s.state, ContainerState::ContainerExited as i32, "{s:?}");
+        let s = exited(cri, &hog);
         // The OOM event and the exit reach containerd's CRI by two paths (an event, a task
         // wait): the reason may follow the exit by a moment, as it may with runc.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -418,11 +399,16 @@ impl Pod {
             "{s:?}\n{}",
             lab.containerd_log()
         );
+        self.assert_server_runs(cri, "its sibling's OOM kill");
+    }
+
+    /// The server still runs, after `what`.
+    fn assert_server_runs(&self, cri: &mut Cri, what: &str) {
         let server = cri.status(&self.server).unwrap();
         assert_eq!(
             server.state,
             ContainerState::ContainerRunning as i32,
-            "the server after its sibling's OOM kill: {server:?}"
+            "the server after {what}: {server:?}"
         );
     }
 
@@ -460,6 +446,19 @@ impl Pod {
             "left on the host after RemovePodSandbox: {left:#?}"
         );
     }
+}
+
+/// The status of container `id` once exited (within two minutes, else a failure).
+fn exited(cri: &mut Cri, id: &str) -> k8s_cri::v1::ContainerStatus {
+    let s = cri
+        .wait_state(
+            id,
+            ContainerState::ContainerExited,
+            Duration::from_secs(120),
+        )
+        .unwrap();
+    assert_eq!(s.state, ContainerState::ContainerExited as i32, "{s:?}");
+    s
 }
 
 /// Says which step runs (a hang shows where it is).
