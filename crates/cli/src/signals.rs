@@ -33,8 +33,7 @@ pub enum Target {
 pub struct Forwarder(Arc<Mutex<Target>>);
 
 impl Forwarder {
-    /// Blocks the forwarded signals in this thread (call before starting other threads: they
-    /// inherit the mask) and starts the thread that waits for them.
+    /// Catches the forwarded signals and starts the thread that forwards them.
     pub fn start() -> Result<Forwarder> {
         let f = Forwarder(Arc::default());
         let target = f.0.clone();
@@ -43,7 +42,7 @@ impl Forwarder {
                 forward(&target.lock().unwrap_or_else(|e| e.into_inner()), sig);
             }
         })
-        .context("blocking signals")?;
+        .context("catching signals")?;
         Ok(f)
     }
 

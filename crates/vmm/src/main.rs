@@ -268,6 +268,15 @@ fn main() -> ExitCode {
     // SAFETY: umask only sets this process's file mode creation mask; it cannot fail.
     unsafe { libc::umask(PRIVATE_UMASK) };
     ensure_std_fds();
+    // A signal mask is inherited through exec: whatever the parent blocked, the VMM must see
+    // SIGTERM (a clean stop) and SIGUSR1 (the snapshot request of a template build).
+    // SAFETY: sigemptyset fills a local set; pthread_sigmask only changes this thread's mask
+    // (no other thread exists yet, so every later thread inherits it).
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
     crx_vmm::logger::init();
     let cli = Cli::parse();
     match run(cli, start) {

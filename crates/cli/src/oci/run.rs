@@ -59,7 +59,7 @@ pub fn run(root: &Path, a: liboci_cli::Run) -> Result<i32> {
     signals::forward(move |sig| {
         let _ = lifecycle::signal(&r, &i, sig, false);
     })
-    .context("blocking signals")?;
+    .context("catching signals")?;
     let status = created.monitor.wait()?;
     if let Some(a) = &attached {
         a.drain();

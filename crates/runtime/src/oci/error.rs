@@ -94,8 +94,8 @@ pub enum OciError {
         #[source]
         source: crate::monitor::MonitorError,
     },
-    #[error("blocking signals (to forward them to the container)")]
-    Signals(#[source] nix::Error),
+    #[error("catching signals (to forward them to the container)")]
+    Signals(#[source] std::io::Error),
     #[error("container {id}: monitor: {reason}")]
     Monitor { id: String, reason: String },
     #[error("sharing {dir} with the VM (virtio-fs)")]
