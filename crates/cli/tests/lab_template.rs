@@ -3,11 +3,7 @@
 //! keeps time; clones differ in their randomness and boot id; ten sandboxes restored from one
 //! template each run a container. Templates go to a fresh `CRX_TEMPLATE_DIR` per test binary.
 //! `--network none`: a VM with a network device boots cold (ADR 0017).
-//!
-//! Both tests are ignored until a restored clone comes up in the lab: on 2026-12-05 (a lab run
-//! of this binary) the template built, but the clones' `crx run` ended with "instance ... is
-//! not running" (333 s for the binary). The feature is off by
-//! default meanwhile; `cargo xtask lab -- .../lab_template-HASH --ignored` runs them.
+//! Templates are off by default (ADR 0017, State): these tests turn them on (`CRX_TEMPLATES=1`).
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -95,7 +91,6 @@ fn probe(lab: &Lab) -> (f64, f64, Vec<String>, String) {
 }
 
 #[test]
-#[ignore = "templates are off (CRX_TEMPLATES=1): in the nested lab a clone restored from a runtime template does not come up yet (ADR 0017, State); run with --ignored"]
 fn lab_template_restored_containers_answer_keep_time_and_differ() {
     let (lab, _g) = lab();
     // The first run of the shape builds the template, then restores from it.
@@ -133,7 +128,6 @@ fn lab_template_restored_containers_answer_keep_time_and_differ() {
 }
 
 #[test]
-#[ignore = "templates are off (CRX_TEMPLATES=1): in the nested lab a clone restored from a runtime template does not come up yet (ADR 0017, State); run with --ignored"]
 fn lab_template_ten_sandboxes_from_one_template_each_run_a_container() {
     let (lab, _g) = lab();
     let names: Vec<String> = (0..10).map(|i| format!("clone{i}")).collect();
