@@ -58,9 +58,7 @@ impl Inner {
             let Some(c) = s.containers.get_mut(id) else {
                 return;
             };
-            let new = oom_kills > c.oom_kills;
-            c.oom_kills = c.oom_kills.max(oom_kills);
-            new
+            c.new_ooms(oom_kills)
         };
         if new {
             log::info!("{id}: OOM kill ({oom_kills} in all)");

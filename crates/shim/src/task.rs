@@ -68,6 +68,15 @@ impl Container {
         }
     }
 
+    /// Records the guest's count of OOM kills in the container's cgroup: whether it shows
+    /// kills not told yet (a count that falls, a guest's lie or a recreated cgroup, tells
+    /// nothing and lowers nothing: each kill is told at most once).
+    pub fn new_ooms(&mut self, oom_kills: u64) -> bool {
+        let new = oom_kills > self.oom_kills;
+        self.oom_kills = self.oom_kills.max(oom_kills);
+        new
+    }
+
     pub fn proc_mut(&mut self, exec_id: &str) -> Option<&mut Proc> {
         match exec_id {
             "" => Some(&mut self.init),
@@ -153,3 +162,31 @@ fn keep(mut vm: pod::PodVm, stop: Receiver<Sender<()>>) {
 
 /// The exit status reported for a process whose VM died under it.
 pub const VM_DIED: u32 = 128 + 9;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container() -> Container {
+        Container {
+            bundle: PathBuf::new(),
+            is_sandbox: false,
+            mounted: false,
+            init: Proc::new(Paths::default()),
+            execs: HashMap::new(),
+            oom_kills: 0,
+        }
+    }
+
+    #[test]
+    fn each_oom_kill_is_told_once_and_a_falling_count_tells_nothing() {
+        let mut c = container();
+        assert!(!c.new_ooms(0), "no kill yet");
+        assert!(c.new_ooms(1), "the first kill");
+        assert!(!c.new_ooms(1), "the same kill, asked again (a later Stats)");
+        assert!(c.new_ooms(3), "two more");
+        assert!(!c.new_ooms(0), "a count that falls");
+        assert!(!c.new_ooms(3), "and comes back: told already");
+        assert!(c.new_ooms(4));
+    }
+}
