@@ -16,23 +16,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use crx_testkit::containerd::Containerd;
 use tools::{assert_ran_where_expected, busybox_archive, runtimes, text};
 
 const IMAGE: &str = "docker.io/library/busybox:latest";
-
-struct Containerd {
-    address: PathBuf,
-    child: Mutex<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let mut c = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
 
 static CONTAINERD: OnceLock<Containerd> = OnceLock::new();
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -45,64 +32,23 @@ fn containerd() -> (&'static Containerd, MutexGuard<'static, ()>) {
 }
 
 fn start_containerd() -> Containerd {
-    // Under /var (the lab's ext4 root): overlayfs snapshots need a filesystem that has them.
-    let dir = tempfile::Builder::new()
-        .prefix("crx-containerd-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let address = dir.path().join("containerd.sock");
-    let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
-    let child = Command::new("containerd")
-        .arg("--root")
-        .arg(dir.path().join("root"))
-        .arg("--state")
-        .arg(dir.path().join("state"))
-        .arg("--address")
-        .arg(&address)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("containerd (Debian package containerd) must be installed in the lab");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !address.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "containerd did not listen within 60 s: {}",
-            std::fs::read_to_string(dir.path().join("containerd.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let c = Containerd {
-        address,
-        child: Mutex::new(child),
-        _dir: dir,
-    };
-    import_busybox(&c);
-    c
-}
-
-fn import_busybox(c: &Containerd) {
+    let c = Containerd::start("crx-containerd-", None);
     let t = tempfile::tempdir().unwrap();
     let archive = busybox_archive(t.path(), IMAGE);
     let out = ctr(
-        c,
+        &c,
         &["image", "import", "--no-unpack"],
         &[archive.to_str().unwrap()],
     );
     assert!(out.status.success(), "import: {}", text(&out.stderr));
-    let out = ctr(c, &["image", "ls", "-q"], &[]);
+    let out = ctr(&c, &["image", "ls", "-q"], &[]);
     assert!(text(&out.stdout).contains(IMAGE), "{}", text(&out.stdout));
+    c
 }
 
+/// `ctr ARGS MORE` against `c` (bounded in time).
 fn ctr(c: &Containerd, args: &[&str], more: &[&str]) -> Output {
-    Command::new("ctr")
-        .arg("--address")
-        .arg(&c.address)
-        .args(args)
-        .args(more)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    c.ctr(&[args, more].concat())
 }
 
 /// `ctr run --rm --runc-binary BIN IMAGE ID CMD...`

@@ -13,7 +13,7 @@ use crx_testkit::text;
 
 #[allow(dead_code)] // the harness also serves lab_shim_kill9
 mod common;
-use common::{containerd, ctr, ctr_cmd, Containerd, CONTAINER_TYPE, IMAGE, RUNTIME, SANDBOX_ID};
+use common::{containerd, Containerd, CONTAINER_TYPE, IMAGE, RUNTIME, SANDBOX_ID};
 
 /// Processes whose command name is one of `names`.
 fn count_procs(names: &[&str]) -> usize {
@@ -82,7 +82,7 @@ fn assert_nothing_left(c: &Containerd) {
 fn wait_running(c: &Containerd, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let listing = text(&ctr(c, &["task", "ls"]).stdout);
+        let listing = text(&c.ctr(&["task", "ls"]).stdout);
         if listing
             .lines()
             .any(|l| l.starts_with(id) && l.contains("RUNNING"))
@@ -102,20 +102,17 @@ fn wait_running(c: &Containerd, id: &str) {
 fn lab_shim_ctr_run_output_and_exit_code() {
     let (c, _g) = containerd();
     let started = Instant::now();
-    let out = ctr(
-        c,
-        &[
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            "run1",
-            "sh",
-            "-c",
-            "echo hi from $0; cat /proc/cmdline; exit 3",
-        ],
-    );
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "run1",
+        "sh",
+        "-c",
+        "echo hi from $0; cat /proc/cmdline; exit 3",
+    ]);
     eprintln!(
         "ctr run --rm (boot, run, exit, remove): {:?}",
         started.elapsed()
@@ -140,9 +137,8 @@ fn lab_shim_ctr_run_output_and_exit_code() {
 fn lab_shim_task_exec_and_kill() {
     let (c, _g) = containerd();
     let id = "bg1";
-    let mut run = ctr_cmd(
-        c,
-        &[
+    let mut run = c
+        .ctr_cmd(&[
             "run",
             "--rm",
             "--runtime",
@@ -151,39 +147,35 @@ fn lab_shim_task_exec_and_kill() {
             id,
             "sleep",
             "600",
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_running(c, id);
-    let exec = ctr(
-        c,
-        &[
-            "task",
-            "exec",
-            "--exec-id",
-            "e1",
-            id,
-            "sh",
-            "-c",
-            "echo in-$0; exit 5",
-        ],
-    );
+    let exec = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        id,
+        "sh",
+        "-c",
+        "echo in-$0; exit 5",
+    ]);
     assert_eq!(exec.status.code(), Some(5), "{}", text(&exec.stderr));
     assert!(
         text(&exec.stdout).contains("in-sh"),
         "{}",
         text(&exec.stdout)
     );
-    let ps = ctr(c, &["task", "ps", id]);
+    let ps = c.ctr(&["task", "ps", id]);
     assert!(ps.status.success(), "{}", text(&ps.stderr));
-    let kill = ctr(c, &["task", "kill", "--signal", "SIGKILL", id]);
+    let kill = c.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
     assert!(kill.status.success(), "{}", text(&kill.stderr));
     let status = run.wait().unwrap();
     assert_eq!(status.code(), Some(137), "ctr run after SIGKILL: {status}");
-    let ls = ctr(c, &["container", "ls", "-q"]);
+    let ls = c.ctr(&["container", "ls", "-q"]);
     assert!(!text(&ls.stdout).contains(id), "container left behind");
     assert_nothing_left(c);
 }
@@ -196,9 +188,8 @@ fn lab_shim_two_containers_of_one_pod_share_one_vm() {
     let (c, _g) = containerd();
     let (pod, second) = ("pod1", "pod1-c2");
     let ann = |v: &str| format!("{SANDBOX_ID}={v}");
-    let mut first = ctr_cmd(
-        c,
-        &[
+    let mut first = c
+        .ctr_cmd(&[
             "run",
             "--runtime",
             RUNTIME,
@@ -208,45 +199,38 @@ fn lab_shim_two_containers_of_one_pod_share_one_vm() {
             pod,
             "sleep",
             "600",
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_running(c, pod);
-    let out = ctr(
-        c,
-        &[
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            "--annotation",
-            &ann(pod),
-            "--annotation",
-            &format!("{CONTAINER_TYPE}=container"),
-            IMAGE,
-            second,
-            "sh",
-            "-c",
-            "cat /proc/sys/kernel/random/boot_id; exit 4",
-        ],
-    );
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &ann(pod),
+        "--annotation",
+        &format!("{CONTAINER_TYPE}=container"),
+        IMAGE,
+        second,
+        "sh",
+        "-c",
+        "cat /proc/sys/kernel/random/boot_id; exit 4",
+    ]);
     let boot2 = text(&out.stdout);
     assert_eq!(out.status.code(), Some(4), "{boot2}\n{}", text(&out.stderr));
-    let exec = ctr(
-        c,
-        &[
-            "task",
-            "exec",
-            "--exec-id",
-            "b",
-            pod,
-            "cat",
-            "/proc/sys/kernel/random/boot_id",
-        ],
-    );
+    let exec = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "b",
+        pod,
+        "cat",
+        "/proc/sys/kernel/random/boot_id",
+    ]);
     assert_eq!(
         text(&exec.stdout).trim(),
         boot2.lines().next().unwrap_or_default().trim(),
@@ -258,16 +242,16 @@ fn lab_shim_two_containers_of_one_pod_share_one_vm() {
         (1, 1, 1, 1),
         "one VM for the pod"
     );
-    let kill = ctr(c, &["task", "kill", "--signal", "SIGKILL", pod]);
+    let kill = c.ctr(&["task", "kill", "--signal", "SIGKILL", pod]);
     assert!(kill.status.success(), "{}", text(&kill.stderr));
     assert_eq!(first.wait().unwrap().code(), Some(137));
-    let rm = ctr(c, &["task", "rm", pod]);
+    let rm = c.ctr(&["task", "rm", pod]);
     assert!(
         rm.status.success() || text(&rm.stderr).contains("not found"),
         "{}",
         text(&rm.stderr)
     );
-    let rm = ctr(c, &["container", "rm", pod]);
+    let rm = c.ctr(&["container", "rm", pod]);
     assert!(rm.status.success(), "{}", text(&rm.stderr));
     assert_nothing_left(c);
 }

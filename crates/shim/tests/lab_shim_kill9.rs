@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_nothing_left, containerd, ctr, pids_of, run_detached, status_of, wait_log, wait_tasks,
+    assert_nothing_left, containerd, pids_of, run_detached, status_of, wait_log, wait_tasks,
     Containerd, Left,
 };
 use crx_testkit::text;
@@ -51,7 +51,7 @@ fn the_one(name: &str) -> Pid {
 /// `ctr task rm` of `id`: its exit status as `ctr` warns it (`exit code N`), or `None` when
 /// containerd no longer has the task.
 fn task_rm(c: &Containerd, id: &str) -> Option<String> {
-    let out = ctr(c, &["task", "rm", id]);
+    let out = c.ctr(&["task", "rm", id]);
     let err = text(&out.stderr);
     if !out.status.success() {
         assert!(
@@ -72,14 +72,14 @@ fn task_rm(c: &Containerd, id: &str) -> Option<String> {
 fn container_rm(c: &Containerd, ids: &[&str]) {
     let mut args = vec!["container", "rm"];
     args.extend_from_slice(ids);
-    let out = ctr(c, &args);
+    let out = c.ctr(&args);
     assert!(
         out.status.success(),
         "container rm {ids:?}: {}\n{}",
         text(&out.stderr),
         c.log()
     );
-    let ls = text(&ctr(c, &["container", "ls", "-q"]).stdout);
+    let ls = text(&c.ctr(&["container", "ls", "-q"]).stdout);
     for id in ids {
         assert!(!ls.lines().any(|l| l == *id), "{id} still listed: {ls}");
     }

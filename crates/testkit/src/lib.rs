@@ -10,6 +10,7 @@
 //! - [`vsock`]: the hybrid-vsock `CONNECT` handshake.
 //! - [`agent`]: what a test hands the guest agent (an ext4 busybox disk, specs, processes).
 //! - [`net`]: a tap on the lab host.
+//! - [`containerd`]: a private containerd, and `ctr` against it bounded in time.
 //! - With the feature `cri`: [`cri`], a CRI v1 client over containerd's socket;
 //!   [`cri_env`], containerd with its CRI plugin, CNI and runtime handlers of the test's own;
 //!   [`cri_images`], the offline images in a loopback registry; [`cri_leaks`], what a pod
@@ -20,6 +21,7 @@
 
 pub mod agent;
 pub mod busybox;
+pub mod containerd;
 #[cfg(feature = "cri")]
 pub mod cri;
 #[cfg(feature = "cri")]

@@ -1,15 +1,16 @@
 //! The containerd harness of the shim's lab tests (the pattern of `lab_shim_ctr.rs`): one
-//! containerd (Debian's 1.6) per test binary with busybox imported, `ctr` bounded by a
-//! timeout, task states from `ctr task ls`, and what a pod leaves on the host, counted.
+//! containerd (Debian's 1.6, `crx_testkit::containerd`) per test binary with busybox imported,
+//! task states from `ctr task ls`, and what a pod leaves on the host, counted.
 //!
 //! The install step is the README's: containerd finds `containerd-shim-crx-v2` on its PATH,
 //! here `target/debug` prepended (crx-vmm and crx-jailer are found beside the shim).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+pub use crx_testkit::containerd::Containerd;
 use crx_testkit::text;
 
 pub const IMAGE: &str = "docker.io/library/busybox:latest";
@@ -20,20 +21,6 @@ pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 pub const NAMESPACE: &str = "default";
 /// The shim's state root (`containerd-shim-crx-v2`'s `STATE_ROOT`).
 pub const STATE_ROOT: &str = "/run/crx-shim";
-
-pub struct Containerd {
-    pub address: PathBuf,
-    child: Mutex<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let mut c = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
 
 static CONTAINERD: OnceLock<Containerd> = OnceLock::new();
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -52,39 +39,7 @@ fn shim_dir() -> PathBuf {
 }
 
 fn start_containerd() -> Containerd {
-    let dir = tempfile::Builder::new()
-        .prefix("crx-shim-containerd-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let address = dir.path().join("containerd.sock");
-    let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
-    let path = format!(
-        "{}:{}",
-        shim_dir().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let child = Command::new("containerd")
-        .arg("--root")
-        .arg(dir.path().join("root"))
-        .arg("--state")
-        .arg(dir.path().join("state"))
-        .arg("--address")
-        .arg(&address)
-        .env("PATH", path)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("containerd (Debian package containerd) must be installed in the lab");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !address.exists() {
-        assert!(Instant::now() < deadline, "containerd did not listen");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let c = Containerd {
-        address,
-        child: Mutex::new(child),
-        dir,
-    };
+    let c = Containerd::start("crx-shim-containerd-", Some(&shim_dir()));
     import_busybox(&c);
     c
 }
@@ -108,46 +63,25 @@ fn import_busybox(c: &Containerd) {
         .status()
         .unwrap();
     assert!(tar.success());
-    let out = ctr(c, &["image", "import", archive.to_str().unwrap()]);
+    let out = c.ctr(&["image", "import", archive.to_str().unwrap()]);
     assert!(out.status.success(), "import: {}", text(&out.stderr));
 }
 
-/// `ctr` bounded by `timeout` (a hung shim fails the test instead of hanging it), to spawn.
-pub fn ctr_cmd(c: &Containerd, args: &[&str]) -> Command {
-    let mut cmd = Command::new("timeout");
-    cmd.args(["-k", "5", "240", "ctr"]);
-    cmd.arg("--address").arg(&c.address).args(args);
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-/// `ctr` bounded by `timeout`, run to its end.
-pub fn ctr(c: &Containerd, args: &[&str]) -> Output {
-    ctr_cmd(c, args).output().unwrap()
-}
-
-impl Containerd {
-    /// containerd's log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
-    }
-
-    /// The shim socket of pod `pod` (containerd's name for it: `/run/containerd/s/HASH`).
-    pub fn shim_socket(&self, pod: &str) -> PathBuf {
-        use sha2::Digest;
-        let key = format!("{}/{NAMESPACE}/{pod}", self.address.display());
-        let hash: String = sha2::Sha256::digest(key.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        PathBuf::from("/run/containerd/s").join(hash)
-    }
+/// The shim socket of pod `pod` (containerd's name for it: `/run/containerd/s/HASH`).
+fn shim_socket(c: &Containerd, pod: &str) -> PathBuf {
+    use sha2::Digest;
+    let key = format!("{}/{NAMESPACE}/{pod}", c.address.display());
+    let hash: String = sha2::Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    PathBuf::from("/run/containerd/s").join(hash)
 }
 
 /// The tasks `ctr task ls` lists: id -> status (`RUNNING`, `STOPPED`...); its error when
 /// the listing fails (a task whose shim just died may fail it for a moment).
 pub fn tasks(c: &Containerd) -> Result<Vec<(String, String)>, String> {
-    let out = ctr(c, &["task", "ls"]);
+    let out = c.ctr(&["task", "ls"]);
     if !out.status.success() {
         return Err(text(&out.stderr));
     }
@@ -222,7 +156,7 @@ pub fn run_detached(c: &Containerd, pod: &str, kind: &str, id: &str, args: &[&st
         id,
     ];
     all.extend_from_slice(args);
-    let out = ctr(c, &all);
+    let out = c.ctr(&all);
     assert!(
         out.status.success(),
         "ctr run -d {id}: {}\n{}",
@@ -269,7 +203,7 @@ pub struct Left {
 impl Left {
     pub fn now(c: &Containerd, pods: &[&str]) -> Left {
         let ours =
-            |m: &str| m.starts_with(STATE_ROOT) || m.starts_with(&*c.dir.path().to_string_lossy());
+            |m: &str| m.starts_with(STATE_ROOT) || m.starts_with(&*c.dir().to_string_lossy());
         let mounts = std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
             .lines()
@@ -285,7 +219,7 @@ impl Left {
             pods: std::fs::read_dir(STATE_ROOT).map_or(0, |d| d.count()),
             sockets: pods
                 .iter()
-                .map(|p| c.shim_socket(p))
+                .map(|p| shim_socket(c, p))
                 .filter(|s| s.exists())
                 .collect(),
         }
