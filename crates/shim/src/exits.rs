@@ -6,8 +6,6 @@ use std::sync::Arc;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::TtrpcResult;
 
-use crx_proto::{Request, Response};
-
 use crate::events::{now, Event};
 use crate::service::{not_found, Inner};
 use crate::task::{Phase, PodHandle};
@@ -69,17 +67,9 @@ impl Inner {
     /// Asks the agent for `id`'s OOM kills and tells containerd of new ones (before a
     /// process's exit, so that the exit is known as an OOM kill).
     fn check_ooms(&self, pod: &PodHandle, id: &str) {
-        let answer = pod
-            .agent
-            .control()
-            .map_err(|e| e.to_string())
-            .and_then(|mut c| {
-                c.call(Request::Stats { id: id.to_owned() })
-                    .map_err(|e| e.to_string())
-            });
-        match answer {
-            Ok(Response::Stats(s)) => self.note_ooms(id, s.oom_kills),
-            other => log::warn!("{id}: no OOM count from the agent: {other:?}"),
+        match crate::service::stats(pod, id) {
+            Ok(s) => self.note_ooms(id, s.oom_kills),
+            Err(e) => log::warn!("{id}: no OOM count from the agent: {e}"),
         }
     }
 

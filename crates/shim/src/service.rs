@@ -393,10 +393,7 @@ impl shim::Task for Service {
 
     fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
         let pod = self.inner.pod()?;
-        let stats = match call(&pod, Request::Stats { id: req.id.clone() })? {
-            Response::Stats(s) => s,
-            other => return Err(internal(format!("unexpected agent answer {other:?}"))),
-        };
+        let stats = stats(&pod, &req.id)?;
         self.inner.note_ooms(&req.id, stats.oom_kills);
         let metrics = crate::service_create::metrics(&stats);
         let any = Any {
@@ -458,6 +455,14 @@ impl Service {
 pub fn call(pod: &PodHandle, r: Request) -> TtrpcResult<Response> {
     let mut ctl = pod.agent.control().map_err(agent_err)?;
     ctl.call(r).map_err(agent_err)
+}
+
+/// Container `id`'s cgroup counters, as the agent reads them in the guest.
+pub fn stats(pod: &PodHandle, id: &str) -> TtrpcResult<crx_proto::ContainerStats> {
+    match call(pod, Request::Stats { id: id.to_owned() })? {
+        Response::Stats(s) => Ok(s),
+        other => Err(internal(format!("unexpected agent answer {other:?}"))),
+    }
 }
 
 fn call_ok(pod: &PodHandle, r: Request) -> TtrpcResult<api::Empty> {
