@@ -130,7 +130,9 @@ fn lab_podman_it_gives_a_terminal() {
         // `script` gives podman a terminal on its stdin/stdout, as a user's shell would.
         let mut inner = podman_cmd(p, &rt);
         inner.args(["run", "--rm", "-it", "--network", "none", IMAGE, "sh", "-c"]);
-        inner.arg("tty; exit 6");
+        // The second's pause is podman's: `run -it` can lose what a container writes before
+        // its attach is wired (containers/podman#9859), seen here with runc too.
+        inner.arg("sleep 1; tty; exit 6");
         let line = std::iter::once(inner.get_program())
             .chain(inner.get_args())
             .map(|a| shell_quote(&a.to_string_lossy()))
