@@ -182,8 +182,9 @@ fn one_pod(
         }
         first.get_or_insert(started.elapsed());
     }
-    // Let start-up's transient allocations settle, as an idle pod would.
-    std::thread::sleep(Duration::from_secs(2));
+    // Let start-up's transient allocations settle, as an idle pod would, and the crx shim
+    // trim the pod a second after its last start (crx_runtime::trim::SETTLE).
+    std::thread::sleep(Duration::from_secs(3));
     let usage = pod_memory(&pod)?;
     cri.stop_and_remove_pod(&pod)?;
     Ok((first.expect("size >= 1"), usage))

@@ -165,6 +165,9 @@ impl shim::Task for Service {
                 )?)
             }
         };
+        if req.exec_id.is_empty() {
+            pod.trim_later();
+        }
         {
             let mut s = self.inner.lock();
             if let Some(p) = s

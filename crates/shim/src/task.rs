@@ -91,6 +91,8 @@ pub struct PodHandle {
     pub dir: PodDir,
     pub agent: Agent,
     pub vmm_pid: u32,
+    /// The VMM and the virtiofsd daemon: trimmed with the shim once containers run.
+    pub host_pids: Vec<u32>,
     /// The sandbox spec's hostname, which the pod's containers get.
     pub hostname: Option<String>,
     stop: Sender<Sender<()>>,
@@ -106,23 +108,32 @@ impl PodHandle {
         let d = dir.clone();
         std::thread::spawn(move || match pod::boot(&d, &spec) {
             Ok(vm) => {
-                let _ = ready_tx.send(Ok((vm.agent.clone(), vm.vmm_pid())));
+                let _ = ready_tx.send(Ok((vm.agent.clone(), vm.vmm_pid(), vm.host_pids())));
                 keep(vm, stop_rx);
             }
             Err(e) => {
                 let _ = ready_tx.send(Err(anyhow::anyhow!(crx_proto::chain(&e))));
             }
         });
-        let (agent, vmm_pid) = ready_rx
+        let (agent, vmm_pid, host_pids) = ready_rx
             .recv()
             .map_err(|_| anyhow::anyhow!("the pod's boot thread ended"))??;
         Ok(PodHandle {
             dir,
             agent,
             vmm_pid,
+            host_pids,
             hostname,
             stop: stop_tx,
         })
+    }
+
+    /// Once a container of the pod runs: in [`crx_runtime::trim::SETTLE`], should the VM still
+    /// run, the file pages that the shim and the pod's host processes touched to start it go
+    /// back (ADR 0018, as crx-runc's monitor does after `start`).
+    pub fn trim_later(&self) {
+        let vmm = self.vmm_pid;
+        crx_runtime::trim::release_later(self.host_pids.clone(), move || pid_alive(vmm));
     }
 
     /// Whether the VM still runs.

@@ -212,6 +212,14 @@ impl PodVm {
         self.vmm.id()
     }
 
+    /// The pod's host processes below its shim: the VMM and the virtiofsd daemon (whose own
+    /// children [`crate::trim::release_later`] finds).
+    pub fn host_pids(&self) -> Vec<u32> {
+        std::iter::once(self.vmm.id())
+            .chain(self.daemon.as_ref().map(Daemon::pid))
+            .collect()
+    }
+
     /// Powers the VM off (killed after `grace`), stops the virtiofsd.
     pub fn shutdown(&mut self, grace: Duration) {
         crate::instance::shutdown(&self.agent, self.vmm.id(), grace);
