@@ -27,19 +27,36 @@ impl Containerd {
             .prefix(prefix)
             .tempdir_in("/var/tmp")
             .expect("a directory in /var/tmp");
+        Containerd::start_in(dir, path_first, None)
+    }
+
+    /// [`Containerd::start`] in `dir` (made by the caller, who may have put more there),
+    /// reading `config` when given, which must place containerd's root, state and socket
+    /// where this does: `DIR/root`, `DIR/state`, `DIR/containerd.sock`.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        path_first: Option<&Path>,
+        config: Option<&Path>,
+    ) -> Containerd {
         let address = dir.path().join("containerd.sock");
         let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
         let mut cmd = Command::new("containerd");
-        cmd.arg("--root")
-            .arg(dir.path().join("root"))
-            .arg("--state")
-            .arg(dir.path().join("state"))
-            .arg("--address")
-            .arg(&address)
+        match config {
+            Some(config) => cmd.arg("--config").arg(config),
+            None => cmd
+                .arg("--root")
+                .arg(dir.path().join("root"))
+                .arg("--state")
+                .arg(dir.path().join("state"))
+                .arg("--address")
+                .arg(&address),
+        };
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         if let Some(first) = path_first {
-            let path = std::env::var("PATH").unwrap_or_default();
+            let path =
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
             cmd.env("PATH", format!("{}:{path}", first.display()));
         }
         let child = cmd

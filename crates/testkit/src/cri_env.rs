@@ -5,9 +5,9 @@
 //! `registry.k8s.io` and `docker.io` mirrored to a loopback [`Registry`] holding the images.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::containerd::Containerd;
 use crate::cri::Cri;
 use crate::cri_images::{Registry, PAUSE_IMAGE};
 
@@ -36,23 +36,15 @@ pub fn shim_binary() -> PathBuf {
 /// containerd with CRI and its registry, stopped (and its directory removed) when dropped.
 #[derive(Debug)]
 pub struct CriLab {
-    pub dir: tempfile::TempDir,
     /// containerd's gRPC socket (CRI included).
     pub socket: PathBuf,
     /// Pods' log directories go under here.
     pub logs: PathBuf,
-    containerd: Child,
+    containerd: Containerd,
     _registry: Registry,
     /// One CRI lab at a time per process: pods share the bridge, its subnet and the host's
     /// counted state.
     _one: std::sync::MutexGuard<'static, ()>,
-}
-
-impl Drop for CriLab {
-    fn drop(&mut self) {
-        let _ = self.containerd.kill();
-        let _ = self.containerd.wait();
-    }
 }
 
 impl CriLab {
@@ -68,15 +60,12 @@ impl CriLab {
             .unwrap();
         let registry = Registry::start(dir.path());
         registry.push_test_images(dir.path());
-        let mut path =
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
         if let Some(shim) = shim {
             assert!(
                 shim.is_file() && shim.file_name() == Some(CRX_SHIM.as_ref()),
                 "{} is not a {CRX_SHIM} binary (`cargo build -p {CRX_SHIM}`)",
                 shim.display()
             );
-            path = format!("{}:{path}", shim.parent().unwrap().display());
         }
         let cni = dir.path().join("cni");
         std::fs::create_dir_all(&cni).unwrap();
@@ -85,20 +74,10 @@ impl CriLab {
         std::fs::write(&config, containerd_config(dir.path(), &registry.host())).unwrap();
         let logs = dir.path().join("pods");
         std::fs::create_dir_all(&logs).unwrap();
-        let socket = dir.path().join("containerd.sock");
-        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
-        let containerd = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .env("PATH", path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("containerd (Debian package containerd) must be installed in the lab");
+        let shim_dir = shim.map(|s| s.parent().unwrap());
+        let containerd = Containerd::start_in(dir, shim_dir, Some(&config));
         let lab = CriLab {
-            dir,
-            socket,
+            socket: containerd.address.clone(),
             logs,
             containerd,
             _registry: registry,
@@ -108,14 +87,19 @@ impl CriLab {
         lab
     }
 
+    /// The lab's directory: containerd's, the registry's, CNI's configuration and state.
+    pub fn dir(&self) -> &Path {
+        self.containerd.dir()
+    }
+
     /// containerd's log so far.
     pub fn containerd_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+        self.containerd.log()
     }
 
     /// containerd's root and state directories (snapshots, CRI's sandboxes, shims' bundles).
     pub fn containerd_dirs(&self) -> [PathBuf; 2] {
-        [self.dir.path().join("root"), self.dir.path().join("state")]
+        [self.dir().join("root"), self.dir().join("state")]
     }
 
     /// A new CRI client.
@@ -123,17 +107,10 @@ impl CriLab {
         Cri::connect(&self.socket)
     }
 
-    /// Waits until the CRI service answers `Version` (60 s at most).
+    /// Waits until the CRI service answers `Version` (60 s at most, containerd's socket
+    /// being there).
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not listen within 60 s: {}",
-                self.containerd_log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
         let mut cri = self.client();
         loop {
             match cri.version() {

@@ -55,7 +55,7 @@ pub fn state_dirs(lab: &CriLab, extra: &[PathBuf]) -> Vec<PathBuf> {
         root.join(cri).join("containers"),
         state.join(cri).join("sandboxes"),
         state.join(cri).join("containers"),
-        lab.dir.path().join("ipam/crx-test"),
+        lab.dir().join("ipam/crx-test"),
     ];
     dirs.extend_from_slice(extra);
     dirs
@@ -68,7 +68,7 @@ pub fn start(lab: &CriLab, cri: &mut Cri, handler: &str, name: &str, extra: &[Pa
     let uid = format!("{name}-{handler}");
     let hostname = format!("pod-{name}");
     let log_dir = lab.logs.join(&uid);
-    let shared = lab.dir.path().join(format!("shared-{uid}"));
+    let shared = lab.dir().join(format!("shared-{uid}"));
     std::fs::create_dir_all(&log_dir).unwrap();
     std::fs::create_dir_all(&shared).unwrap();
     let before = HostState::take(&dirs);
