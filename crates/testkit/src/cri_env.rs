@@ -36,8 +36,6 @@ pub fn shim_binary() -> PathBuf {
 /// containerd with CRI and its registry, stopped (and its directory removed) when dropped.
 #[derive(Debug)]
 pub struct CriLab {
-    /// containerd's gRPC socket (CRI included).
-    pub socket: PathBuf,
     /// Pods' log directories go under here.
     pub logs: PathBuf,
     containerd: Containerd,
@@ -77,7 +75,6 @@ impl CriLab {
         let shim_dir = shim.map(|s| s.parent().unwrap());
         let containerd = Containerd::start_in(dir, shim_dir, Some(&config));
         let lab = CriLab {
-            socket: containerd.address.clone(),
             logs,
             containerd,
             _registry: registry,
@@ -104,11 +101,11 @@ impl CriLab {
 
     /// A new CRI client.
     pub fn client(&self) -> Cri {
-        Cri::connect(&self.socket)
+        Cri::connect(&self.containerd.address)
     }
 
-    /// Waits until the CRI service answers `Version` (60 s at most, containerd's socket
-    /// being there).
+    /// Waits until the CRI service answers `Version` (60 s at most; containerd's socket is
+    /// there already).
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut cri = self.client();
