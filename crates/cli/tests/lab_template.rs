@@ -18,6 +18,26 @@ struct Lab {
 
 static LAB: OnceLock<Lab> = OnceLock::new();
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// Every `crx` run of this binary and its stderr (with `CRX_TRACE=1`: which path each boot
+/// took, and why a restore failed), printed by a failing check.
+static HISTORY: Mutex<String> = Mutex::new(String::new());
+
+/// The runs so far, and the template cache's marks, for a failure message.
+fn history(lab: &Lab) -> String {
+    let mut s = HISTORY.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for e in std::fs::read_dir(&lab.templates)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "broken") {
+            let why = std::fs::read_to_string(&p).unwrap_or_default();
+            s.push_str(&format!("== mark {}: {why}\n", p.display()));
+        }
+    }
+    s
+}
 
 fn lab() -> (&'static Lab, MutexGuard<'static, ()>) {
     let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -36,7 +56,7 @@ fn lab() -> (&'static Lab, MutexGuard<'static, ()>) {
 }
 
 fn crx(lab: &Lab, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_crx"))
+    let out = Command::new(env!("CARGO_BIN_EXE_crx"))
         .arg("--root")
         .arg(&lab.root)
         .args(args)
@@ -46,7 +66,14 @@ fn crx(lab: &Lab, args: &[&str]) -> Output {
         .env_remove("CRX_COLD")
         .stdin(Stdio::null())
         .output()
-        .unwrap()
+        .unwrap();
+    let mut h = HISTORY.lock().unwrap_or_else(|e| e.into_inner());
+    h.push_str(&format!(
+        "== crx {args:?}: {}\n{}",
+        out.status,
+        text(&out.stderr)
+    ));
+    out
 }
 
 fn text(b: &[u8]) -> String {
@@ -63,8 +90,9 @@ fn run(lab: &Lab, extra: &[&str], args: &[&str]) -> (String, String) {
     let (o, e) = (text(&out.stdout), text(&out.stderr));
     assert!(
         out.status.success(),
-        "crx {all:?}: {}\n{o}\n{e}",
-        out.status
+        "crx {all:?}: {}\n{o}\n{e}\nall runs:\n{}",
+        out.status,
+        history(lab)
     );
     (o, e)
 }
@@ -84,7 +112,11 @@ fn probe(lab: &Lab) -> (f64, f64, Vec<String>, String) {
     let before = now();
     let (out, err) = run(lab, &[], &["sh", "-c", PROBE]);
     let after = now();
-    assert!(err.contains("template: restoring"), "not restored:\n{err}");
+    assert!(
+        err.contains("template: restoring"),
+        "not restored; all runs:\n{}",
+        history(lab)
+    );
     let lines: Vec<String> = out.lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 3, "{out}");
     (before, after, lines, err)
@@ -160,7 +192,12 @@ fn lab_template_ten_sandboxes_from_one_template_each_run_a_container() {
         .flatten()
         .filter(|e| e.path().join("state").exists())
         .collect();
-    assert_eq!(dirs.len(), 1, "one template for the ten");
+    assert_eq!(
+        dirs.len(),
+        1,
+        "one template for the ten; all runs:\n{}",
+        history(lab)
+    );
     for n in &names {
         let out = crx(lab, &["rm", "-f", n]);
         assert!(out.status.success(), "rm {n}: {}", text(&out.stderr));

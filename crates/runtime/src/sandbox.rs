@@ -62,12 +62,10 @@ pub fn boot<E: From<RuntimeError>>(
                 });
             }
             Err(e) => {
-                // Not this template again: the next boot of the shape builds it anew.
-                trace::mark(&format!(
-                    "template: restore failed, booting cold: {}",
-                    crate::chain(&e)
-                ));
-                r.discard();
+                // Not this template again: later boots of the shape boot cold.
+                let why = crate::chain(&e);
+                trace::mark(&format!("template: restore failed, booting cold: {why}"));
+                r.discard(&why);
             }
         }
     }

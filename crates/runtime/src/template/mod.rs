@@ -115,15 +115,23 @@ impl Restore {
     /// Removes the template (a VM restored from it did not answer) and marks its key broken:
     /// later boots of the shape boot cold, without building it again, until `crx gc` clears
     /// the mark (or an input changes, which is another key). Kept while another VM is being
-    /// restored from it.
-    pub fn discard(self) {
+    /// restored from it. The mark holds `why` (with the time and the process that wrote it),
+    /// which later cold boots of the shape give as their reason.
+    pub fn discard(self, why: &str) {
         let Restore {
             name, dir, _lock, ..
         } = self;
         drop(_lock);
         crate::trace::mark(&format!("template: {name} discarded"));
         if let Some(root) = dir.parent() {
-            let _ = std::fs::write(store::broken_mark(root, &name), b"");
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let note = format!(
+                "at {stamp} (unix time), process {}: {why}\n",
+                std::process::id()
+            );
+            let _ = std::fs::write(store::broken_mark(root, &name), note);
             let _ = store::remove(root, &name);
         }
     }
@@ -191,9 +199,12 @@ fn plan_in(vm: &VmConfig, root: &Path) -> Plan {
     };
     let name = key.name();
     let dir = root.join(&name);
-    if store::broken_mark(root, &name).exists() {
+    let mark = store::broken_mark(root, &name);
+    if mark.exists() {
+        let why = std::fs::read_to_string(&mark).unwrap_or_default();
         return Plan::Cold(format!(
-            "template {name} failed to restore before (`crx gc` lets it be built again)"
+            "template {name} failed to restore before (`crx gc` lets it be built again): {}",
+            why.trim()
         ));
     }
     if !store::complete(&dir) {

@@ -108,12 +108,13 @@ fn the_first_boot_builds_and_publishes_the_template_and_later_ones_restore_it() 
     assert_eq!(runs(d.path()), 1);
     // One that did not come up is discarded: later boots go cold without building it again,
     // until gc clears the mark.
-    r.discard();
+    r.discard("the agent did not answer");
     assert!(store::list(&root).is_empty());
     let Plan::Cold(why) = plan_retrying(&v, &root) else {
         panic!("restored a broken template");
     };
     assert!(why.contains("failed to restore before"), "{why}");
+    assert!(why.contains("the agent did not answer"), "{why}");
     assert_eq!(runs(d.path()), 1);
     store::prune(&root, u64::MAX, |_| false).unwrap();
     assert!(matches!(plan_retrying(&v, &root), Plan::Restore(_)));
