@@ -162,3 +162,51 @@ fn refuses_to_run_without_a_mode() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not PID 1"));
 }
+
+/// A port-forward connection (`PortHeader`): joined to that port on the agent's loopback, both
+/// ways with half closes; a port nothing listens on is refused with `NotFound`.
+#[test]
+fn a_port_header_joins_the_connection_to_that_loopback_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let agent = start(&sock);
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = server.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        s.write_all(b"echo: ").unwrap();
+        s.write_all(&got).unwrap();
+    });
+    let open = |forward_port| {
+        let mut s = connect(&sock);
+        let h = PortHeader {
+            version: PROTOCOL_VERSION,
+            forward_port,
+        };
+        write_message(&mut s, &h).unwrap();
+        let r: ResponseFrame = read_message(&mut s).unwrap().unwrap();
+        (s, r.response)
+    };
+    let (mut s, r) = open(port);
+    assert_eq!(r, Response::Ok);
+    s.write_all(b"ping").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"echo: ping");
+    echo.join().unwrap();
+    let free = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (mut s, r) = open(free);
+    assert!(matches!(r, Response::Error(e) if e.kind == ErrorKind::NotFound));
+    assert_eq!(
+        s.read(&mut [0u8; 1]).unwrap(),
+        0,
+        "closed after the refusal"
+    );
+    shut_down(agent, Client::handshake(connect(&sock)).unwrap());
+}

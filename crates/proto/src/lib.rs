@@ -3,7 +3,7 @@
 //! - [`frame`]: length-prefixed frames (`u32` big-endian length, then the payload), at most
 //!   [`MAX_FRAME_LEN`] bytes, the bound checked before anything is allocated.
 //! - [`message`]: the typed messages (serde, JSON payloads): requests, responses, typed errors,
-//!   and the header that opens a stdio stream connection.
+//!   and the headers that open a stdio stream or a port-forward connection.
 //! - [`codec`]: messages to and from frames over any `Read` / `Write`; decoding never panics.
 //! - [`network`]: the guest network the host describes (interfaces by MAC, addresses, routes).
 //! - [`client`]: a blocking client for the host side (handshake, one call at a time).

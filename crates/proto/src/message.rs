@@ -359,6 +359,18 @@ pub struct StreamHeader {
     pub stream: StreamKind,
 }
 
+/// The first frame on a port-forward connection (opened by the host, one per forwarded
+/// connection: the CRI's `PortForward`), then raw bytes. The agent connects to `port` on the
+/// guest's loopback (the pod's network namespace: `127.0.0.1`, else `::1`) and answers with
+/// one [`ResponseFrame`] (`Ok`, or `Error` of kind `NotFound` when nothing listens) before
+/// the bytes; either side's end of input is passed on as a half close.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortHeader {
+    pub version: u32,
+    pub forward_port: u16,
+}
+
 /// Which stream a stream connection carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

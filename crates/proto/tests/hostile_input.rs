@@ -30,6 +30,7 @@ fn drive(bytes: &[u8]) {
         let _ = decode::<RequestFrame>(&p);
         let _ = decode::<ResponseFrame>(&p);
         let _ = decode::<StreamHeader>(&p);
+        let _ = decode::<PortHeader>(&p);
     }
 }
 

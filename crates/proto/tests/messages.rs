@@ -44,6 +44,16 @@ fn requests_and_responses_round_trip() {
         stream: StreamKind::Stdout,
     };
     assert_eq!(decode::<StreamHeader>(&encode(&h).unwrap()).unwrap(), h);
+    let p = PortHeader {
+        version: 1,
+        forward_port: 8080,
+    };
+    let text = encode(&p).unwrap();
+    assert_eq!(decode::<PortHeader>(&text).unwrap(), p);
+    // The two headers cannot be taken for each other.
+    assert!(decode::<StreamHeader>(&text).is_err());
+    assert!(decode::<PortHeader>(&encode(&h).unwrap()).is_err());
+    assert!(decode::<PortHeader>(br#"{"version":1,"forward_port":70000}"#).is_err());
 }
 
 #[test]

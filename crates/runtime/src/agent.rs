@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crx_proto::{
-    read_message, write_message, Client, ClientError, ResponseFrame, StreamHeader, StreamKind,
-    AGENT_VSOCK_PORT, PROTOCOL_VERSION,
+    read_message, write_message, Client, ClientError, PortHeader, ResponseFrame, StreamHeader,
+    StreamKind, AGENT_VSOCK_PORT, PROTOCOL_VERSION,
 };
 
 use crate::error::RuntimeError;
@@ -311,22 +311,38 @@ impl Agent {
         exec_id: Option<&str>,
         stream: StreamKind,
     ) -> Result<UnixStream, RuntimeError> {
-        let what = format!("{stream:?} of {id}");
-        let err = |source| RuntimeError::Stream {
-            what: what.clone(),
-            source,
-        };
-        let mut s = connect_port(&self.uds, AGENT_VSOCK_PORT, self.timeout).map_err(err)?;
-        s.set_read_timeout(Some(self.timeout)).map_err(err)?;
-        s.set_write_timeout(Some(self.timeout)).map_err(err)?;
         let header = StreamHeader {
             version: PROTOCOL_VERSION,
             id: id.to_owned(),
             exec_id: exec_id.map(str::to_owned),
             stream,
         };
+        self.open(&format!("{stream:?} of {id}"), &header)
+    }
+
+    /// Opens a connection to TCP `port` on the guest's loopback (the pod's network, for the
+    /// CRI's `PortForward`); raw bytes follow. The agent's error (nothing listens there) is
+    /// returned as such.
+    pub fn open_port(&self, port: u16) -> Result<UnixStream, RuntimeError> {
+        let header = PortHeader {
+            version: PROTOCOL_VERSION,
+            forward_port: port,
+        };
+        self.open(&format!("port {port}"), &header)
+    }
+
+    /// A connection that opens with `header`, once the agent answered `Ok` (each step bounded
+    /// by the agent's timeout); blocking, without timeouts, from then on.
+    fn open(&self, what: &str, header: &impl serde::Serialize) -> Result<UnixStream, RuntimeError> {
+        let err = |source| RuntimeError::Stream {
+            what: what.to_owned(),
+            source,
+        };
+        let mut s = connect_port(&self.uds, AGENT_VSOCK_PORT, self.timeout).map_err(err)?;
+        s.set_read_timeout(Some(self.timeout)).map_err(err)?;
+        s.set_write_timeout(Some(self.timeout)).map_err(err)?;
         let proto = |e: crx_proto::ProtoError| RuntimeError::Agent(e.into());
-        write_message(&mut s, &header).map_err(proto)?;
+        write_message(&mut s, header).map_err(proto)?;
         let resp: ResponseFrame = read_message(&mut s)
             .map_err(proto)?
             .ok_or(RuntimeError::Agent(crx_proto::ClientError::Closed))?;

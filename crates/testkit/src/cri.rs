@@ -224,6 +224,19 @@ impl Cri {
             .ok_or_else(|| Status::internal("ContainerStats without stats"))
     }
 
+    /// `PortForward` of `port` in `pod`: the streaming server's URL to open.
+    pub fn port_forward(&mut self, pod: &str, port: i32) -> Result<String, Status> {
+        let req = PortForwardRequest {
+            pod_sandbox_id: pod.into(),
+            port: vec![port],
+        };
+        Ok(self
+            .rt
+            .block_on(self.runtime.port_forward(req))?
+            .into_inner()
+            .url)
+    }
+
     /// `ListPodSandbox`: every pod's id.
     pub fn pods(&mut self) -> Result<Vec<String>, Status> {
         let req = ListPodSandboxRequest { filter: None };

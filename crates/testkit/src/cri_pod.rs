@@ -427,6 +427,34 @@ impl Pod {
         }
     }
 
+    /// `PortForward` to the server's port, as `kubectl port-forward` gets it: the page over the
+    /// streaming server's WebSocket; a port nothing listens on gives an error, not a page.
+    pub fn check_port_forward(&self, cri: &mut Cri) {
+        step("", "PortForward");
+        let get = b"GET / HTTP/1.0\r\n\r\n";
+        let limit = Duration::from_secs(60);
+        let url = cri
+            .port_forward(&self.id, SERVER_PORT)
+            .expect("PortForward");
+        let port = SERVER_PORT as u16;
+        let got = crate::cri_portforward::exchange(&url, port, get, PAGE, limit)
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let page = String::from_utf8_lossy(&got.data);
+        assert!(
+            page.contains(PAGE),
+            "{url}: {page}\nerror channel: {}",
+            String::from_utf8_lossy(&got.error)
+        );
+        let url = cri.port_forward(&self.id, 8099).expect("PortForward");
+        let got = crate::cri_portforward::exchange(&url, 8099, get, PAGE, limit)
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert!(
+            !String::from_utf8_lossy(&got.data).contains(PAGE),
+            "port 8099 answered"
+        );
+        assert!(!got.error.is_empty(), "port 8099: no error reported");
+    }
+
     /// StopPodSandbox + RemovePodSandbox, then nothing of the pod left on the host.
     pub fn remove_and_check_leaks(self, lab: &CriLab, cri: &mut Cri) {
         step("", "StopPodSandbox, RemovePodSandbox, leftovers");

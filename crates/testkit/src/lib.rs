@@ -14,7 +14,8 @@
 //! - With the feature `cri`: [`cri`], a CRI v1 client over containerd's socket;
 //!   [`cri_env`], containerd with its CRI plugin, CNI and runtime handlers of the test's own;
 //!   [`cri_images`], the offline images in a loopback registry; [`cri_leaks`], what a pod
-//!   leaves on the host, counted; [`cri_pod`], the pod scenario of the CRI tests, step by step.
+//!   leaves on the host, counted; [`cri_pod`], the pod scenario of the CRI tests, step by step;
+//!   [`cri_portforward`], `PortForward`'s streaming URL used as kubelet's clients do.
 //! - [`output_within`]: a command run to its end within a time limit, a hang reported.
 //! - [`Lab`]: a temporary state root, held under the one-VM lock ([`one_vm`]), as a child
 //!   subreaper; [`text`], [`code`], [`merge`]: output and JSON helpers.
@@ -32,6 +33,8 @@ pub mod cri_images;
 pub mod cri_leaks;
 #[cfg(feature = "cri")]
 pub mod cri_pod;
+#[cfg(feature = "cri")]
+pub mod cri_portforward;
 pub mod env;
 pub mod net;
 pub mod vm;

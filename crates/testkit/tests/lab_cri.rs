@@ -26,6 +26,7 @@ fn lab_cri_runc_pod_of_two_containers() {
     pod.check_exit_code_and_restart(&lab, &mut cri, "runc");
     pod.check_oom_killed(&lab, &mut cri, "runc");
     pod.check_pod_network(&mut cri);
+    pod.check_port_forward(&mut cri);
     pod.remove_and_check_leaks(&lab, &mut cri);
 }
 
@@ -49,6 +50,7 @@ fn lab_cri_crx_pod_of_two_containers_in_one_vm() {
     pod.check_oom_killed(&lab, &mut cri, "crx");
     assert_eq!(pod.new_processes("crx-vmm"), 1, "still one VM for the pod");
     pod.check_pod_network(&mut cri);
+    pod.check_port_forward(&mut cri);
     pod.remove_and_check_leaks(&lab, &mut cri);
 }
 

@@ -5,6 +5,7 @@
 //! [`session::Session`]; a `Shutdown` request ends [`serve`].
 
 pub mod listener;
+pub mod port;
 #[allow(unsafe_code)]
 pub mod pty;
 pub mod relay;

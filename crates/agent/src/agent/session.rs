@@ -14,8 +14,8 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use crx_proto::{
-    decode, read_frame, write_message, AgentError, ErrorKind, FrameError, Request, RequestFrame,
-    Response, ResponseFrame, StreamHeader, StreamKind, PROTOCOL_VERSION,
+    decode, read_frame, write_message, AgentError, ErrorKind, FrameError, PortHeader, Request,
+    RequestFrame, Response, ResponseFrame, StreamHeader, StreamKind, PROTOCOL_VERSION,
 };
 use serde::Deserialize;
 
@@ -114,6 +114,9 @@ impl<S: Read + Write + AsFd> Session<S> {
                         if let Ok(h) = decode::<StreamHeader>(&payload) {
                             return self.stream_connection(h);
                         }
+                        if let Ok(h) = decode::<PortHeader>(&payload) {
+                            return self.port_connection(h);
+                        }
                     }
                     let id = decode::<IdOnly>(&payload).map_or(0, |x| x.id);
                     let e = crx_proto::chain(&e);
@@ -191,6 +194,42 @@ impl<S: Read + Write + AsFd> Session<S> {
         } else {
             Outcome::Closed
         }
+    }
+
+    /// The connection opened with a `PortHeader`: joined to a TCP connection to that port on
+    /// the guest's loopback ([`super::port`]) once it connected, until both sides ended.
+    fn port_connection(mut self, h: PortHeader) -> Outcome {
+        if h.version != PROTOCOL_VERSION {
+            let e = AgentError::new(ErrorKind::VersionMismatch, "port header version differs");
+            self.reply(0, Response::Error(e));
+            return Outcome::Closed;
+        }
+        let tcp = match super::port::connect(h.forward_port) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = format!("port {} of the pod: {e}", h.forward_port);
+                self.reply(
+                    0,
+                    Response::Error(AgentError::new(ErrorKind::NotFound, msg)),
+                );
+                return Outcome::Closed;
+            }
+        };
+        let fd = match self.stream.as_fd().try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(e) => {
+                let msg = format!("dup: {e}");
+                self.reply(
+                    0,
+                    Response::Error(AgentError::new(ErrorKind::Internal, msg)),
+                );
+                return Outcome::Closed;
+            }
+        };
+        if self.reply(0, Response::Ok) {
+            let _ = super::port::splice(fd, tcp);
+        }
+        Outcome::Closed
     }
 
     /// Answers one request; `Some(outcome)` ends the session after the reply.

@@ -22,6 +22,8 @@
 //! - [`addr`]: links, addresses and routes, read and turned into the guest's description.
 //! - [`etc`]: the container's `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`.
 //! - [`cni`]: CNI plugins run as the CNI specification says (`ADD`, `DEL`, their results).
+//! - [`portfwd`]: the CRI's `PortForward` (dials to the pod namespace's loopback) carried into
+//!   the guest.
 //! - [`run`]: `crx run`'s own network: a namespace per instance prepared by CNI, then joined
 //!   by the VM through [`attach`] as crx-runc's are.
 
@@ -29,6 +31,7 @@ mod addr;
 pub mod cni;
 pub mod etc;
 mod netns;
+pub mod portfwd;
 pub mod run;
 mod tap;
 mod tc;
@@ -103,6 +106,8 @@ pub enum NetError {
          create and give its path in the spec (as podman and containerd's CRI plugin do)"
     )]
     AddedAfterCreate { names: String },
+    #[error("port forwarding: {0}")]
+    PortForward(String),
     #[error("the thread working in network namespace {0} panicked")]
     Thread(PathBuf),
     #[error(transparent)]

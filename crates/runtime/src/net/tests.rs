@@ -578,3 +578,94 @@ fn routes_the_kernel_made_or_that_cannot_be_said_are_left_out() {
     assert_eq!(d.routes[0].gateway, None);
     d.validate().unwrap();
 }
+
+/// The `iptables -t nat -S OUTPUT` of namespace `ns`.
+fn nat_output(ns: &Ns) -> String {
+    let f = File::open(&ns.path).unwrap();
+    std::thread::spawn(move || {
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let out = std::process::Command::new("iptables")
+            .args(["-w", "-t", "nat", "-S", "OUTPUT"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A stand-in for crx-vmm's vsock socket and the agent behind it: each connection's
+/// `CONNECT`, then its `PortHeader`; port 81 is refused, others answered with what came in.
+fn fake_port_agent(uds: &Path, connections: usize) -> std::thread::JoinHandle<Vec<u16>> {
+    use crx_proto::{AgentError, ErrorKind, PortHeader, Response, ResponseFrame};
+    let listener = std::os::unix::net::UnixListener::bind(uds).unwrap();
+    std::thread::spawn(move || {
+        let mut ports = Vec::new();
+        for _ in 0..connections {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+                line.push(b[0]);
+            }
+            assert_eq!(line, b"CONNECT 1024");
+            s.write_all(b"OK 1\n").unwrap();
+            let h: PortHeader = crx_proto::read_message(&mut s).unwrap().unwrap();
+            ports.push(h.forward_port);
+            let response = if h.forward_port == 81 {
+                Response::Error(AgentError::new(ErrorKind::NotFound, "refused"))
+            } else {
+                Response::Ok
+            };
+            let refused = response != Response::Ok;
+            crx_proto::write_message(&mut s, &ResponseFrame { id: 0, response }).unwrap();
+            if refused {
+                continue;
+            }
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            s.write_all(b"guest got: ").unwrap();
+            s.write_all(&got).unwrap();
+        }
+        ports
+    })
+}
+
+#[test]
+fn loopback_dials_in_a_pod_namespace_reach_the_guest_through_the_agent() {
+    use std::net::{Shutdown, TcpStream};
+    let pod = Ns::new();
+    pod.run(|h| async move {
+        let lo = index(&h, "lo").await;
+        h.link()
+            .set(LinkUnspec::new_with_index(lo).up().build())
+            .execute()
+            .await
+            .unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("v.sock");
+    let agent = fake_port_agent(&uds, 2);
+    let fwd = portfwd::PortForward::start(&pod.path, crate::agent::Agent::new(&uds)).unwrap();
+    assert!(nat_output(&pod).contains("crx port-forward"));
+    // What containerd's CRI does for PortForward: dial localhost:PORT in the pod's namespace.
+    let f = File::open(&pod.path).unwrap();
+    let (answer, refused) = std::thread::spawn(move || {
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let mut c = TcpStream::connect("127.0.0.1:80").unwrap();
+        c.write_all(b"hello").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        let mut r = TcpStream::connect("127.0.0.1:81").unwrap();
+        let refused = r.read(&mut [0u8; 8]).map_err(|e| e.kind());
+        (answer, refused)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(answer, "guest got: hello");
+    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionReset));
+    assert_eq!(agent.join().unwrap(), [80, 81]);
+    fwd.stop();
+    assert!(!nat_output(&pod).contains("crx port-forward"));
+}

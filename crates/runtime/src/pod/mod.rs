@@ -3,7 +3,9 @@
 //! through ONE virtiofsd ([`share`]): each container's root filesystem and bind mounts are
 //! mounted under it on the host as the container is created, and reach the virtiofsd (started
 //! before them) by mount propagation. The VM joins the network namespace of the pod's spec
-//! (the tap + tc path of [`crate::net`]); its containers share its network and IPC.
+//! (the tap + tc path of [`crate::net`]); its containers share its network and IPC. Dials to
+//! the loopback of that namespace (the CRI's `PortForward`) reach the guest's
+//! ([`crate::net::portfwd`]).
 //!
 //! ```text
 //! DIR/                 the pod's directory (0700): state.json (the record), vm.toml, logs
@@ -24,6 +26,7 @@ use serde_json::Value;
 
 use crate::agent::Agent;
 use crate::error::RuntimeError;
+use crate::net::portfwd::PortForward;
 use crate::net::NetError;
 use crate::oci::bundle::{vm_size, DEFAULT_VM_MIB, VM_OVERHEAD_MIB};
 use crate::oci::OciError;
@@ -131,6 +134,7 @@ pub struct PodVm {
     pub vmm: Child,
     pub agent: Agent,
     daemon: Option<Daemon>,
+    port_forward: Option<PortForward>,
 }
 
 /// The pod's VM size: the annotations' (`MEMORY_ANNOTATION`, `VCPUS_ANNOTATION`), else the
@@ -200,10 +204,22 @@ pub fn boot(dir: &PodDir, spec: &Value) -> Result<PodVm, PodError> {
     }
     Ok(PodVm {
         dir: dir.clone(),
+        port_forward: port_forward(spec, &sandbox.agent),
         vmm: sandbox.vmm,
         agent: sandbox.agent,
         daemon: Some(daemon),
     })
+}
+
+/// Port forwarding for the pod's namespace, if it has one (a pod without it still runs: why
+/// goes to the shim's log).
+fn port_forward(spec: &Value, agent: &Agent) -> Option<PortForward> {
+    let crate::net::SpecNetwork::Namespace(ns) = crate::net::from_spec(spec) else {
+        return None;
+    };
+    PortForward::start(&ns, agent.clone())
+        .map_err(|e| eprintln!("crx: the pod has no port forwarding: {}", crate::chain(&e)))
+        .ok()
 }
 
 impl PodVm {
@@ -220,8 +236,11 @@ impl PodVm {
             .collect()
     }
 
-    /// Powers the VM off (killed after `grace`), stops the virtiofsd.
+    /// Powers the VM off (killed after `grace`), stops the virtiofsd and port forwarding.
     pub fn shutdown(&mut self, grace: Duration) {
+        if let Some(f) = self.port_forward.take() {
+            f.stop();
+        }
         crate::instance::shutdown(&self.agent, self.vmm.id(), grace);
         let _ = self.vmm.wait();
         if let Some(d) = self.daemon.take() {
