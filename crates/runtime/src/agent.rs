@@ -29,6 +29,11 @@ pub fn agent_timeout() -> Duration {
     Duration::from_secs(secs.max(1))
 }
 
+/// How long one attempt of [`Agent::wait_ready`] may take (connection and handshake): a
+/// connection the guest dropped without a word (a restored guest's transport reset, ADR 0017)
+/// costs this, then the next attempt goes, instead of the whole agent timeout.
+const READY_ATTEMPT: Duration = Duration::from_secs(10);
+
 /// How often a waiting `Wait` asks the caller whether the VM still runs.
 pub const CHECK_EVERY: Duration = Duration::from_millis(500);
 
@@ -248,7 +253,8 @@ impl Agent {
         }
     }
 
-    /// Retries [`Agent::control`] every few milliseconds until it succeeds, `alive()` says the
+    /// Retries [`Agent::control`] every few milliseconds (each attempt bounded by
+    /// [`READY_ATTEMPT`]) until it succeeds, `alive()` says the
     /// VM is gone (`VmExited`), or `timeout` passes (`AgentTimeout`); the errors quote the last
     /// line of `vmm_log` (or of the console).
     pub fn wait_ready(
@@ -266,7 +272,10 @@ impl Agent {
         let start = Instant::now();
         loop {
             let left = timeout.saturating_sub(start.elapsed());
-            let limit = left.min(self.timeout).max(Duration::from_millis(1));
+            let limit = left
+                .min(self.timeout)
+                .min(READY_ATTEMPT)
+                .max(Duration::from_millis(1));
             if let Ok(c) = self.control_within(limit) {
                 return Ok(c);
             }

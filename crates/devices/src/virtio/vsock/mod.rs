@@ -13,7 +13,7 @@ mod uds;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 
 pub use connection::CONN_BUF_SIZE;
 pub use muxer::{DEFAULT_CONNECT_TIMEOUT, MAX_CONNECTIONS, MAX_PENDING_HOST};
@@ -49,6 +49,10 @@ pub enum VsockError {
 pub struct Vsock {
     config: [u8; 8],
     muxer: Muxer,
+    /// A restore put a transport reset on the event queue that the driver has not handled
+    /// yet: nothing goes to the guest until it has (see [`Vsock::restored`]). The event
+    /// queue's avail index then, which moves when the driver gives the buffer back.
+    reset_pending: Option<u16>,
 }
 
 impl Vsock {
@@ -63,6 +67,7 @@ impl Vsock {
         Ok(Self {
             config: guest_cid.to_le_bytes(),
             muxer,
+            reset_pending: None,
         })
     }
 
@@ -113,8 +118,21 @@ impl VirtioDevice for Vsock {
                 used |= self.muxer.process_tx(mem, txq);
             }
         }
+        // The driver gives the event buffer back once it handled the transport reset (Linux:
+        // its sockets reset, then the buffer refilled and the queue kicked). A notification
+        // without a new buffer (the restore's own, spurious) changes nothing.
+        let reset_done = index == EVQ
+            && self.reset_pending.is_some_and(|at| {
+                queues.get(EVQ).is_some_and(|q| {
+                    q.avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+                        .is_ok_and(|now| now.0 != at)
+                })
+            });
+        if reset_done {
+            self.reset_pending = None;
+        }
         // New RX buffers, or TX produced replies: fill what we can.
-        if index == RXQ || index == TXQ {
+        if self.reset_pending.is_none() && (index == RXQ || index == TXQ || reset_done) {
             if let Some(rxq) = queues.get_mut(RXQ) {
                 used |= self.muxer.process_rx(mem, rxq);
             }
@@ -128,13 +146,16 @@ impl VirtioDevice for Vsock {
         fd: RawFd,
         events: EventSet,
     ) -> bool {
-        let rxq = active.and_then(|(mem, qs)| qs.get_mut(RXQ).map(|q| (mem, q)));
+        let rxq = active
+            .filter(|_| self.reset_pending.is_none())
+            .and_then(|(mem, qs)| qs.get_mut(RXQ).map(|q| (mem, q)));
         self.muxer.process_host_event(rxq, fd, events)
     }
     fn drain_fd_ops(&mut self, apply: &mut dyn FnMut(FdOp)) {
         self.muxer.drain_fd_ops(apply)
     }
     fn reset(&mut self) {
+        self.reset_pending = None;
         self.muxer.reset()
     }
     fn save_state(&self) -> Result<super::VirtioDeviceState, crate::state::DeviceStateError> {
@@ -146,9 +167,15 @@ impl VirtioDevice for Vsock {
         }
         Ok(super::VirtioDeviceState::Stateless)
     }
+    /// The restored guest may hold connections of the snapshotted VM, which this process never
+    /// had: a transport reset makes it drop them all (and re-read its CID). Until the driver
+    /// has handled that event, nothing is put on the receive queue: a host connection's
+    /// request delivered first would be accepted by the guest, then dropped by the reset
+    /// without a word to the host, whose client would wait for an answer forever (seen in the
+    /// lab: a restored clone's agent did not answer within 120 s, its console saying
+    /// "Transport endpoint is not connected"). Host clients that connect meanwhile wait in
+    /// the muxer, bounded by its connect timeout.
     fn restored(&mut self, mem: &Mem, queues: &mut [Queue]) -> bool {
-        // The restored guest may hold connections of the snapshotted VM, which this process
-        // never had: a transport reset makes it drop them all (and re-read its CID).
         let Some(evq) = queues.get_mut(EVQ) else {
             return false;
         };
@@ -170,6 +197,10 @@ impl VirtioDevice for Vsock {
                 0
             }
         };
+        if len > 0 {
+            let avail = evq.avail_idx(mem, std::sync::atomic::Ordering::Acquire);
+            self.reset_pending = Some(avail.map_or(0, |a| a.0));
+        }
         super::queue::add_used(evq, mem, head, len)
     }
 }

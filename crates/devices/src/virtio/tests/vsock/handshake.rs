@@ -178,3 +178,41 @@ fn host_closing_before_guest_answers_resets() {
     let pkts = h.recv_until("RST", |p| p.op == OP_RST);
     assert!(pkts.iter().any(|p| p.op == OP_RST));
 }
+
+/// After a restore, a host connection reaches the guest only once the driver handled the
+/// transport reset (it gives the event buffer back): delivered before, the guest would accept
+/// it and then drop it with the reset, without a word to the host.
+#[test]
+fn after_a_restore_host_connections_wait_for_the_guests_transport_reset() {
+    let mem = test_mem();
+    let mut h = Harness::new(&mem);
+    h.restore();
+    h.post_rx(8);
+    let mut client = UnixStream::connect(&h.path).unwrap();
+    client.write_all(b"CONNECT 1024\n").unwrap();
+    for _ in 0..5 {
+        h.pump_wait(20);
+    }
+    let early = h.recv();
+    assert!(
+        early.is_empty(),
+        "nothing for the guest before its reset: {early:?}"
+    );
+    // The driver handled the event: the buffer refilled, the event queue kicked.
+    h.ev.add(&[w(EV_BUF, 4)]);
+    h.notify(EVQ);
+    let pkts = h.recv_until("REQUEST", |p| p.op == OP_REQUEST);
+    let req = pkts.iter().find(|p| p.op == OP_REQUEST).unwrap();
+    assert_eq!(req.dst_port, 1024);
+    // Later kicks of the event queue change nothing.
+    h.notify(EVQ);
+    h.pump();
+    h.send(&Pkt::guest(1024, req.src_port, OP_RESPONSE));
+    h.pump();
+    let mut line = [0u8; 3];
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client.read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"OK ");
+}

@@ -24,6 +24,7 @@ const RX_BUF: u64 = 0x40_0000;
 const RX_BUF_LEN: u32 = 4096 + PKT_HEADER_SIZE as u32;
 const TX_BUF: u64 = 0x100_0000;
 const TX_SLOT: u64 = 0x1_1000;
+const EV_BUF: u64 = 0x80_0000;
 
 struct NoIrq;
 impl Interrupt for NoIrq {
@@ -98,6 +99,7 @@ struct Harness<'a> {
     mem: &'a GuestMemoryMmap,
     rx: Driver<'a>,
     tx: Driver<'a>,
+    ev: Driver<'a>,
     transport: Arc<Mutex<MmioTransport<Vsock>>>,
     em: EventManager<VirtioSubscriber<Vsock>>,
     tx_in_flight: usize,
@@ -146,12 +148,31 @@ impl<'a> Harness<'a> {
             mem,
             rx,
             tx,
+            ev,
             transport,
             em,
             tx_in_flight: 0,
             _dir: dir,
             path,
         }
+    }
+
+    /// Replaces the device by one restored from a snapshot of it (as a clone of a template):
+    /// the guest's transport reset goes on the event queue (one buffer posted for it, at
+    /// `EV_BUF`); the new device listens on another path.
+    fn restore(&mut self) {
+        self.ev.add(&[w(EV_BUF, 4)]);
+        let state = self.transport.lock().unwrap().save_state().unwrap();
+        let path = self._dir.as_path().join("restored.sock");
+        let dev = Vsock::new(CID, &path).unwrap();
+        let mut t = MmioTransport::new(dev, self.mem.clone(), Arc::new(NoIrq)).unwrap();
+        t.restore_state(&state).unwrap();
+        self.transport = Arc::new(Mutex::new(t));
+        self.em = EventManager::new().unwrap();
+        self.em
+            .add_subscriber(VirtioSubscriber::new(self.transport.clone()));
+        self.path = path;
+        assert_eq!(self.ev.used().len(), 1, "the transport reset event");
     }
 
     fn notify(&mut self, q: usize) {
