@@ -77,11 +77,19 @@ pub fn apply(entropy: &[u8], disk_sectors: &[u64]) -> Result<(), IdentityError> 
     if !ENTROPY_BYTES.contains(&entropy.len()) {
         return Err(IdentityError::EntropySize(entropy.len()));
     }
+    let start = Instant::now();
     reseed(entropy)?;
     PENDING.store(false, Ordering::SeqCst);
-    wait_disks(disk_sectors, DISK_WAIT, |name| {
+    let reseeded = start.elapsed();
+    let waited = wait_disks(disk_sectors, DISK_WAIT, |name| {
         std::fs::read_to_string(format!("/sys/block/{name}/size")).ok()
-    })
+    });
+    eprintln!(
+        "crx-init: identity: reseeded in {} us, disks seen after {} us",
+        reseeded.as_micros(),
+        (start.elapsed() - reseeded).as_micros()
+    );
+    waited
 }
 
 /// `struct rand_pool_info` with its buffer inline.

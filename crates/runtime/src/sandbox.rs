@@ -118,6 +118,7 @@ fn restore(
             matches!(vmm.try_wait(), Ok(None))
         })
         .and_then(|mut c| {
+            trace::mark("restored agent answers");
             c.call(template::identity(vm)?)?;
             trace::mark("identity given (entropy, disk)");
             Ok(c)

@@ -155,8 +155,10 @@ pub fn run(root: &Path, mut a: Args) -> Result<i32> {
         home.set_exit(code)?;
     }
     instance::shutdown(&sb.agent, vmm, Duration::from_secs(30));
+    crx_runtime::trace::mark("vm stopped");
     if a.rm {
         home.remove()?;
+        crx_runtime::trace::mark("removed");
     }
     Ok(waited?)
 }

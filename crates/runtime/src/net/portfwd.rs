@@ -201,34 +201,30 @@ fn forward(conn: TcpStream, agent: &Agent) {
 /// Copies bytes between `tcp` and `guest` until both directions ended, each end of input
 /// passed on as a half close; a failing side ends both.
 fn copy_both_ways(tcp: TcpStream, guest: UnixStream) -> io::Result<()> {
-    let (mut tcp_in, mut guest_out) = (tcp.try_clone()?, guest.try_clone()?);
+    let (t, g) = (tcp.try_clone()?, guest.try_clone()?);
     let up = std::thread::Builder::new()
         .name("crx-portfwd-up".into())
         .spawn(move || {
-            let r = io::copy(&mut tcp_in, &mut guest_out);
-            let how = if r.is_ok() {
-                Shutdown::Write
-            } else {
-                Shutdown::Both
-            };
-            let _ = guest_out.shutdown(how);
-            r.is_ok()
+            copy_half(&t, &g, |how| {
+                let _ = g.shutdown(how);
+                let _ = (how == Shutdown::Both).then(|| t.shutdown(how));
+            })
         })?;
-    let (mut guest_in, mut tcp_out) = (guest, tcp);
-    let down = io::copy(&mut guest_in, &mut tcp_out);
-    let how = if down.is_ok() {
-        Shutdown::Write
-    } else {
-        Shutdown::Both
-    };
-    let _ = tcp_out.shutdown(how);
-    if down.is_err() {
-        let _ = guest_in.shutdown(Shutdown::Both);
+    copy_half(&guest, &tcp, |how| {
+        let _ = tcp.shutdown(how);
+        let _ = (how == Shutdown::Both).then(|| guest.shutdown(how));
+    });
+    let _ = up.join();
+    Ok(())
+}
+
+/// Copies `from` to `to` until `from` ends, then `end(Write)` (a half close); on an error,
+/// `end(Both)`, which ends both sockets so that the other direction stops too.
+fn copy_half(mut from: impl io::Read, mut to: impl io::Write, end: impl Fn(Shutdown)) {
+    match io::copy(&mut from, &mut to) {
+        Ok(_) => end(Shutdown::Write),
+        Err(_) => end(Shutdown::Both),
     }
-    if !up.join().unwrap_or(false) {
-        let _ = tcp_out.shutdown(Shutdown::Both);
-    }
-    down.map(|_| ())
 }
 
 #[cfg(test)]
