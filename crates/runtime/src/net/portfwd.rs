@@ -156,13 +156,18 @@ impl PortForward {
     }
 }
 
-/// Accepts connections until the listener is shut down, each served by a thread of its own.
+/// Accepts connections until the listener is shut down (`EINVAL`), each served by a thread of
+/// its own; another failure (a connection aborted, no descriptor left) is waited out.
 fn serve(listener: &TcpListener, agent: &Agent) {
     for conn in listener.incoming() {
         let conn = match conn {
             Ok(c) => c,
+            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
+            Err(_) => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
         };
         let agent = agent.clone();
         let _ = std::thread::Builder::new()
