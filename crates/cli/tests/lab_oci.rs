@@ -76,10 +76,9 @@ fn lab_oci_lifecycle() {
     let initrd = rec["boot"]["initrd"]["sha256"].as_str().unwrap();
     assert_eq!(initrd.len(), 64, "{rec}");
     assert_eq!(s["boot"]["initrd"]["sha256"], initrd, "{s}");
-    for p in [pid as i64, rec["vmm_pid"].as_i64().unwrap()] {
-        let cg = fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap();
-        assert_eq!(cg.trim(), format!("0::{cgroup}"), "pid {p}");
-    }
+    // A `network` entry without a path: the VM boots at start, with what its namespace
+    // holds then (ADR 0022).
+    assert!(rec["vmm_pid"].is_null(), "{rec}");
     // Not started: no output yet.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(fs::read_to_string(&out_path).unwrap(), "");
@@ -96,6 +95,12 @@ fn lab_oci_lifecycle() {
     let st = lab.runc(&["start", "c1"]);
     assert_eq!(code(&st), 0, "start: {}", text(&st.stderr));
     assert_eq!(lab.state("c1")["status"], "running");
+    let rec: Value =
+        serde_json::from_slice(&fs::read(lab.root().join("c1/state.json")).unwrap()).unwrap();
+    for p in [pid as i64, rec["vmm_pid"].as_i64().unwrap()] {
+        let cg = fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap();
+        assert_eq!(cg.trim(), format!("0::{cgroup}"), "pid {p}");
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     // stdout and stderr travel on separate streams: either may arrive first.
     while fs::read_to_string(&out_path).unwrap() != "out\n"
@@ -302,6 +307,48 @@ fn lab_oci_sigkill_and_force_delete() {
         0,
         "missing + force: ok"
     );
+    assert_eq!(text(&lab.runc(&["list", "-q"]).stdout), "");
+
+    // Created, its VM not booted yet (it boots at start): `kill TERM` ends it as it ends
+    // runc's waiting init (the monitor dies by the signal, the state says stopped), `exec`
+    // says why it cannot, and `delete` of another created one leaves no process.
+    for id in ["k3", "k4"] {
+        assert!(lab.create(&b, id, &lab.dir.path().join(id)).success());
+        assert_eq!(lab.state(id)["status"], "created");
+    }
+    let e = lab.runc(&["exec", "k3", "true"]);
+    assert_eq!(code(&e), 1);
+    assert!(
+        text(&e.stderr).contains("k3 is created"),
+        "{}",
+        text(&e.stderr)
+    );
+    let pids = pids_of(&lab.root(), "k3");
+    assert_eq!(pids.len(), 2, "monitor and virtiofsd, no VMM: {pids:?}");
+    let pid3 = pids[0];
+    let k = lab.runc(&["kill", "k3", "TERM"]);
+    assert_eq!(code(&k), 0, "kill: {}", text(&k.stderr));
+    assert_eq!(
+        wait_child(pid3),
+        WaitStatus::Signaled(
+            Pid::from_raw(pid3),
+            nix::sys::signal::Signal::SIGTERM,
+            false
+        )
+    );
+    wait_dead(&pids);
+    assert_eq!(lab.state("k3")["status"], "stopped");
+    assert_eq!(
+        code(&lab.runc(&["start", "k3"])),
+        1,
+        "a stopped one does not start"
+    );
+    assert_eq!(code(&lab.runc(&["delete", "k3"])), 0);
+    let pids = pids_of(&lab.root(), "k4");
+    let d = lab.runc(&["delete", "k4"]);
+    assert_eq!(code(&d), 0, "delete: {}", text(&d.stderr));
+    let _ = wait_child(pids[0]);
+    wait_dead(&pids);
     assert_eq!(text(&lab.runc(&["list", "-q"]).stdout), "");
 }
 

@@ -99,13 +99,6 @@ pub enum NetError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "interfaces ({names}) were added to the container's network namespace after create \
-         (`ctr run --cni` does this): a microVM's network devices are fixed when it boots at \
-         create, so the container would not be on that network; prepare the namespace before \
-         create and give its path in the spec (as podman and containerd's CRI plugin do)"
-    )]
-    AddedAfterCreate { names: String },
     #[error("port forwarding: {0}")]
     PortForward(String),
     #[error("the thread working in network namespace {0} panicked")]
@@ -163,7 +156,8 @@ pub fn join(spec: &Value, dir: &Path) -> Result<Attached, NetError> {
 /// For a `network` entry without a path ([`SpecNetwork::Loopback`]): moves this process (the
 /// container's monitor, whose pid is the container's) into a fresh network namespace, as runc
 /// gives its container one. A tool that configures `/proc/PID/ns/net` after create
-/// (`ctr run --cni`, an OCI hook) then works on that namespace, never on the host's stack.
+/// (`ctr run --cni`, an OCI hook) then works on that namespace, never on the host's stack,
+/// and the VM, booted at `start`, joins what it finds there ([`attach`]).
 /// Call it on the main thread: `/proc/PID/ns/net` is the main thread's namespace.
 pub fn own_namespace_if_unpathed(spec: &Value) -> Result<(), NetError> {
     if from_spec(spec) != SpecNetwork::Loopback {
@@ -172,36 +166,6 @@ pub fn own_namespace_if_unpathed(spec: &Value) -> Result<(), NetError> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| NetError::Netns {
         path: "/proc/self/ns/net".into(),
         source: e.into(),
-    })
-}
-
-/// Before `start` of a container with a `network` entry without a path, whose namespace
-/// `netns` (its monitor's `/proc/PID/ns/net`) is the fresh one of
-/// [`own_namespace_if_unpathed`]: an interface a tool added there since create cannot reach
-/// the VM, booted with loopback only; refused with why ([`NetError::AddedAfterCreate`])
-/// rather than a container silently off its network.
-pub fn check_nothing_added(spec: &Value, netns: &Path) -> Result<(), NetError> {
-    if from_spec(spec) != SpecNetwork::Loopback {
-        return Ok(());
-    }
-    let ns = netns::open(netns)?;
-    let p = netns.to_owned();
-    let names = run_in(ns, netns, move |h| async move {
-        let msgs: Vec<rtnetlink::packet_route::link::LinkMessage> =
-            futures_util::TryStreamExt::try_collect(h.link().get().execute())
-                .await
-                .map_err(nl_err(&p, "listing interfaces"))?;
-        Ok(msgs
-            .iter()
-            .filter_map(addr::link_of)
-            .map(|l| l.name)
-            .collect::<Vec<_>>())
-    })?;
-    if names.is_empty() {
-        return Ok(());
-    }
-    Err(NetError::AddedAfterCreate {
-        names: names.join(", "),
     })
 }
 
@@ -225,6 +189,10 @@ pub struct Attached {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub netns: PathBuf,
+    /// The namespace's identity (device, inode) when it was joined: a path that names
+    /// another namespace by then (`/proc/PID/ns/net` of a reused pid) is left alone.
+    #[serde(default)]
+    pub id: Option<(u64, u64)>,
     pub links: Vec<LinkRecord>,
 }
 
@@ -245,12 +213,14 @@ pub struct LinkRecord {
 /// recorded in `record` first. On error whatever was changed is undone.
 pub fn attach(netns: &Path, record: &Path) -> Result<Attached, NetError> {
     let ns = netns::open(netns)?;
+    let id = netns::id(&ns, netns)?;
     let ns_path = netns.to_owned();
     let rec_path = record.to_owned();
     let result = run_in(ns, netns, move |h| async move {
         let found = addr::read(&h, &ns_path).await?;
         let mut rec = Record {
             netns: ns_path.clone(),
+            id: Some(id),
             links: Vec::new(),
         };
         for (i, link) in found.links.iter().enumerate() {
@@ -299,7 +269,7 @@ pub fn detach(record: &Path) -> Result<(), NetError> {
             })
         }
     };
-    if let Some(ns) = netns::open_if_alive(&rec.netns)? {
+    if let Some(ns) = netns::open_if_alive(&rec.netns, rec.id)? {
         let path = rec.netns.clone();
         run_in(ns, &rec.netns, move |h| async move {
             for link in &rec.links {

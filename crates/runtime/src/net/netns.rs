@@ -34,15 +34,31 @@ pub(super) fn is_hosts(path: &Path) -> Result<bool, NetError> {
         .any(|h| id(Path::new(h)).is_ok_and(|h| h == given)))
 }
 
-/// Opens the namespace file `path`, or `None` when it is gone: removed, or no longer a
-/// namespace (its bind mount undone, an empty file left). Entering it tells the second.
-pub(super) fn open_if_alive(path: &Path) -> Result<Option<File>, NetError> {
+/// The identity (device, inode) of the namespace file `ns`, opened from `path`.
+pub(super) fn id(ns: &File, path: &Path) -> Result<(u64, u64), NetError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = ns.metadata().map_err(|source| NetError::Netns {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// Opens the namespace file `path`, or `None` when it is gone: removed, no longer a
+/// namespace (its bind mount undone, an empty file left; entering it tells), or another
+/// namespace than the one whose identity is `want` (the path of a dead process's namespace,
+/// its pid reused).
+pub(super) fn open_if_alive(
+    path: &Path,
+    want: Option<(u64, u64)>,
+) -> Result<Option<File>, NetError> {
     match File::open(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(NetError::Netns {
             path: path.to_owned(),
             source,
         }),
+        Ok(f) if want.is_some_and(|w| id(&f, path).ok() != Some(w)) => Ok(None),
         Ok(f) => {
             let probe = f.try_clone().map_err(|source| NetError::Netns {
                 path: path.to_owned(),

@@ -147,7 +147,11 @@ impl PortForward {
     pub fn stop(self) {
         let _ =
             nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
-        if netns::open_if_alive(&self.netns).ok().flatten().is_some() {
+        if netns::open_if_alive(&self.netns, None)
+            .ok()
+            .flatten()
+            .is_some()
+        {
             let port = self.port;
             let _ = in_namespace(&self.netns, move || {
                 iptables("-D", port).map_err(NetError::PortForward)

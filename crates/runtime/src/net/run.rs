@@ -182,14 +182,35 @@ fn invocation(rec: &CniRecord, netns: &Path) -> Invocation {
 /// Undoes [`setup`] for the home `dir`: the taps' tc redirects, CNI `DEL` (the address lease,
 /// the bridge's veth, port forwarding and firewall rules), the namespace. Every step runs; the
 /// first failure is returned (and the record kept, so that it can be tried again).
+/// One at a time per home (a `flock` on the home directory itself): `crx rm -f` and the
+/// instance's own monitor (whose boot fails when its VM is killed) may both tear down, and two
+/// `DEL`s at once fail on each other's half-deleted veth.
 pub fn teardown(dir: &Path) -> Result<(), NetError> {
+    let home = match std::fs::File::open(dir) {
+        Ok(f) => f,
+        // The home is gone: removed by whoever tore it down first.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(NetError::Record {
+                path: dir.to_owned(),
+                source,
+            })
+        }
+    };
+    let _held =
+        nix::fcntl::Flock::lock(home, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
+            NetError::Record {
+                path: dir.to_owned(),
+                source: e.into(),
+            }
+        })?;
     let mut first = super::detach(&dir.join(super::RECORD)).err();
     let record = dir.join(CNI_RECORD);
     let ns = dir.join(NETNS);
     if let Some(rec) = load(&record)? {
         // A namespace already gone (its mount undone) is named as none: the plugins then
         // release what lives outside it alone.
-        let alive = netns::open_if_alive(&ns).ok().flatten().is_some();
+        let alive = netns::open_if_alive(&ns, None).ok().flatten().is_some();
         let inv = invocation(&rec, if alive { &ns } else { Path::new("") });
         match cni::del(&rec.conflist, &inv, &rec.ports, rec.result.as_ref()) {
             Ok(()) => remove(&record)?,
@@ -294,5 +315,24 @@ mod tests {
         teardown(d.path()).unwrap();
         assert!(addresses(d.path()).is_empty());
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+
+    /// `crx rm -f` and a monitor whose boot failed may tear one home down at once: the second
+    /// waits for the first; a home already removed is done.
+    #[test]
+    fn teardowns_of_one_home_take_turns() {
+        use nix::fcntl::{Flock, FlockArg};
+        let d = tempfile::tempdir().unwrap();
+        let dir = std::fs::File::open(d.path()).unwrap();
+        let held = Flock::lock(dir, FlockArg::LockExclusive).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = d.path().to_owned();
+        std::thread::spawn(move || tx.send(teardown(&path).is_ok()).unwrap());
+        let waited = rx.recv_timeout(std::time::Duration::from_millis(300));
+        assert!(waited.is_err(), "ran while another teardown held the home");
+        drop(held);
+        let done = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(done, Ok(true));
+        teardown(&d.path().join("gone")).unwrap();
     }
 }

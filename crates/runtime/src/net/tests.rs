@@ -363,23 +363,30 @@ fn a_namespace_with_only_lo_gives_no_nics() {
     detach(&record).unwrap();
 }
 
-/// `ctr run --cni`: an interface added after create to the fresh namespace of a spec without
-/// a namespace path is refused with why; a namespace given by path is never looked at here.
+/// A record whose path names another namespace by the time it is detached (the
+/// `/proc/PID/ns/net` of a monitor that died, its pid reused) leaves that namespace alone.
 #[test]
-fn an_interface_added_after_create_is_refused_at_start() {
-    let unpathed = json!({"linux": {"namespaces": [{"type": "network"}]}});
-    let fresh = Ns::new();
-    check_nothing_added(&unpathed, &fresh.path).unwrap();
+fn a_path_that_names_another_namespace_by_then_is_left_alone() {
     let bridge = Ns::new();
     let c = container_with_veth(&bridge);
-    let e = check_nothing_added(&unpathed, &c.path).unwrap_err();
-    assert!(
-        matches!(&e, NetError::AddedAfterCreate { names } if names == "eth0"),
-        "{e}"
-    );
-    assert!(e.to_string().contains("after create"), "{e}");
-    let pathed = json!({"linux": {"namespaces": [{"type": "network", "path": c.path}]}});
-    check_nothing_added(&pathed, &c.path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join(RECORD);
+    drop(attach(&c.path, &record).unwrap());
+    let other_bridge = Ns::new();
+    let other = container_with_veth(&other_bridge);
+    let theirs = dir.path().join("theirs.json");
+    drop(attach(&other.path, &theirs).unwrap());
+    let joined = tc_state(&other);
+    assert_eq!((joined.0, joined.1), (1, 1), "{joined:?}");
+    let mut rec: Record = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert!(rec.id.is_some());
+    rec.netns = other.path.clone();
+    std::fs::write(&record, serde_json::to_vec(&rec).unwrap()).unwrap();
+    detach(&record).unwrap();
+    assert!(!record.exists());
+    assert_eq!(tc_state(&other), joined, "the other namespace untouched");
+    detach(&theirs).unwrap();
+    assert_eq!(tc_state(&other), (0, 0, false));
 }
 
 #[test]

@@ -160,11 +160,7 @@ pub fn start(root: &Path, id: &str) -> Result<Option<OciError>, OciError> {
         "only a created container starts",
     )?;
     let spec = c.read_config()?;
-    if let Some(pid) = rec.monitor_pid.filter(|_| rec.monitor_alive()) {
-        // The VM's NICs were fixed at create: refused if a tool added one since.
-        let netns = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
-        crate::net::check_nothing_added(&spec, &netns)?;
-    }
+    drop(rec);
     oci_monitor::request(&c, "start")?;
     let rec = c.load()?;
     Ok(hooks::run_warn(
@@ -190,10 +186,16 @@ pub fn resume(root: &Path, id: &str) -> Result<(), OciError> {
 
 const LIVE: &[Status] = &[Status::Created, Status::Running, Status::Paused];
 
-/// Sends `signal` to the container's init (`all`: every process of the container).
+/// Sends `signal` to the container's init (`all`: every process of the container). A
+/// created container whose VM boots at `start` has no process yet: its monitor ends it for a
+/// signal that would end a process, as runc's waiting init would end.
 pub fn signal(root: &Path, id: &str, signal: i32, all: bool) -> Result<(), OciError> {
     let c = ContainerDir::open(root, id)?;
-    c.load()?.expect(LIVE, "container not running")?;
+    let rec = c.load()?;
+    rec.expect(LIVE, "container not running")?;
+    if rec.vmm_pid.is_none() {
+        return oci_monitor::request(&c, &format!("kill {signal}"));
+    }
     agent_call(
         &c,
         Request::Signal {
@@ -303,7 +305,15 @@ pub fn update(root: &Path, id: &str, resources: serde_json::Value) -> Result<(),
 
 /// The agent of a container whose VM runs.
 pub fn agent(c: &ContainerDir) -> Result<Agent, OciError> {
-    c.load()?.expect(LIVE, "its VM is not running")?;
+    let rec = c.load()?;
+    let status = rec.expect(LIVE, "its VM is not running")?;
+    if rec.vmm_pid.is_none() {
+        return Err(OciError::WrongState {
+            id: c.id.clone(),
+            status: status.to_string(),
+            what: "its VM boots at start",
+        });
+    }
     Ok(Agent::new(c.vsock_path()))
 }
 

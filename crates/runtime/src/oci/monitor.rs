@@ -3,6 +3,8 @@
 //! `create`, copied to and from the agent's streams), serves `start`, `pause` and `resume` on
 //! `monitor.sock`, records each change in `state.json` (after `create`'s first record it is the
 //! only writer), and exits with the container's status once it has shut the VM down.
+//! It boots the VM at `create`, or at `start` for a `network` entry without a path, whose
+//! namespace a tool may still configure in between ([`super::prestart`], ADR 0022).
 //!
 //! It also watches the VM's virtiofsd daemons: one that dies (the container's files are gone,
 //! its processes would wait on the share forever) is reaped and recorded, the container is
@@ -13,6 +15,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -25,6 +28,7 @@ use super::bundle::{fit_cpus, guest_spec, vm_size};
 use super::cgroup;
 use super::container::ContainerDir;
 use super::error::{io, OciError};
+use super::prestart;
 use super::rootfs::{self, Shares};
 use super::state::{Phase, Record};
 use crate::agent::{Agent, Control};
@@ -61,7 +65,6 @@ pub struct Monitor {
     /// The virtiofsd daemons (killed when dropped, after the VM), watched by a thread.
     shares: Arc<Mutex<Shares>>,
     vm: Arc<Mutex<VmWatch>>,
-    left_out: Vec<String>,
 }
 
 /// What the backend watcher and the waiting thread share about the VM.
@@ -76,12 +79,20 @@ struct VmWatch {
 /// How often the monitor looks at its virtiofsd daemons.
 const WATCH_EVERY: Duration = Duration::from_millis(200);
 
-/// What [`boot_vm`] gives.
-struct Booted {
-    sandbox: Sandbox,
-    attach: Attach,
+/// What the monitor makes ready at create, before the VM boots: the container's record
+/// (this process its monitor), its spec, its shares (their daemons running), the VM's
+/// description but for its NICs, and the host pty whose master went to the console socket.
+#[derive(Debug)]
+pub struct Prepared {
+    c: ContainerDir,
+    rec: Record,
+    spec: serde_json::Value,
+    gspec: serde_json::Value,
+    rootfs: crx_proto::Rootfs,
     shares: Shares,
     left_out: Vec<String>,
+    vm: VmConfig,
+    pty_slave: Option<OwnedFd>,
 }
 
 /// The record as the monitor's threads share it: each change is saved, then told to the
@@ -120,53 +131,6 @@ impl Shared {
 }
 
 impl Monitor {
-    /// Records this process as the monitor of `c`, boots the VM and creates the container.
-    /// On error the record says `failed` with the reason, and the VMM is killed.
-    /// With `process.terminal`, the pty master is sent to the socket `console` (runc's way).
-    pub fn boot(c: ContainerDir, console: Option<&Path>) -> Result<Monitor, OciError> {
-        let mut rec = c.load()?;
-        rec.set_monitor(std::process::id());
-        c.save(&rec)?;
-        match boot_vm(&c, &mut rec, console) {
-            Ok(Booted {
-                sandbox,
-                attach,
-                shares,
-                left_out,
-            }) => Ok(Monitor {
-                c,
-                record: Shared::new(rec),
-                vmm: sandbox.vmm,
-                agent: sandbox.agent,
-                control: sandbox.control,
-                attach: Some(attach),
-                shares: Arc::new(Mutex::new(shares)),
-                vm: Arc::default(),
-                left_out,
-            }),
-            Err(e) => {
-                rec.phase = Phase::Failed;
-                rec.error = Some(chain(&e));
-                let _ = c.save(&rec);
-                Err(e)
-            }
-        }
-    }
-
-    /// The container's agent (to forward signals to it).
-    pub fn agent(&self) -> &Agent {
-        &self.agent
-    }
-
-    /// The destinations of bind mounts left out (their sources do not exist).
-    pub fn left_out(&self) -> &[String] {
-        &self.left_out
-    }
-
-    pub fn id(&self) -> &str {
-        &self.c.id
-    }
-
     /// Copies the container's stdio, waits for it to exit, records the status, shuts the VM
     /// down and returns the status (validated: it comes from the guest). A backend that died
     /// meanwhile is an [`OciError::Monitor`] error, recorded as `failed`.
@@ -271,30 +235,101 @@ fn watch_backends(
     });
 }
 
-/// Boots the container's VM (its shares first) and creates the container in it; on error
-/// the VMM is killed (the shares' daemons stop when dropped).
-fn boot_vm(c: &ContainerDir, rec: &mut Record, console: Option<&Path>) -> Result<Booted, OciError> {
+impl Prepared {
+    /// Records this process as the monitor of `c` and readies everything the VM needs but
+    /// its network (a `network` entry without a path: this process moves into a fresh
+    /// namespace, the one a tool may configure after create). On error the record says
+    /// `failed` with the reason.
+    pub fn new(c: ContainerDir, console: Option<&Path>) -> Result<Prepared, OciError> {
+        let mut rec = c.load()?;
+        rec.set_monitor(std::process::id());
+        c.save(&rec)?;
+        match prepare(c.clone(), rec.clone(), console) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                rec.phase = Phase::Failed;
+                rec.error = Some(chain(&e));
+                let _ = c.save(&rec);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the VM boots at `start` rather than now: a `network` entry without a path,
+    /// whose namespace (this process's) a tool may still give interfaces (`ctr run --cni`,
+    /// nerdctl's hooks) until then.
+    pub fn boots_at_start(&self) -> bool {
+        crate::net::from_spec(&self.spec) == crate::net::SpecNetwork::Loopback
+    }
+
+    pub fn container(&self) -> &ContainerDir {
+        &self.c
+    }
+
+    /// The destinations of bind mounts left out (their sources do not exist).
+    pub fn left_out(&self) -> &[String] {
+        &self.left_out
+    }
+
+    /// Records the container as created without its VM (booted by [`Prepared::boot`] at
+    /// `start`).
+    pub fn record_created(&mut self) -> Result<(), OciError> {
+        self.rec.phase = Phase::Created;
+        self.c.save(&self.rec)
+    }
+
+    /// Joins the container's network, boots the VM and creates the container in it. On
+    /// error the record says `failed` with the reason, the VMM is killed and the shares'
+    /// daemons stopped.
+    pub fn boot(mut self) -> Result<Monitor, OciError> {
+        match boot_vm(&mut self) {
+            Ok((sandbox, attach)) => Ok(Monitor {
+                c: self.c,
+                record: Shared::new(self.rec),
+                vmm: sandbox.vmm,
+                agent: sandbox.agent,
+                control: sandbox.control,
+                attach: Some(attach),
+                shares: Arc::new(Mutex::new(self.shares)),
+                vm: Arc::default(),
+            }),
+            Err(e) => {
+                self.rec.phase = Phase::Failed;
+                self.rec.error = Some(chain(&e));
+                let _ = self.c.save(&self.rec);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// [`Prepared::new`]'s work: everything that can fail before a VM exists, so that a bad
+/// spec, boot file or missing VMM fails `create` whenever the VM boots.
+fn prepare(c: ContainerDir, mut rec: Record, console: Option<&Path>) -> Result<Prepared, OciError> {
     let spec = c.read_config()?;
     // A `network` entry without a path: our pid's namespace is a fresh one (this is the main
     // thread), which a tool may configure; never the host's.
     crate::net::own_namespace_if_unpathed(&spec)?;
+    crate::net::check_spec(&spec)?;
     // Before anything starts: boot files that fail verification start nothing (ADR 0008).
     let boot = paths::verified_boot_files()?;
+    let vmm = paths::find_vmm()?;
+    std::fs::metadata(&vmm).map_err(|source| RuntimeError::SpawnVmm {
+        path: vmm.clone(),
+        source,
+    })?;
     if let Some(dir) = cgroup::host_dir(&spec) {
         // Before any child: the VMM and virtiofsd are born in it.
         cgroup::join(&dir, std::process::id())?;
     }
     let mut gspec = guest_spec(&spec);
     let rootfs = rec.rootfs.clone().unwrap_or_default();
-    let delivery = rootfs::deliver(&rootfs, &mut gspec, c)?;
+    let delivery = rootfs::deliver(&rootfs, &mut gspec, &c)?;
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let (memory_mib, vcpus) = vm_size(&spec, host_cpus);
     fit_cpus(&mut gspec, vcpus);
-    // The namespace the tool prepared, joined through taps the VMM inherits (`delete` undoes
-    // it from the record in the container's directory).
-    let network = crate::net::join(&spec, &c.dir)?;
     let mut vm = VmConfig {
-        vmm: paths::find_vmm()?,
+        vmm,
         boot,
         memory_mib,
         vcpus,
@@ -305,31 +340,66 @@ fn boot_vm(c: &ContainerDir, rec: &mut Record, console: Option<&Path>) -> Result
         die_with_parent: true,
         boot_timer: false,
         fs: Vec::new(),
-        net: network.nics,
+        net: Vec::new(),
     };
     for (tag, d) in &delivery.shares {
         vm.add_fs(tag.clone(), d.socket());
     }
-    // The measured boot: what this VM boots, as verified (saved with the VMM's pid).
+    // The measured boot: what this VM boots, as verified.
     rec.boot = Some(vm.boot.digests());
-    let mut sandbox = sandbox::boot(&vm, |pid| {
+    // The terminal's master goes to the caller now, as runc's does at create.
+    let pty_slave = match console {
+        Some(console) => {
+            let pair = tty::open_pty()?;
+            tty::send_console(console, &pair.master, tty::PTMX_NAME)?;
+            Some(pair.slave)
+        }
+        None => None,
+    };
+    Ok(Prepared {
+        c,
+        rec,
+        spec,
+        gspec,
+        rootfs: delivery.rootfs,
+        shares: delivery.shares,
+        left_out: delivery.left_out,
+        vm,
+        pty_slave,
+    })
+}
+
+/// Joins the network, boots the VM and creates the container; on error the VMM is killed.
+fn boot_vm(p: &mut Prepared) -> Result<(Sandbox, Attach), OciError> {
+    let record = p.c.dir.join(crate::net::RECORD);
+    // The namespace the tool prepared (by path, or this process's own for a `network` entry
+    // without one), joined through taps the VMM inherits (`delete` undoes it from the record
+    // in the container's directory).
+    let network = if p.boots_at_start() {
+        let own = PathBuf::from(format!("/proc/{}/ns/net", std::process::id()));
+        crate::net::attach(&own, &record)?
+    } else {
+        crate::net::join(&p.spec, &p.c.dir)?
+    };
+    p.vm.net = network.nics;
+    let (c, rec) = (&p.c, &mut p.rec);
+    let sandbox = sandbox::boot(&p.vm, |pid| {
         rec.set_vmm(pid);
         c.save(rec)
-    })?;
+    });
     // Only the VMM keeps the taps from here on: they go when it goes.
-    vm.net.clear();
+    p.vm.net.clear();
+    let mut sandbox = sandbox?;
     let created = sandbox
         .configure_network(network.guest)
-        .and_then(|()| sandbox.create(&c.id, gspec, delivery.rootfs, false))
+        .and_then(|()| {
+            let gspec = std::mem::take(&mut p.gspec);
+            sandbox.create(&c.id, gspec, p.rootfs.clone(), false)
+        })
         .map_err(OciError::from)
-        .and_then(|streams| attach(streams, console));
+        .and_then(|streams| attach(streams, p.pty_slave.take()));
     match created {
-        Ok(attach) => Ok(Booted {
-            sandbox,
-            attach,
-            shares: delivery.shares,
-            left_out: delivery.left_out,
-        }),
+        Ok(attach) => Ok((sandbox, attach)),
         Err(e) => {
             let _ = sandbox.vmm.kill();
             let _ = sandbox.vmm.wait();
@@ -339,17 +409,12 @@ fn boot_vm(c: &ContainerDir, rec: &mut Record, console: Option<&Path>) -> Result
 }
 
 /// How the created container's streams are attached here: stdio as they are; a terminal's
-/// stream through a host pty whose master is sent to the socket `console`.
-fn attach(streams: Streams, console: Option<&Path>) -> Result<Attach, OciError> {
+/// stream with the slave of the host pty whose master went to the console socket.
+fn attach(streams: Streams, pty_slave: Option<OwnedFd>) -> Result<Attach, OciError> {
     match streams {
         Streams::Pty(stream) => {
-            let console = console.ok_or(OciError::NoConsoleSocket)?;
-            let pair = tty::open_pty()?;
-            tty::send_console(console, &pair.master, tty::PTMX_NAME)?;
-            Ok(Attach::Pty {
-                stream,
-                slave: pair.slave,
-            })
+            let slave = pty_slave.ok_or(OciError::NoConsoleSocket)?;
+            Ok(Attach::Pty { stream, slave })
         }
         Streams::Stdio(stdio) => Ok(Attach::Stdio(stdio)),
         Streams::None => Err(OciError::Runtime(crate::RuntimeError::Agent(
@@ -358,24 +423,37 @@ fn attach(streams: Streams, console: Option<&Path>) -> Result<Attach, OciError> 
     }
 }
 
+/// Binds the monitor's socket of `c` (private).
+pub(super) fn bind(c: &ContainerDir) -> Result<UnixListener, OciError> {
+    let path = c.monitor_socket();
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(io(&path))?;
+    // In a 0700 directory already; private itself too.
+    crate::paths::set_mode(&path, 0o600).map_err(io(&path))?;
+    Ok(listener)
+}
+
 impl Monitor {
-    /// Serves `monitor.sock` on a thread and records the container as created.
-    pub fn serve(&self) -> Result<(), OciError> {
-        let path = self.c.monitor_socket();
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path).map_err(io(&path))?;
-        // In a 0700 directory already; private itself too.
-        crate::paths::set_mode(&path, 0o600).map_err(io(&path))?;
-        let (c, record, agent) = (self.c.clone(), self.record.clone(), self.agent.clone());
-        // The terminal whose size the process must see from its first instruction.
-        let term = match &self.attach {
+    /// The terminal whose size the process must see from its first instruction.
+    fn term(&self) -> Option<OwnedFd> {
+        match &self.attach {
             Some(Attach::Pty { slave, .. }) => slave.try_clone().ok(),
             _ => None,
-        };
-        let term = term.map(Arc::new);
-        let mut trimmed = vec![self.vmm.id()];
-        trimmed.extend(lock_shares(&self.shares).iter().map(|(_, d)| d.pid()));
-        let trimmed: Arc<[u32]> = trimmed.into();
+        }
+    }
+
+    /// Records the container as created (its VM booted at create).
+    fn serve_created(&self) -> Result<(), OciError> {
+        let mut r = self.record.lock();
+        r.phase = Phase::Created;
+        self.record.save(&self.c, &r)
+    }
+
+    /// Serves `listener` (the monitor's socket) on a thread and watches the shares' daemons.
+    fn serve(&self, listener: UnixListener) {
+        let (c, record, agent) = (self.c.clone(), self.record.clone(), self.agent.clone());
+        let term = self.term().map(Arc::new);
+        let trimmed = self.trimmed();
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
                 // A thread each: a `wait-unpaused` waits for a `resume` served meanwhile.
@@ -398,9 +476,37 @@ impl Monitor {
             self.c.clone(),
             self.record.clone(),
         );
-        let mut r = self.record.lock();
-        r.phase = Phase::Created;
-        self.record.save(&self.c, &r)
+    }
+
+    /// The sandbox's processes trimmed once the container runs: the VMM, the virtiofsd
+    /// daemons (and this one).
+    fn trimmed(&self) -> Arc<[u32]> {
+        let mut trimmed = vec![self.vmm.id()];
+        trimmed.extend(lock_shares(&self.shares).iter().map(|(_, d)| d.pid()));
+        trimmed.into()
+    }
+
+    /// Starts the container whose VM was booted at `start` ([`Prepared::boot`]), as a
+    /// `start` request does, and trims.
+    pub(super) fn start(&self) -> Result<(), String> {
+        let term = self.term();
+        apply("start", &self.c, &self.record, &self.agent, term.as_ref())?;
+        trim_after_start(&self.record, &self.trimmed());
+        Ok(())
+    }
+
+    /// Gives up on a container whose start failed (`why`): recorded `failed`, its VM shut
+    /// down; returns `why`.
+    pub(super) fn abandon(mut self, why: String) -> String {
+        {
+            let mut r = self.record.lock();
+            r.phase = Phase::Failed;
+            r.error = Some(why.clone());
+            let _ = self.record.save(&self.c, &r);
+        }
+        lock_vm(&self.vm).stopping = true;
+        self.stop_vm(Duration::from_secs(2));
+        why
     }
 }
 
@@ -424,22 +530,30 @@ fn answer(
         cmd => apply(cmd, c, record, agent, term),
     };
     let started = line.trim() == "start" && done.is_ok();
+    reply(&conn, done)?;
+    if started {
+        trim_after_start(record, trimmed);
+    }
+    Ok(())
+}
+
+/// Answers a request: `ok`, or `error: ` and why (on one line).
+pub(super) fn reply(conn: &UnixStream, done: Result<(), String>) -> std::io::Result<()> {
     let reply = match done {
         Ok(()) => "ok\n".to_owned(),
         Err(e) => format!("error: {}\n", e.replace('\n', " ")),
     };
-    (&conn).write_all(reply.as_bytes())?;
-    if started {
-        // From here the monitor only relays and waits, and the VM idles or runs its
-        // container: the startup pages of all of the sandbox's processes go back.
-        // Not once it has stopped: the monitor is then shutting the VM down, and would
-        // only fault back what it pages out.
-        let record = record.clone();
-        crate::trim::release_later(trimmed.to_vec(), move || {
-            matches!(record.lock().phase, Phase::Running | Phase::Paused)
-        });
-    }
-    Ok(())
+    (&*conn).write_all(reply.as_bytes())
+}
+
+/// From here the monitor only relays and waits, and the VM idles or runs its container: the
+/// startup pages of all of the sandbox's processes go back. Not once it has stopped: the
+/// monitor is then shutting the VM down, and would only fault back what it pages out.
+fn trim_after_start(record: &Arc<Shared>, trimmed: &[u32]) {
+    let record = record.clone();
+    crate::trim::release_later(trimmed.to_vec(), move || {
+        matches!(record.lock().phase, Phase::Running | Phase::Paused)
+    });
 }
 
 /// Carries out one command and records it (under the record's lock, so that an exit seen
@@ -485,7 +599,7 @@ fn apply(
     record.save(c, &r).map_err(|e| chain(&e))
 }
 
-trait TakeLine {
+pub(super) trait TakeLine {
     fn take_line(self, buf: &mut String) -> std::io::Result<usize>;
 }
 
@@ -522,33 +636,66 @@ pub fn request(c: &ContainerDir, cmd: &str) -> Result<(), OciError> {
 /// `sync` once the container is created (or why not), and exits with the container's status
 /// (dying by its signal). Its stdio is the container's: nothing is printed.
 pub fn run(root: &Path, id: &str, console: Option<&Path>, sync: SyncWriter) -> i32 {
-    let m = match ContainerDir::open(root, id).and_then(|c| Monitor::boot(c, console)) {
-        Ok(m) => m,
+    let mut p = match ContainerDir::open(root, id).and_then(|c| Prepared::new(c, console)) {
+        Ok(p) => p,
         Err(e) => {
             sync.failed(&e);
             return 1;
         }
     };
     let mut warnings = Vec::new();
-    if !m.left_out().is_empty() {
+    if !p.left_out().is_empty() {
         warnings.push(format!(
-            "container {}: bind mounts whose source does not exist were left out: {}",
-            m.id(),
-            m.left_out().join(", ")
+            "container {id}: bind mounts whose source does not exist were left out: {}",
+            p.left_out().join(", ")
         ));
     }
-    let (agent, cid) = (m.agent().clone(), m.id().to_owned());
-    let forwarded = signals::forward(move |sig| {
-        let _ = agent.signal(&cid, sig);
-    });
-    if let Err(e) = forwarded
-        .map_err(OciError::Signals)
-        .and_then(|()| m.serve())
-    {
-        sync.failed(&e);
-        return 1;
-    }
-    sync.ready(warnings);
+    let c = p.container().clone();
+    // Before its VM boots, a signal ends the created container (as it ends runc's init
+    // waiting to start); from then on it goes to the container's process.
+    let booted = Arc::new(AtomicBool::new(false));
+    let forwarded = {
+        let (booted, agent, c) = (booted.clone(), Agent::new(c.vsock_path()), c.clone());
+        signals::forward(move |sig| {
+            if booted.load(Ordering::SeqCst) {
+                let _ = agent.signal(&c.id, sig);
+            } else {
+                prestart::end(&c, sig);
+            }
+        })
+    };
+    let listener = match forwarded.map_err(OciError::Signals).and_then(|()| bind(&c)) {
+        Ok(l) => l,
+        Err(e) => {
+            sync.failed(&e);
+            return 1;
+        }
+    };
+    let m = if p.boots_at_start() {
+        if let Err(e) = p.record_created() {
+            sync.failed(&e);
+            return 1;
+        }
+        sync.ready(warnings);
+        match prestart::wait_for_start(&listener, p, &booted) {
+            Ok(m) => m,
+            Err(code) => return code,
+        }
+    } else {
+        let m = p.boot();
+        booted.store(true, Ordering::SeqCst);
+        match m.and_then(|m| m.serve_created().map(|()| m)) {
+            Ok(m) => {
+                sync.ready(warnings);
+                m
+            }
+            Err(e) => {
+                sync.failed(&e);
+                return 1;
+            }
+        }
+    };
+    m.serve(listener);
     match m.wait() {
         // Validated again: only a signal that ends a process is re-raised here (a reported
         // SIGSTOP would stop the monitor, and everyone waiting on it).
