@@ -162,6 +162,7 @@ pub fn op_name(r: &Request) -> &'static str {
         Request::Pause { .. } => "pause",
         Request::Resume { .. } => "resume",
         Request::Stats { .. } => "stats",
+        Request::WaitOom { .. } => "wait_oom",
         Request::Update { .. } => "update",
         Request::Remove { .. } => "remove",
         Request::ConfigureNetwork { .. } => "configure_network",

@@ -73,6 +73,10 @@ pub enum Request {
     Resume { id: String },
     /// Resource usage; answered by `Stats`.
     Stats { id: String },
+    /// Wait until the container's cgroup has counted more than `seen` OOM kills (of any of
+    /// its processes); answered by `OomKills` with the count then, or `NotFound` once the
+    /// container is removed. Added after version 1 as a new value only.
+    WaitOom { id: String, seen: u64 },
     /// Change a container's cgroup limits: `resources` is an OCI `linux.resources` object
     /// (what it names changes, the rest stays). Added after version 1 as a new value only.
     Update {
@@ -228,6 +232,8 @@ pub enum Response {
     Processes { pids: Vec<i32> },
     /// Resource usage of a container.
     Stats(ContainerStats),
+    /// OOM kills in a container's cgroup since it was created (answer to `WaitOom`).
+    OomKills { count: u64 },
     /// The request failed.
     Error(AgentError),
 }

@@ -52,7 +52,10 @@ impl Control {
     /// Sends `request` and returns the agent's answer (an `Error` answer is
     /// [`ClientError::Agent`]); a `Wait` as [`Control::wait_while`] with no check of its own.
     pub fn call(&mut self, request: crx_proto::Request) -> Result<Response, ClientError> {
-        if matches!(request, crx_proto::Request::Wait { .. }) {
+        if matches!(
+            request,
+            crx_proto::Request::Wait { .. } | crx_proto::Request::WaitOom { .. }
+        ) {
             return self.wait_while(request, || true);
         }
         self.client.call_within(request, self.agent.timeout)
@@ -105,6 +108,29 @@ impl Control {
                 crate::trace::mark("exit seen");
                 Ok(s.validated())
             }
+            other => Err(RuntimeError::Agent(ClientError::Unexpected(Box::new(
+                other,
+            )))),
+        }
+    }
+}
+
+impl Control {
+    /// Waits while `alive()` says the VM runs (see [`Control::wait_while`]) until container
+    /// `id`'s cgroup has counted more than `seen` OOM kills; the count then. An error once the
+    /// container is removed.
+    pub fn wait_oom(
+        &mut self,
+        id: &str,
+        seen: u64,
+        alive: impl FnMut() -> bool,
+    ) -> Result<u64, RuntimeError> {
+        let request = crx_proto::Request::WaitOom {
+            id: id.to_owned(),
+            seen,
+        };
+        match self.wait_while(request, alive)? {
+            Response::OomKills { count } => Ok(count),
             other => Err(RuntimeError::Agent(ClientError::Unexpected(Box::new(
                 other,
             )))),

@@ -119,6 +119,33 @@ pub fn watch(inner: Arc<Inner>, pod: PodHandle, id: String, exec_id: String) {
     });
 }
 
+/// Tells containerd of each OOM kill in container `id` as the agent sees it (`WaitOom`), also
+/// of a process that is not the container's init, whose kill no exit reports; until the
+/// container is removed or its VM dies.
+pub fn watch_ooms(inner: Arc<Inner>, pod: PodHandle, id: String) {
+    std::thread::spawn(move || {
+        let mut seen = 0;
+        loop {
+            let count = pod
+                .agent
+                .control()
+                .and_then(|mut c| c.wait_oom(&id, seen, || pod.alive()));
+            match count {
+                // Guest input: a count that goes backwards tells nothing new.
+                Ok(count) if count > seen => {
+                    inner.note_ooms(&id, count);
+                    seen = count;
+                }
+                Ok(_) => return,
+                Err(e) => {
+                    log::debug!("{id}: OOM watch ended: {e}");
+                    return;
+                }
+            }
+        }
+    });
+}
+
 /// How many times a failed wait on a live VM is tried.
 const WAIT_TRIES: u32 = 5;
 

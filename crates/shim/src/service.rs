@@ -186,6 +186,7 @@ impl shim::Task for Service {
             match is_sandbox {
                 true => crate::exits::watch_sandbox(self.inner.clone(), pod, req.id.clone()),
                 false => {
+                    crate::exits::watch_ooms(self.inner.clone(), pod.clone(), req.id.clone());
                     crate::exits::watch(self.inner.clone(), pod, req.id.clone(), String::new())
                 }
             }

@@ -400,6 +400,43 @@ impl Pod {
             lab.containerd_log()
         );
         self.assert_server_runs(cri, "its sibling's OOM kill");
+
+        // A process that is not the container's init killed by the OOM killer: no exit tells
+        // it, the event does (kubelet is not polling stats here), while the container runs.
+        step(
+            handler,
+            "OOM kill of a child reported while the container runs",
+        );
+        let mut config = self.config(
+            "oomchild",
+            0,
+            &[
+                "sh",
+                "-c",
+                "dd if=/dev/zero of=/dev/null bs=64M count=1; echo survived; exec sleep 600",
+            ],
+        );
+        config.linux = Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: OOM_LIMIT,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let child = self.run_config(lab, cri, config, handler);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut s = cri.status(&child).unwrap();
+        while s.reason != "OOMKilled" && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            s = cri.status(&child).unwrap();
+        }
+        assert_eq!(
+            (s.state, s.reason.as_str()),
+            (ContainerState::ContainerRunning as i32, "OOMKilled"),
+            "{s:?}\n{}",
+            lab.containerd_log()
+        );
+        cri.stop_and_remove(&child, 0).unwrap();
     }
 
     /// The server still runs, after `what`.

@@ -1,8 +1,10 @@
 //! The container helper: a single-threaded process (`crx-init --container-helper`, its stdin a
 //! Unix socket to the agent) that runs every libcontainer operation and reaps container processes.
 //!
-//! It serves one request at a time, except `Wait`, whose answer is sent when the process exits.
-//! Events come from `poll` on the socket and a signalfd for SIGCHLD (blocked since `main`).
+//! It serves one request at a time, except `Wait`, whose answer is sent when the process exits,
+//! and `WaitOom`, answered when the container's cgroup counts a new OOM kill ([`super::oom`]).
+//! Events come from `poll` on the socket, a signalfd for SIGCHLD (blocked since `main`) and
+//! the OOM watch's inotify descriptor.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -100,6 +102,7 @@ impl Ctr {
 struct Helper {
     out: UnixStream,
     containers: HashMap<String, Ctr>,
+    ooms: super::oom::OomWatch,
     /// What the guest kernel offers to the spec's newer fields.
     kernel: spec_fields::Kernel,
 }
@@ -124,14 +127,16 @@ pub fn main() -> Result<()> {
     let mut h = Helper {
         out: sock.try_clone().context("socket")?,
         containers: HashMap::new(),
+        ooms: super::oom::OomWatch::new()?,
         kernel: spec_fields::Kernel::probe(),
     };
     let mut reader = FdReader::new(sock);
     loop {
-        let (sock_ready, sig_ready) = {
+        let (sock_ready, sig_ready, oom_ready) = {
             let mut fds = [
                 PollFd::new(reader.socket().as_fd(), PollFlags::POLLIN),
                 PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(h.ooms.fd(), PollFlags::POLLIN),
             ];
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
@@ -139,12 +144,17 @@ pub fn main() -> Result<()> {
                 Err(e) => return Err(e).context("poll"),
             }
             let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), ready(&fds[1]))
+            (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]))
         };
         if sig_ready {
             while let Ok(Some(_)) = sfd.read_signal() {}
         }
         h.reap();
+        if oom_ready {
+            for (id, answer) in h.ooms.ready(cgroup_dir) {
+                h.reply(id, answer);
+            }
+        }
         if sock_ready {
             match read_frame(&mut reader) {
                 Ok(Some(p)) => match decode::<HelperFrame>(&p) {
@@ -288,6 +298,14 @@ impl Helper {
                     }
                 }
             }
+            Request::WaitOom { id: cid, seen } if self.containers.contains_key(&cid) => {
+                match self.ooms.wait(id, &cid, &cgroup_dir(&cid), seen) {
+                    Ok(Some(answer)) => answer,
+                    Ok(None) => return,
+                    Err(e) => error(ErrorKind::Unsupported, format!("{e:#}")),
+                }
+            }
+            Request::WaitOom { id: cid, .. } => not_found(&cid),
             other => self
                 .run(other, stdio)
                 .unwrap_or_else(|e| error(ErrorKind::InvalidRequest, format!("{e:#}"))),
@@ -404,7 +422,8 @@ impl Helper {
                 rootfs::unmount_rootfs(&c.dir);
                 let waiters = std::iter::once(c.init)
                     .chain(c.execs.into_values())
-                    .flat_map(|p| p.waiters);
+                    .flat_map(|p| p.waiters)
+                    .chain(self.ooms.removed(&id));
                 for w in waiters {
                     self.reply(w, error(ErrorKind::NotFound, format!("{id} was removed")));
                 }

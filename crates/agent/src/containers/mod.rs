@@ -13,6 +13,7 @@ pub mod fdpass;
 pub mod forward;
 pub mod helper;
 pub mod net_sysctl;
+pub mod oom;
 pub mod resources;
 pub mod rootfs;
 #[allow(unsafe_code)]

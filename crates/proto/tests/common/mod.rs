@@ -63,6 +63,7 @@ pub fn all_requests() -> Vec<Request> {
         Request::Pause { id: id() },
         Request::Resume { id: id() },
         Request::Stats { id: id() },
+        Request::WaitOom { id: id(), seen: 2 },
         Request::Update {
             id: id(),
             resources: serde_json::json!({"memory": {"limit": 67108864}, "pids": {"limit": 64}}),
@@ -94,6 +95,7 @@ pub fn all_responses() -> Vec<Response> {
             oom_kills: 1,
             ..ContainerStats::default()
         }),
+        Response::OomKills { count: 3 },
         Response::Error(AgentError::new(ErrorKind::NotFound, "no container c9")),
     ]
 }
