@@ -119,7 +119,8 @@ fn crx_once(crx: &Path, root: &Path, net: &[&str]) -> Result<(Duration, Vec<(Str
     let out = Command::new(crx)
         .arg("--root")
         .arg(root)
-        .args(["run", "--rm"])
+        // Cold: templates (on by default) are `bench warm`'s to measure.
+        .args(["run", "--rm", "--cold"])
         .args(net)
         .args(["busybox", "true"])
         .env("CRX_TRACE", "1")

@@ -136,6 +136,9 @@ fn lab_env() -> Result<Vec<(String, String)>> {
     let guest = kernel::locate(Flavor::Guest)?;
     Ok(vec![
         ("CRX_IN_LAB".into(), "1".into()),
+        // VM templates on the lab host's own disk (its root, a snapshot dropped after the
+        // run), not on the 9p share of the cache: every clone maps a template's memory file.
+        ("CRX_TEMPLATE_DIR".into(), "/var/tmp/crx-templates".into()),
         (
             "CRX_CACHE".into(),
             cache::root().to_string_lossy().into_owned(),

@@ -3,7 +3,8 @@
 //! keeps time; clones differ in their randomness and boot id; ten sandboxes restored from one
 //! template each run a container. Templates go to a fresh `CRX_TEMPLATE_DIR` per test binary.
 //! `--network none`: a VM with a network device boots cold (ADR 0017).
-//! Templates are off by default (ADR 0017, State): these tests turn them on (`CRX_TEMPLATES=1`).
+//! Templates are on by default (ADR 0017, State): these tests run `crx` without setting
+//! `CRX_TEMPLATES`.
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -68,7 +69,8 @@ fn crx(lab: &Lab, args: &[&str]) -> Output {
         .arg(&lab.root)
         .args(args)
         .env("CRX_TEMPLATE_DIR", &lab.templates)
-        .env("CRX_TEMPLATES", "1")
+        // Templates are on by default: nothing turns them on here.
+        .env_remove("CRX_TEMPLATES")
         .env("CRX_TRACE", "1")
         .env_remove("CRX_COLD")
         .stdin(Stdio::null())

@@ -151,12 +151,10 @@ pub fn forced_cold() -> bool {
     std::env::var_os("CRX_COLD").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
-/// Whether templates are on (`CRX_TEMPLATES=1`). Off by default until a restored clone is
-/// proven in the nested lab (ADR 0017, "State": a clone snapshotted on a user-mode port write
-/// died; the idle snapshot that replaced it is not yet proven there), and each failed restore
-/// costs a build and a cold boot.
+/// Whether templates are on: by default, since the whole suite passed with them in the
+/// nested lab (ADR 0017, "State"); `CRX_TEMPLATES=0` turns them off.
 pub fn enabled() -> bool {
-    std::env::var_os("CRX_TEMPLATES").is_some_and(|v| v == "1")
+    std::env::var_os("CRX_TEMPLATES").is_none_or(|v| v != "0")
 }
 
 /// Why `vm` cannot come from a template, if it cannot.
@@ -165,7 +163,7 @@ pub fn unfit(vm: &VmConfig) -> Option<&'static str> {
         return Some("CRX_COLD=1");
     }
     if !enabled() {
-        return Some("templates are off (CRX_TEMPLATES=1 turns them on)");
+        return Some("templates are off (CRX_TEMPLATES=0)");
     }
     if !vm.net.is_empty() {
         return Some("the VM has a network device (virtio-net state cannot be snapshotted yet)");
@@ -315,7 +313,7 @@ pub fn status(vm: Option<&VmConfig>) -> String {
     if forced_cold() {
         s.push_str("; CRX_COLD=1: every boot is cold");
     } else if !enabled() {
-        s.push_str("; off (CRX_TEMPLATES=1 turns them on)");
+        s.push_str("; off (CRX_TEMPLATES=0)");
     }
     s
 }
