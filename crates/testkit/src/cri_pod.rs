@@ -371,28 +371,12 @@ impl Pod {
     pub fn check_oom_killed(&self, lab: &CriLab, cri: &mut Cri, handler: &str) {
         step(handler, "OOM kill reported as OOMKilled");
         // busybox dd allocates its 64 MiB block and fills it: past the 24 MiB limit.
-        let mut config = self.config(
-            "hog",
-            0,
-            &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
-        );
-        config.linux = Some(LinuxContainerConfig {
-            resources: Some(LinuxContainerResources {
-                memory_limit_in_bytes: OOM_LIMIT,
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        let hog = self.run_config(lab, cri, config, handler);
-        let s = exited(cri, &hog);
+        let dd = ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"];
+        let hog = self.run_limited(lab, cri, "hog", &dd, handler);
+        exited(cri, &hog);
         // The OOM event and the exit reach containerd's CRI by two paths (an event, a task
         // wait): the reason may follow the exit by a moment, as it may with runc.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut s = s;
-        while s.reason != "OOMKilled" && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-            s = cri.status(&hog).unwrap();
-        }
+        let s = wait_oom_reason(cri, &hog, Duration::from_secs(10));
         assert_eq!(
             (s.exit_code, s.reason.as_str()),
             (137, "OOMKilled"),
@@ -407,29 +391,9 @@ impl Pod {
             handler,
             "OOM kill of a child reported while the container runs",
         );
-        let mut config = self.config(
-            "oomchild",
-            0,
-            &[
-                "sh",
-                "-c",
-                "dd if=/dev/zero of=/dev/null bs=64M count=1; echo survived; exec sleep 600",
-            ],
-        );
-        config.linux = Some(LinuxContainerConfig {
-            resources: Some(LinuxContainerResources {
-                memory_limit_in_bytes: OOM_LIMIT,
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        let child = self.run_config(lab, cri, config, handler);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut s = cri.status(&child).unwrap();
-        while s.reason != "OOMKilled" && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-            s = cri.status(&child).unwrap();
-        }
+        let script = "dd if=/dev/zero of=/dev/null bs=64M count=1; echo survived; exec sleep 600";
+        let child = self.run_limited(lab, cri, "oomchild", &["sh", "-c", script], handler);
+        let s = wait_oom_reason(cri, &child, Duration::from_secs(30));
         assert_eq!(
             (s.state, s.reason.as_str()),
             (ContainerState::ContainerRunning as i32, "OOMKilled"),
@@ -437,6 +401,27 @@ impl Pod {
             lab.containerd_log()
         );
         cri.stop_and_remove(&child, 0).unwrap();
+    }
+
+    /// CreateContainer + StartContainer of `command` as `name`, its memory limited to
+    /// [`OOM_LIMIT`].
+    fn run_limited(
+        &self,
+        lab: &CriLab,
+        cri: &mut Cri,
+        name: &str,
+        command: &[&str],
+        handler: &str,
+    ) -> String {
+        let mut config = self.config(name, 0, command);
+        config.linux = Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: OOM_LIMIT,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        self.run_config(lab, cri, config, handler)
     }
 
     /// The server still runs, after `what`.
@@ -523,6 +508,17 @@ fn exited(cri: &mut Cri, id: &str) -> k8s_cri::v1::ContainerStatus {
         )
         .unwrap();
     assert_eq!(s.state, ContainerState::ContainerExited as i32, "{s:?}");
+    s
+}
+
+/// `id`'s status once its reason is `OOMKilled`, or the last one seen within `limit`.
+fn wait_oom_reason(cri: &mut Cri, id: &str, limit: Duration) -> k8s_cri::v1::ContainerStatus {
+    let deadline = std::time::Instant::now() + limit;
+    let mut s = cri.status(id).unwrap();
+    while s.reason != "OOMKilled" && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        s = cri.status(id).unwrap();
+    }
     s
 }
 
