@@ -31,32 +31,32 @@ pub fn splice(host: OwnedFd, tcp: TcpStream) -> io::Result<()> {
     let tcp_out = tcp.try_clone()?;
     let up = std::thread::Builder::new()
         .name("port-forward".into())
-        .spawn(move || {
-            let mut host_in = host_in;
-            let mut tcp_out = tcp_out;
-            let r = io::copy(&mut host_in, &mut tcp_out);
-            let _ = tcp_out.shutdown(if r.is_ok() {
-                Shutdown::Write
-            } else {
-                Shutdown::Both
-            });
-            r.is_ok()
-        })?;
-    let mut tcp_in = tcp;
-    let mut host_out = File::from(host.try_clone()?);
-    let down = io::copy(&mut tcp_in, &mut host_out);
-    let _ = shutdown(
-        std::os::fd::AsRawFd::as_raw_fd(&host.as_fd()),
-        if down.is_ok() { How::Write } else { How::Both },
-    );
-    if down.is_err() {
-        let _ = tcp_in.shutdown(Shutdown::Both);
-    }
-    let up_ok = up.join().unwrap_or(false);
-    if !up_ok {
-        let _ = shutdown(std::os::fd::AsRawFd::as_raw_fd(&host.as_fd()), How::Both);
-    }
-    down.map(|_| ())
+        .spawn(move || copy_half(host_in, &tcp_out, |how| tcp_out.shutdown(how)))?;
+    let host_out = File::from(host.try_clone()?);
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&host.as_fd());
+    copy_half(&tcp, host_out, |how| {
+        let how = match how {
+            Shutdown::Read => How::Read,
+            Shutdown::Write => How::Write,
+            Shutdown::Both => How::Both,
+        };
+        shutdown(raw, how).map_err(io::Error::from)
+    });
+    let _ = up.join();
+    Ok(())
+}
+
+/// Copies `from` to `to` until the end of `from`, then ends `to`'s output (`end(Write)`); on
+/// an error ends `to` both ways, which ends the other direction's copy too.
+fn copy_half(
+    mut from: impl io::Read,
+    mut to: impl io::Write,
+    end: impl Fn(Shutdown) -> io::Result<()>,
+) {
+    let _ = match io::copy(&mut from, &mut to) {
+        Ok(_) => end(Shutdown::Write),
+        Err(_) => end(Shutdown::Both),
+    };
 }
 
 #[cfg(test)]
