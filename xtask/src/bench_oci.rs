@@ -14,13 +14,30 @@ use crate::guest_boot::{ms, percentile};
 use crate::{bench_lab, cmd, virtiofsd, workspace_root};
 
 /// Builds what the benchmark runs, and virtiofsd, then runs [`inner`] in the lab.
+/// `CRX_BENCH_OCI_ALSO=NAME=PATH[,NAME=PATH]` adds runtimes to the comparison (another
+/// build of crx-runc, say: the same lab session is the only fair baseline).
 pub fn outer(runs: usize) -> Result<i32> {
     let virtiofsd = virtiofsd::ensure()?;
-    let env = vec![(
+    let mut env = vec![(
         "CRX_VIRTIOFSD".into(),
         virtiofsd.to_string_lossy().into_owned(),
     )];
+    if let Ok(also) = std::env::var(ALSO) {
+        env.push((ALSO.into(), also));
+    }
     bench_lab::outer("oci", runs, env)
+}
+
+/// The variable naming extra runtimes to compare.
+const ALSO: &str = "CRX_BENCH_OCI_ALSO";
+
+/// The extra runtimes `CRX_BENCH_OCI_ALSO` names (`NAME=PATH`, comma-separated).
+fn also() -> Vec<(String, PathBuf)> {
+    let list = std::env::var(ALSO).unwrap_or_default();
+    list.split(',')
+        .filter_map(|e| e.split_once('='))
+        .map(|(name, path)| (name.to_owned(), PathBuf::from(path)))
+        .collect()
 }
 
 /// The part that runs inside the lab.
@@ -30,11 +47,12 @@ pub fn inner(runs: usize) -> Result<()> {
 
 fn measure(work: &Path, runs: usize) -> Result<()> {
     let crx_runc = workspace_root().join("target/release/crx-runc");
-    let runtimes: Vec<(&str, PathBuf)> = vec![
-        ("crx-runc", crx_runc.clone()),
-        ("runc", "runc".into()),
-        ("crun", "crun".into()),
+    let mut runtimes: Vec<(String, PathBuf)> = vec![
+        ("crx-runc".into(), crx_runc.clone()),
+        ("runc".into(), "runc".into()),
+        ("crun".into(), "crun".into()),
     ];
+    runtimes.extend(also());
     let bundle = bundle(work, &["/bin/true"])?;
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); runtimes.len()];
     // One warm-up round, then `runs` measured rounds, alternating the runtimes.

@@ -66,8 +66,8 @@ impl Record {
     }
 
     /// The OCI state document (runc's fields: the spec's, plus rootfs, created, owner).
-    /// With `boot` (the measured boot: boot files and their verified digests) once the VM was
-    /// started, an extra field as runc's `rootfs` and `created` are.
+    /// With `boot` (the measured boot: boot files and their verified digests) once `create`
+    /// verified them, an extra field as runc's `rootfs` and `created` are.
     pub fn oci_state(&self) -> serde_json::Value {
         let status = self.oci_status();
         let pid = match status {
