@@ -126,7 +126,8 @@ fn kvm_speed() -> Check {
     }
 }
 
-/// The template cache (ADR 0017) and whether `crx run`'s default shape has its template.
+/// The template cache (ADR 0017) and whether the shape of `crx run --network none` has its
+/// template (a VM with a NIC, as `crx run`'s default bridge network gives, boots cold).
 fn templates() -> Check {
     let vm = paths::verified_boot_files()
         .ok()

@@ -300,7 +300,7 @@ pub fn status(vm: Option<&VmConfig>) -> String {
     if let Some(k) = vm.and_then(key::Key::of) {
         let here = store::complete(&root.join(k.name()));
         s.push_str(&format!(
-            "; crx run's default shape ({} MiB, {} vCPU): {}",
+            "; the shape of `crx run --network none` ({} MiB, {} vCPU): {}",
             vm.map_or(0, |v| v.memory_mib),
             vm.map_or(0, |v| v.vcpus),
             if here {
