@@ -74,8 +74,9 @@ impl std::fmt::Display for CpuIdentity {
 /// The SHA-256 of the VM's shape: what the guest's state depends on and a restore must
 /// recreate the same way (RAM size, vCPUs, which devices in which slots and what the guest reads
 /// from their config space). Not hashed: file paths (kernel, initrds, disk images, sockets), the
-/// command line (already consumed at boot) and the serial destination, which a restore may
-/// change.
+/// command line (already consumed at boot), the serial destination, and what a restore
+/// announces with a configuration-change interrupt: a disk's size, a NIC's MAC (a clone's
+/// own; the guest keeps the MAC it read at probe until told otherwise).
 pub fn config_hash(cfg: &VmConfig) -> [u8; 32] {
     let mut shape = format!(
         "crx-vm-shape v1\nmemory_mib={}\nvcpus={}\nboot_timer={}\n",
@@ -91,7 +92,7 @@ pub fn config_hash(cfg: &VmConfig) -> [u8; 32] {
         shape.push_str(&format!("fs tag={}\n", f.tag));
     }
     for n in &cfg.net {
-        shape.push_str(&format!("net mac={:?} mtu={:?}\n", n.mac, n.mtu));
+        shape.push_str(&format!("net mtu={:?}\n", n.mtu));
     }
     Sha256::digest(shape.as_bytes()).into()
 }
@@ -126,5 +127,25 @@ mod tests {
             ..VmConfig::new(64, "/a/vmlinux")
         };
         assert_ne!(config_hash(&a), config_hash(&d));
+        // A NIC's MAC is a clone's own; its MTU is the shape.
+        let nic = |mac: &str, mtu| crx_vmconfig::NetConfig {
+            mac: Some(mac.into()),
+            mtu,
+            ..Default::default()
+        };
+        let with = |n| VmConfig {
+            net: vec![n],
+            ..VmConfig::new(64, "/a/vmlinux")
+        };
+        let (e, f) = (
+            with(nic("02:00:00:00:00:01", None)),
+            with(nic("02:00:00:00:00:02", None)),
+        );
+        assert_eq!(config_hash(&e), config_hash(&f));
+        assert_ne!(config_hash(&a), config_hash(&e));
+        assert_ne!(
+            config_hash(&e),
+            config_hash(&with(nic("02:00:00:00:00:01", Some(9000))))
+        );
     }
 }

@@ -20,10 +20,11 @@ use super::rx::{Rx, RxPass};
 use super::tx::{Tx, TxPass};
 use super::{MacAddr, CONFIG_LEN, QUEUE_SIZE, RXQ, TXQ};
 use crate::guest_warn;
+use crate::state::DeviceStateError;
 use crate::virtio::queue::Mem;
 use crate::virtio::{
-    read_config_bytes, ActivateError, EventFd, EventSet, FdOp, VirtioDevice, TYPE_NET,
-    VIRTIO_F_VERSION_1,
+    read_config_bytes, ActivateError, EventFd, EventSet, FdOp, VirtioDevice, VirtioDeviceState,
+    TYPE_NET, VIRTIO_F_VERSION_1,
 };
 
 /// Frames moved host to guest per wakeup.
@@ -117,6 +118,13 @@ impl Net {
     /// Frame counters so far.
     pub fn stats(&self) -> NetStats {
         self.stats
+    }
+
+    /// The MAC address the device offers.
+    pub fn mac(&self) -> [u8; 6] {
+        let mut mac = [0; 6];
+        mac.copy_from_slice(&self.config[..6]);
+        mac
     }
 
     /// The features the driver acknowledged (0 until activation).
@@ -282,6 +290,20 @@ impl VirtioDevice for Net {
     fn drain_fd_ops(&mut self, apply: &mut dyn FnMut(FdOp)) {
         for op in self.fd_ops.drain(..) {
             apply(op);
+        }
+    }
+    fn save_state(&self) -> Result<VirtioDeviceState, DeviceStateError> {
+        Ok(VirtioDeviceState::Net { mac: self.mac() })
+    }
+    /// The backend is this device's own (a clone's tap): the transport's re-activation sets
+    /// its offloads to what the driver negotiated.
+    fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<bool, DeviceStateError> {
+        match state {
+            VirtioDeviceState::Net { mac } => Ok(*mac != self.mac()),
+            _ => Err(DeviceStateError::Mismatch(
+                "virtio-net",
+                "state saved by another kind of device".into(),
+            )),
         }
     }
     fn reset(&mut self) {

@@ -22,6 +22,11 @@ pub enum VirtioDeviceState {
         /// Capacity in 512-byte sectors.
         capacity: u64,
     },
+    /// virtio-net: the MAC the guest was told. A restore onto a device with another MAC (a
+    /// clone's own) raises a configuration-change interrupt; the guest keeps the MAC it read
+    /// at probe until told otherwise. A frame the device held for want of guest buffers is
+    /// not saved: it is lost, as a frame on a wire may be.
+    Net { mac: [u8; 6] },
 }
 
 /// One queue: the driver's configuration and the device's ring positions.
