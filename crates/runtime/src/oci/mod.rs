@@ -9,6 +9,7 @@
 //! - [`hooks`]: OCI hooks, run on the host.
 //! - [`cgroup`]: the host cgroup (`cgroupsPath`) the container's host processes join.
 //! - [`monitor`]: the host process that stands for a container (the OCI pid).
+//! - [`prepare`]: what the monitor readies at `create`, then the VM's boot.
 //! - [`prestart`]: a container whose VM boots at `start` (a `network` entry without a path).
 //! - [`lifecycle`]: create, start, kill, delete, pause, resume, processes, stats.
 //! - [`exec`]: extra processes in a running container.
@@ -23,6 +24,7 @@ pub mod hooks;
 pub mod lifecycle;
 pub mod monitor;
 pub mod namespace;
+mod prepare;
 mod prestart;
 pub mod rootfs;
 pub mod state;

@@ -15,7 +15,8 @@ use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::container::ContainerDir;
-use super::monitor::{reply, Monitor, Prepared, TakeLine};
+use super::monitor::{reply, Monitor, TakeLine};
+use super::prepare::Prepared;
 use super::state::Phase;
 use crate::signals;
 use crx_proto::chain;
