@@ -32,6 +32,7 @@ fn network(mac: &str) -> NetworkConfig {
             name: "net0".into(),
             mtu: Some(1400),
             addresses: vec![prefix("10.78.0.2/24"), prefix("fd78::2/64")],
+            template_mac: None,
         }],
         routes: vec![Route {
             destination: None,

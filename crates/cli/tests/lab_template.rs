@@ -2,7 +2,7 @@
 //! shape builds the template, later ones restore it; a restored container answers, runs,
 //! keeps time; clones differ in their randomness and boot id; ten sandboxes restored from one
 //! template each run a container. Templates go to a fresh `CRX_TEMPLATE_DIR` per test binary.
-//! `--network none`: a VM with a network device boots cold (ADR 0017).
+//! `--network none`; the default network's NIC is a slot of its own template (ADR 0017).
 //! Templates are on by default (ADR 0017, State): these tests run `crx` without setting
 //! `CRX_TEMPLATES`.
 
@@ -166,6 +166,38 @@ fn lab_template_restored_containers_answer_keep_time_and_differ() {
     let out = crx(lab, &["check"]);
     let check = text(&out.stdout);
     assert!(check.contains("templates: 1 in"), "{check}");
+}
+
+/// `crx run`'s default network: the VM's NIC is a slot of a template of its own shape. The
+/// first run builds it, the next restores it; the clone's NIC has the clone's MAC (not the
+/// slot's) and the address CNI leased it. (lab_run_net's runs restore too: the default
+/// network's reachability, both ways, is tested there.)
+#[test]
+fn lab_template_a_nic_is_a_slot_the_clone_fills() {
+    let (lab, _g) = lab();
+    let script = "cat /sys/class/net/eth0/address; ip -o -4 addr show eth0";
+    for round in 0..2 {
+        let out = crx(lab, &["run", "--rm", "busybox", "sh", "-c", script]);
+        let (o, e) = (text(&out.stdout), text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "round {round}: {}\n{o}\n{e}\nall runs:\n{}",
+            out.status,
+            history(lab)
+        );
+        assert!(e.contains("template: restoring"), "round {round}: {e}");
+        let mac = o.lines().next().unwrap_or_default();
+        assert_eq!(mac.len(), 17, "{o}");
+        assert!(!mac.starts_with("02:63:72:78"), "the slot's MAC kept: {o}");
+        assert!(o.contains("inet 10.66.0."), "{o}");
+    }
+    // The other tests count the `--network none` template alone.
+    for e in std::fs::read_dir(&lab.templates).unwrap().flatten() {
+        let key = std::fs::read_to_string(e.path().join("key")).unwrap_or_default();
+        if key.contains(",net:") {
+            std::fs::remove_dir_all(e.path()).unwrap();
+        }
+    }
 }
 
 #[test]

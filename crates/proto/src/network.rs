@@ -42,6 +42,10 @@ pub struct Interface {
     /// Its addresses, IPv4 and IPv6.
     #[serde(default)]
     pub addresses: Vec<IpPrefix>,
+    /// For a VM restored from a template: the MAC its NIC had in the template, which finds
+    /// it; it then takes `mac` (ADR 0017). Added after version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_mac: Option<String>,
 }
 
 /// One route.
@@ -130,6 +134,13 @@ impl NetworkConfig {
         }
         for (i, iface) in self.interfaces.iter().enumerate() {
             let mac = parse_mac(&iface.mac).ok_or_else(|| E::Mac(i, iface.mac.clone()))?;
+            if let Some(t) = iface
+                .template_mac
+                .as_ref()
+                .filter(|t| parse_mac(t).is_none())
+            {
+                return Err(E::Mac(i, t.clone()));
+            }
             if !name_ok(&iface.name) {
                 return Err(E::Name(i, iface.name.clone()));
             }
@@ -191,6 +202,7 @@ mod tests {
                 name: "eth0".into(),
                 mtu: Some(1400),
                 addresses: vec![p("10.0.0.2/24"), p("fd00::2/64")],
+                template_mac: None,
             }],
             routes: vec![
                 Route {
@@ -227,6 +239,10 @@ mod tests {
             (
                 |c| c.interfaces[0].mac = "02:00".into(),
                 E::Mac(0, "02:00".into()),
+            ),
+            (
+                |c| c.interfaces[0].template_mac = Some("zz".into()),
+                E::Mac(0, "zz".into()),
             ),
             (
                 |c| c.interfaces[0].name = "lo".into(),

@@ -147,7 +147,7 @@ fn templates() -> Check {
             net: Vec::new(),
         });
     let detail = format!(
-        "{}; VMs with a network device or a virtio-fs share boot cold",
+        "{}; VMs with a virtio-fs share boot cold",
         crate::template::status(vm.as_ref())
     );
     check("templates", true, detail, "")

@@ -22,6 +22,9 @@ pub struct Sandbox {
     pub vmm: Child,
     pub agent: Agent,
     pub control: Control,
+    /// Restored from a template: its NICs' MACs by slot (the guest still has the slots'
+    /// MACs, [`template::nic_mac`], until [`Sandbox::configure_network`]).
+    restored_macs: Vec<String>,
 }
 
 /// How a container's process is attached, as opened before its creation.
@@ -59,6 +62,7 @@ pub fn boot<E: From<RuntimeError>>(
                     vmm,
                     agent,
                     control,
+                    restored_macs: vm.net.iter().map(|n| n.mac.clone()).collect(),
                 });
             }
             Err(e) => {
@@ -95,6 +99,7 @@ pub fn boot<E: From<RuntimeError>>(
         vmm,
         agent,
         control,
+        restored_macs: Vec::new(),
     })
 }
 
@@ -173,13 +178,21 @@ impl Sandbox {
     }
 
     /// Configures the guest's network as `network` describes it (its loopback is up
-    /// already; an empty description changes nothing).
+    /// already; an empty description changes nothing). In a VM restored from a template, each
+    /// NIC is found by its slot's MAC and takes its own.
     pub fn configure_network(
         &mut self,
-        network: crx_proto::network::NetworkConfig,
+        mut network: crx_proto::network::NetworkConfig,
     ) -> Result<(), RuntimeError> {
         if network.interfaces.is_empty() {
             return Ok(());
+        }
+        for iface in &mut network.interfaces {
+            let slot = self
+                .restored_macs
+                .iter()
+                .position(|m| m.eq_ignore_ascii_case(&iface.mac));
+            iface.template_mac = slot.map(template::nic_mac);
         }
         self.control.call(Request::ConfigureNetwork { network })?;
         trace::mark("network configured");

@@ -55,8 +55,9 @@ pub fn loopback_up() -> Result<(), NetworkError> {
         .map_err(nl_err("bringing lo up"))
 }
 
-/// Applies `cfg`: each interface found by MAC, renamed, its MTU set, up, its addresses added;
-/// then the routes. Checked first: an invalid description changes nothing.
+/// Applies `cfg`: each interface found by MAC (its template's, in a VM restored from a
+/// template: it then takes its own), renamed, its MTU set, up, its addresses added; then the
+/// routes. Checked first: an invalid description changes nothing.
 pub fn apply(cfg: &NetworkConfig) -> Result<(), NetworkError> {
     cfg.validate().map_err(NetworkError::Invalid)?;
     let mut nl = Netlink::open().map_err(nl_err("opening a netlink socket"))?;
@@ -64,15 +65,24 @@ pub fn apply(cfg: &NetworkConfig) -> Result<(), NetworkError> {
     let mut index_of = HashMap::new();
     for iface in &cfg.interfaces {
         let mac = parse_mac(&iface.mac);
-        let link = links
-            .iter()
-            .find(|l| l.mac.is_some() && l.mac == mac)
+        let template = iface.template_mac.as_deref().and_then(parse_mac);
+        let with = |m: Option<[u8; 6]>| links.iter().find(|l| m.is_some() && l.mac == m);
+        // Found by the template's MAC, or by its own once it has it (applied again).
+        let link = with(template)
+            .or_else(|| with(mac))
             .ok_or_else(|| NetworkError::NoSuchMac(iface.mac.clone()))?;
         let i = link.index;
-        if link.name != iface.name {
-            // A link is renamed only while down.
+        let new_mac = mac.filter(|m| link.mac != Some(*m));
+        if link.name != iface.name || new_mac.is_some() {
+            // A link is renamed, and a virtio NIC given another MAC, only while down.
             nl.set_link(i, Some(false), None, None)
                 .map_err(nl_err(format!("{}: down", link.name)))?;
+        }
+        if let Some(m) = new_mac {
+            nl.set_address(i, m)
+                .map_err(nl_err(format!("{}: MAC address {}", link.name, iface.mac)))?;
+        }
+        if link.name != iface.name {
             nl.set_link(i, None, Some(&iface.name), None)
                 .map_err(nl_err(format!("{}: rename to {}", link.name, iface.name)))?;
         }

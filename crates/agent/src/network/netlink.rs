@@ -145,6 +145,15 @@ impl Netlink {
             .map(drop)
     }
 
+    /// Gives link `index` the MAC address `mac`.
+    pub fn set_address(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        self.request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK)
+            .map(drop)
+    }
+
     /// Adds (or replaces) an address on link `index`.
     pub fn add_address(&mut self, index: u32, a: &IpPrefix) -> io::Result<()> {
         let mut m = AddressMessage::default();

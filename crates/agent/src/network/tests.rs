@@ -90,6 +90,7 @@ fn interface_found_by_mac_renamed_addressed_and_routed() {
                 name: "eth7".into(),
                 mtu: Some(1400),
                 addresses: vec![prefix("10.9.0.2/24"), prefix("fd00:9::2/64")],
+                template_mac: None,
             }],
             routes: vec![
                 Route {
@@ -133,6 +134,7 @@ fn unknown_mac_and_invalid_descriptions_change_nothing() {
             name: name.into(),
             mtu: None,
             addresses: vec![prefix("10.1.0.2/24")],
+            template_mac: None,
         };
         let missing = NetworkConfig {
             interfaces: vec![iface("02:de:ad:be:ef:00", "eth0")],
@@ -149,5 +151,36 @@ fn unknown_mac_and_invalid_descriptions_change_nothing() {
         let link = find(&mut nl, "crxt1");
         assert!(!link.up);
         assert!(nl.addresses(link.index).unwrap().is_empty());
+    });
+}
+
+/// A NIC of a VM restored from a template has the template's MAC: found by it, it takes the
+/// clone's own; the same description applied again finds it by the new one.
+#[test]
+fn a_template_nic_takes_the_clones_mac() {
+    in_fresh_netns(|| {
+        let _t = tap("crxt2");
+        let mut nl = Netlink::open().unwrap();
+        let template = mac_string(find(&mut nl, "crxt2").mac.unwrap());
+        let own = "02:11:22:33:44:55";
+        let cfg = NetworkConfig {
+            interfaces: vec![Interface {
+                mac: own.into(),
+                name: "eth0".into(),
+                mtu: None,
+                addresses: vec![prefix("10.7.0.2/24")],
+                template_mac: Some(template),
+            }],
+            routes: Vec::new(),
+        };
+        apply(&cfg).unwrap();
+        apply(&cfg).unwrap();
+        let link = find(&mut nl, "eth0");
+        assert_eq!(link.mac.map(mac_string).as_deref(), Some(own));
+        assert!(link.up);
+        assert!(nl
+            .addresses(link.index)
+            .unwrap()
+            .contains(&prefix("10.7.0.2/24")));
     });
 }

@@ -223,6 +223,7 @@ pub(super) fn describe(
                 .filter(|(i, _)| *i == l.index)
                 .map(|(_, p)| *p)
                 .collect(),
+            template_mac: None,
         })
         .collect();
     let mut routes: Vec<Route> = routes.iter().filter_map(|r| route_of(r, links)).collect();

@@ -169,6 +169,20 @@ pub fn own_namespace_if_unpathed(spec: &Value) -> Result<(), NetError> {
     })
 }
 
+/// A tap in a network namespace of its own, connected to nothing: a template VM's NIC slot
+/// (ADR 0017; a clone gets its own tap at restore). The namespace lives as long as the tap.
+pub fn unconnected_tap() -> Result<OwnedFd, NetError> {
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| NetError::Netns {
+            path: "/proc/thread-self/ns/net".into(),
+            source: e.into(),
+        })?;
+        tap::create("crxtpl0")
+    })
+    .join()
+    .map_err(|_| NetError::Thread("a template's own".into()))?
+}
+
 /// A VM NIC connected to an interface of the container's namespace: crx-vmm inherits the
 /// tap and offers the guest the interface's MAC and MTU.
 #[derive(Debug, Clone)]

@@ -45,9 +45,9 @@ fn io_err(p: &Path, source: std::io::Error) -> TemplateError {
 
 /// The template VM: `vm`'s kernel, initrd, memory and vCPUs; an empty disk in the disk slot;
 /// its console and log in `staging`, its socket in `sockets` (a local directory: the cache may
-/// be a filesystem without Unix sockets, as the nested lab's 9p share); no boot timer, network
-/// or shares.
-fn template_vm(vm: &VmConfig, staging: &Path, sockets: &Path) -> VmConfig {
+/// be a filesystem without Unix sockets, as the nested lab's 9p share); its NICs' slots (taps
+/// connected to nothing, the slots' MACs, the same MTUs); no boot timer or shares.
+fn template_vm(vm: &VmConfig, staging: &Path, sockets: &Path) -> Result<VmConfig, TemplateError> {
     let mut t = vm.clone();
     t.disk = staging.join(PLACEHOLDER);
     t.vsock_uds = sockets.join("v.sock");
@@ -56,8 +56,21 @@ fn template_vm(vm: &VmConfig, staging: &Path, sockets: &Path) -> VmConfig {
     t.die_with_parent = true;
     t.boot_timer = false;
     t.fs.clear();
-    t.net.clear();
-    t
+    t.net = vm
+        .net
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let tap = crate::net::unconnected_tap()
+                .map_err(|e| TemplateError::Build(format!("a NIC slot: {}", crate::chain(&e))))?;
+            Ok(crate::net::Nic {
+                tap: std::sync::Arc::new(tap),
+                mac: super::nic_mac(i),
+                mtu: n.mtu,
+            })
+        })
+        .collect::<Result<_, TemplateError>>()?;
+    Ok(t)
 }
 
 /// Boots the template VM and waits (bounded by the agent timeout) for crx-vmm to write the
@@ -68,7 +81,7 @@ fn boot_and_snapshot(vm: &VmConfig, staging: &Path) -> Result<(), TemplateError>
     let sockets = std::env::temp_dir().join(format!("crx-template{name}"));
     let _ = std::fs::remove_dir_all(&sockets);
     crate::paths::create_private_dir(&sockets).map_err(|e| io_err(&sockets, e))?;
-    let r = boot_in(&template_vm(vm, staging, &sockets), staging);
+    let r = template_vm(vm, staging, &sockets).and_then(|t| boot_in(&t, staging));
     let _ = std::fs::remove_dir_all(&sockets);
     r
 }

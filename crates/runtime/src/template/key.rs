@@ -25,9 +25,15 @@ impl Key {
     pub fn of(vm: &VmConfig) -> Option<Key> {
         let d = vm.boot.digests();
         let vmm = binary_identity(&vm.vmm)?;
+        // NIC slots: what the guest read at probe besides the MAC (a clone's own).
+        let nics: String = vm
+            .net
+            .iter()
+            .map(|n| format!(",net:mtu{}", n.mtu))
+            .collect();
         let text = format!(
             "crx-template v{KEY_VERSION}\nkernel={}\ninitrd={}\nmemory_mib={}\nvcpus={}\n\
-             devices=disk:ro,vsock:{}\nvmm={vmm}\ncpu={}\n",
+             devices=disk:ro,vsock:{}{nics}\nvmm={vmm}\ncpu={}\n",
             d.kernel.sha256,
             d.initrd.sha256,
             vm.memory_mib,

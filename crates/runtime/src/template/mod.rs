@@ -8,8 +8,10 @@
 //!
 //! [`plan`] decides, for every sandbox boot ([`crate::sandbox::boot`]): restore, building the
 //! template first when it is missing, or boot cold and say why (`CRX_TRACE=1`): `CRX_COLD=1`
-//! (`crx run --cold`), a network device or virtio-fs share (their state cannot be snapshotted
-//! yet), no disk, or a failed build.
+//! (`crx run --cold`), a virtio-fs share (virtiofsd's state cannot be snapshotted), no disk,
+//! or a failed build. A VM's NICs are slots of the template (taps connected to nothing, MACs of
+//! [`nic_mac`]): a clone gets its own taps at restore, and the guest its own MACs with its
+//! network's description (`Interface::template_mac`).
 
 pub mod build;
 pub mod key;
@@ -146,6 +148,11 @@ pub enum Plan {
     Restore(Restore),
 }
 
+/// The MAC of a template's NIC slot `i` (locally administered; a clone's NIC is told its own).
+pub fn nic_mac(i: usize) -> String {
+    format!("02:63:72:78:{:02x}:{:02x}", (i >> 8) & 0xff, i & 0xff)
+}
+
 /// Whether cold boots are forced (`CRX_COLD=1`; `crx run --cold` sets it).
 pub fn forced_cold() -> bool {
     std::env::var_os("CRX_COLD").is_some_and(|v| !v.is_empty() && v != "0")
@@ -164,9 +171,6 @@ pub fn unfit(vm: &VmConfig) -> Option<&'static str> {
     }
     if !enabled() {
         return Some("templates are off (CRX_TEMPLATES=0)");
-    }
-    if !vm.net.is_empty() {
-        return Some("the VM has a network device (virtio-net state cannot be snapshotted yet)");
     }
     if !vm.fs.is_empty() {
         return Some("the VM has a virtio-fs share (virtiofsd's state cannot be snapshotted)");

@@ -181,8 +181,19 @@ fn vms_a_template_cannot_hold_boot_cold() {
         mac: "02:00:00:00:00:07".into(),
         mtu: 1500,
     });
-    assert!(unfit(&networked).unwrap().contains("virtio-net"));
+    // A NIC is a slot of the template: its key says so (and its MTU), not its MAC.
+    assert_eq!(unfit(&networked), None);
     assert_eq!(unfit(&base), None);
+    let key = |v: &VmConfig| key::Key::of(v).unwrap().name();
+    assert_ne!(key(&networked), key(&base));
+    let mut other_mac = networked.clone();
+    other_mac.net[0].mac = "02:00:00:00:00:08".into();
+    assert_eq!(key(&other_mac), key(&networked));
+    let mut other_mtu = networked.clone();
+    other_mtu.net[0].mtu = 9000;
+    assert_ne!(key(&other_mtu), key(&networked));
+    assert_eq!(nic_mac(0), "02:63:72:78:00:00");
+    assert_eq!(nic_mac(3), "02:63:72:78:00:03");
 }
 
 #[test]
