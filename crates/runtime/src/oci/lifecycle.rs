@@ -153,14 +153,13 @@ fn locked(
 /// Starts a created container, then runs the `poststart` hooks; a failing hook is returned
 /// as a warning (`Ok(Some)`), as the spec says.
 pub fn start(root: &Path, id: &str) -> Result<Option<OciError>, OciError> {
-    let (c, _lock, rec) = locked(
+    let (c, _lock, _) = locked(
         root,
         id,
         &[Status::Created],
         "only a created container starts",
     )?;
     let spec = c.read_config()?;
-    drop(rec);
     oci_monitor::request(&c, "start")?;
     let rec = c.load()?;
     Ok(hooks::run_warn(

@@ -58,13 +58,13 @@ pub(super) fn wait_for_start(
         let done = match cmd.split_once(' ') {
             _ if cmd == "wait-unpaused" => Ok(()),
             Some(("kill", n)) => match n.parse::<i32>() {
-                Ok(sig) if (1..=64).contains(&sig) => {
-                    if ends_a_waiting_process(sig) {
-                        let _ = reply(&conn, Ok(()));
-                        end(p.container(), sig);
-                    }
-                    Ok(())
+                // A signal that would end a process ends the created container; the others
+                // (ignored or stopping by default) find no process to act on.
+                Ok(sig) if crx_proto::is_terminating_signal(sig) => {
+                    let _ = reply(&conn, Ok(()));
+                    end(p.container(), sig);
                 }
+                Ok(sig) if (1..=64).contains(&sig) => Ok(()),
                 _ => Err(format!("bad signal {n:?}")),
             },
             _ => Err(format!("container is created, not running: no {cmd:?}")),
@@ -72,16 +72,6 @@ pub(super) fn wait_for_start(
         let _ = reply(&conn, done);
     }
     Err(1)
-}
-
-/// Whether `sig`'s default action ends a process: all but those ignored or stopping by
-/// default (a created container has no process to stop).
-pub(super) fn ends_a_waiting_process(sig: i32) -> bool {
-    use nix::sys::signal::Signal::*;
-    let harmless = [
-        SIGCHLD, SIGCONT, SIGURG, SIGWINCH, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU,
-    ];
-    !harmless.iter().any(|s| *s as i32 == sig)
 }
 
 /// Ends the created container `c` by `sig` before its VM booted: recorded stopped by that
@@ -96,19 +86,4 @@ pub(super) fn end(c: &ContainerDir, sig: i32) -> ! {
     }
     let _ = std::fs::remove_file(c.monitor_socket());
     std::process::exit(signals::die_by(sig))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_signals_that_end_a_process_end_a_created_container() {
-        for sig in [1, 2, 9, 15, 10, 34, 64] {
-            assert!(ends_a_waiting_process(sig), "{sig}");
-        }
-        for sig in [17, 18, 19, 20, 21, 22, 23, 28] {
-            assert!(!ends_a_waiting_process(sig), "{sig}");
-        }
-    }
 }
