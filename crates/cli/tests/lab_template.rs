@@ -2,7 +2,8 @@
 //! shape builds the template, later ones restore it; a restored container answers, runs,
 //! keeps time; clones differ in their randomness and boot id; ten sandboxes restored from one
 //! template each run a container. Templates go to a fresh `CRX_TEMPLATE_DIR` per test binary.
-//! `--network none`; the default network's NIC is a slot of its own template (ADR 0017).
+//! `--network none`; the default network's NIC and a `-v` share are slots of their own
+//! templates (ADR 0017).
 //! Templates are on by default (ADR 0017, State): these tests run `crx` without setting
 //! `CRX_TEMPLATES`.
 
@@ -195,6 +196,37 @@ fn lab_template_a_nic_is_a_slot_the_clone_fills() {
     for e in std::fs::read_dir(&lab.templates).unwrap().flatten() {
         let key = std::fs::read_to_string(e.path().join("key")).unwrap_or_default();
         if key.contains(",net:") {
+            std::fs::remove_dir_all(e.path()).unwrap();
+        }
+    }
+}
+
+/// A virtio-fs share (`-v`) is a slot of the template too: each clone's own virtiofsd serves its
+/// own host directory, read and written through the restored VM.
+#[test]
+fn lab_template_a_share_is_a_slot_the_clone_fills() {
+    let (lab, _g) = lab();
+    let host = tempfile::tempdir().unwrap();
+    for round in 0..2 {
+        let dir = host.path().join(format!("vol{round}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("in"), format!("host says {round}\n")).unwrap();
+        let vol = format!("{}:/data", dir.display());
+        let script = format!("cat /data/in; echo clone {round} > /data/out");
+        let (o, e) = run(lab, &["-v", &vol], &["sh", "-c", &script]);
+        assert!(
+            e.contains("template: restoring"),
+            "round {round} not restored: {e}\nall runs:\n{}",
+            history(lab)
+        );
+        assert_eq!(o, format!("host says {round}\n"));
+        let out = std::fs::read_to_string(dir.join("out")).unwrap();
+        assert_eq!(out, format!("clone {round}\n"));
+    }
+    // The other tests count the plain `--network none` template alone.
+    for e in std::fs::read_dir(&lab.templates).unwrap().flatten() {
+        let key = std::fs::read_to_string(e.path().join("key")).unwrap_or_default();
+        if key.contains(",fs:") {
             std::fs::remove_dir_all(e.path()).unwrap();
         }
     }

@@ -207,7 +207,7 @@ fn instance_monitor(root: &Path, cfg: &instance::RunConfig, sync: SyncWriter) ->
     if let Ok(s) = waited {
         let _ = home.set_exit(s.code);
     }
-    instance::shutdown(&sb.agent, vmm, Duration::from_secs(30));
+    sb.stop(Duration::from_secs(30));
     if cfg.rm {
         let _ = home.remove();
     }

@@ -25,6 +25,8 @@ pub struct Sandbox {
     /// Restored from a template: its NICs' MACs by slot (the guest still has the slots'
     /// MACs, [`template::nic_mac`], until [`Sandbox::configure_network`]).
     restored_macs: Vec<String>,
+    /// The VM has virtio-fs shares (writes the guest may still cache for the host).
+    shares: bool,
 }
 
 /// How a container's process is attached, as opened before its creation.
@@ -40,7 +42,8 @@ pub enum Streams {
 /// Boots `vm`: restored from its template when one fits ([`template::plan`], ADR 0017),
 /// else cold; calls `on_spawn(pid)` with the VMM that runs (at once for a cold boot, to record
 /// it where a later process looks; once a restored VM answered, since a restore that fails
-/// falls back to a cold boot), and waits for the guest agent (bounded by [`agent_timeout`]; a
+/// falls back to a cold boot, unless the VM has shares: their daemons end with the failed VMM,
+/// so that start fails and the next boots cold), and waits for the guest agent (bounded by [`agent_timeout`]; a
 /// VM that stops first fails at once); a restored VM gets its identity before anything else.
 /// On any error the VMM is killed and reaped.
 pub fn boot<E: From<RuntimeError>>(
@@ -63,13 +66,20 @@ pub fn boot<E: From<RuntimeError>>(
                     agent,
                     control,
                     restored_macs: vm.net.iter().map(|n| n.mac.clone()).collect(),
+                    shares: !vm.fs.is_empty(),
                 });
             }
             Err(e) => {
                 // Not this template again: later boots of the shape boot cold.
                 let why = crate::chain(&e);
-                trace::mark(&format!("template: restore failed, booting cold: {why}"));
                 r.discard(&why);
+                if !vm.fs.is_empty() {
+                    // Its virtiofsd daemons served the failed VMM and exited with it: a cold
+                    // boot would find no backend. This start fails; the next one boots cold.
+                    trace::mark(&format!("template: restore failed: {why}"));
+                    return Err(e.into());
+                }
+                trace::mark(&format!("template: restore failed, booting cold: {why}"));
             }
         }
     }
@@ -100,6 +110,7 @@ pub fn boot<E: From<RuntimeError>>(
         agent,
         control,
         restored_macs: Vec::new(),
+        shares: !vm.fs.is_empty(),
     })
 }
 
@@ -154,6 +165,20 @@ fn boot_marks(vm: &VmConfig, spawned_ms: f64) {
 }
 
 impl Sandbox {
+    /// Stops the VM once its containers are done with. Without shares nothing the guest holds
+    /// outlives it (its disk is read-only, container writes live in guest RAM), so the VMM is
+    /// killed at once; with shares the agent first stops the containers and unmounts (what
+    /// the guest cached for a share reaches the host), then the VM resets, bounded by `grace`.
+    pub fn stop(&mut self, grace: std::time::Duration) {
+        let pid = self.vmm.id();
+        if !self.shares {
+            let _ = self.vmm.kill();
+        } else if let Ok(mut c) = self.agent.control() {
+            let _ = c.call(Request::Shutdown);
+        }
+        crate::instance::wait_gone(pid, grace);
+    }
+
     /// Opens container `id`'s streams (none when `detached`; its terminal's with
     /// `terminal`; else stdio), then creates it from `spec` on `rootfs` (not started).
     pub fn create(

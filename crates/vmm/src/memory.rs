@@ -33,6 +33,9 @@ pub enum MemoryError {
         #[source]
         source: std::io::Error,
     },
+    /// Reading a snapshot's memory file into shared guest RAM failed.
+    #[error("cannot read the snapshot's memory file into shared guest RAM")]
+    ReadSnapshot(#[source] std::io::Error),
     /// A file mapping would not sit inside one RAM region, or is not page-aligned.
     #[error("cannot map {len:#x} bytes of a boot file at guest {addr:#x}: outside guest RAM or unaligned")]
     BadFileRange {

@@ -145,7 +145,7 @@ impl Vm {
         let loaded = snapshot::load(cfg, opts.restore.take())?;
         let (kvm, vm) = attach::create_vm()?;
         let mem = match &loaded {
-            Some(l) => snapshot::memory(l)?,
+            Some(l) => snapshot::memory(cfg, l)?,
             None => attach::guest_memory(cfg)?,
         };
         let mut mmio = Bus::new();

@@ -154,7 +154,7 @@ pub fn run(root: &Path, mut a: Args) -> Result<i32> {
     if let Ok(code) = waited {
         home.set_exit(code)?;
     }
-    instance::shutdown(&sb.agent, vmm, Duration::from_secs(30));
+    sb.stop(Duration::from_secs(30));
     crx_runtime::trace::mark("vm stopped");
     if a.rm {
         home.remove()?;

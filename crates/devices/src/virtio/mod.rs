@@ -158,9 +158,14 @@ pub trait VirtioDevice: Send {
     fn drain_fd_ops(&mut self, _apply: &mut dyn FnMut(FdOp)) {}
     /// Returns the device to its initial state (the driver wrote 0 to Status).
     fn reset(&mut self);
-    /// The device's own state for a snapshot. The default refuses: a device must say what it
-    /// keeps before a snapshot may include it.
-    fn save_state(&self) -> Result<VirtioDeviceState, DeviceStateError> {
+    /// The device's own state for a snapshot, given its queues as the driver set them up (a
+    /// device served elsewhere reads their rings to see what the guest asked). The default
+    /// refuses: a device must say what it keeps before a snapshot may include it.
+    fn save_state(
+        &self,
+        _mem: &Mem,
+        _queues: &[Queue],
+    ) -> Result<VirtioDeviceState, DeviceStateError> {
         Err(DeviceStateError::NotSnapshottable(
             type_name(self.device_type()),
             "its state is not saved by this version",
@@ -234,8 +239,12 @@ impl<D: VirtioDevice + ?Sized> VirtioDevice for Box<D> {
     fn reset(&mut self) {
         (**self).reset()
     }
-    fn save_state(&self) -> Result<VirtioDeviceState, DeviceStateError> {
-        (**self).save_state()
+    fn save_state(
+        &self,
+        mem: &Mem,
+        queues: &[Queue],
+    ) -> Result<VirtioDeviceState, DeviceStateError> {
+        (**self).save_state(mem, queues)
     }
     fn restore_state(&mut self, state: &VirtioDeviceState) -> Result<bool, DeviceStateError> {
         (**self).restore_state(state)

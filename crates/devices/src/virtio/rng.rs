@@ -97,7 +97,11 @@ impl VirtioDevice for Rng {
         }
     }
     fn reset(&mut self) {}
-    fn save_state(&self) -> Result<super::VirtioDeviceState, crate::state::DeviceStateError> {
+    fn save_state(
+        &self,
+        _mem: &super::Mem,
+        _queues: &[virtio_queue::Queue],
+    ) -> Result<super::VirtioDeviceState, crate::state::DeviceStateError> {
         // Requests complete within one event-loop turn: nothing is in flight between them.
         Ok(super::VirtioDeviceState::Stateless)
     }

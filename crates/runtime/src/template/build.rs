@@ -1,4 +1,4 @@
-//! Building a template: boot the VM once with an empty disk and `crxtemplate=1`; once crx-init
+//! Building a template: boot the VM once with an empty disk, empty shares and `crxtemplate=1`; once crx-init
 //! says on the console that its agent listens, ask crx-vmm (`--snapshot-on-signal`) for the
 //! snapshot with SIGUSR1 (it writes it and exits 0), then publish the staging directory by rename, under the key's
 //! exclusive lock so that two builders never race.
@@ -43,19 +43,27 @@ fn io_err(p: &Path, source: std::io::Error) -> TemplateError {
     }
 }
 
-/// The template VM: `vm`'s kernel, initrd, memory and vCPUs; an empty disk in the disk slot;
-/// its console and log in `staging`, its socket in `sockets` (a local directory: the cache may
-/// be a filesystem without Unix sockets, as the nested lab's 9p share); its NICs' slots (taps
-/// connected to nothing, the slots' MACs, the same MTUs); no boot timer or shares.
-fn template_vm(vm: &VmConfig, staging: &Path, sockets: &Path) -> Result<VmConfig, TemplateError> {
+/// The template VM: `vm`'s kernel, initrd, memory and vCPUs; an empty disk in the disk slot
+/// (if `vm` has a disk); its console and log in `staging`, its sockets in `sockets` (a local
+/// directory: the cache may be a filesystem without Unix sockets, as the nested lab's 9p
+/// share); its NICs' slots (taps connected to nothing, the slots' MACs, the same MTUs); its
+/// shares' slots (`shares`, the same tags); no boot timer.
+fn template_vm(
+    vm: &VmConfig,
+    staging: &Path,
+    sockets: &Path,
+    shares: Vec<crate::vm::FsShare>,
+) -> Result<VmConfig, TemplateError> {
     let mut t = vm.clone();
-    t.disk = staging.join(PLACEHOLDER);
+    if !vm.disk.as_os_str().is_empty() {
+        t.disk = staging.join(PLACEHOLDER);
+    }
     t.vsock_uds = sockets.join("v.sock");
     t.console = staging.join("console");
     t.vmm_log = staging.join("vmm.log");
     t.die_with_parent = true;
     t.boot_timer = false;
-    t.fs.clear();
+    t.fs = shares;
     t.net = vm
         .net
         .iter()
@@ -81,13 +89,42 @@ fn boot_and_snapshot(vm: &VmConfig, staging: &Path) -> Result<(), TemplateError>
     let sockets = std::env::temp_dir().join(format!("crx-template{name}"));
     let _ = std::fs::remove_dir_all(&sockets);
     crate::paths::create_private_dir(&sockets).map_err(|e| io_err(&sockets, e))?;
-    let r = template_vm(vm, staging, &sockets).and_then(|t| boot_in(&t, staging));
+    let r = share_slots(vm, &sockets).and_then(|(daemons, shares)| {
+        let r = template_vm(vm, staging, &sockets, shares).and_then(|t| boot_in(&t, staging));
+        drop(daemons);
+        r
+    });
     let _ = std::fs::remove_dir_all(&sockets);
     r
 }
 
+/// One virtiofsd per share of `vm`, each serving an empty read-only directory under `sockets`:
+/// the template's share slots, with `vm`'s tags. The guest never mounts them (crx-init mounts
+/// shares when a container is created), so they are never asked anything.
+fn share_slots(
+    vm: &VmConfig,
+    sockets: &Path,
+) -> Result<(Vec<crate::virtiofs::Daemon>, Vec<crate::vm::FsShare>), TemplateError> {
+    let mut daemons = Vec::new();
+    let mut shares = Vec::new();
+    for (i, f) in vm.fs.iter().enumerate() {
+        let empty = sockets.join(format!("share{i}"));
+        std::fs::create_dir(&empty).map_err(|e| io_err(&empty, e))?;
+        let d = crate::virtiofs::Daemon::spawn(&empty, &sockets.join(format!("fs{i}.sock")), true)
+            .map_err(|e| TemplateError::Build(format!("a share slot: {}", crate::chain(&e))))?;
+        shares.push(crate::vm::FsShare {
+            tag: f.tag.clone(),
+            socket: d.socket().to_owned(),
+        });
+        daemons.push(d);
+    }
+    Ok((daemons, shares))
+}
+
 fn boot_in(t: &VmConfig, staging: &Path) -> Result<(), TemplateError> {
-    std::fs::File::create(&t.disk).map_err(|e| io_err(&t.disk, e))?;
+    if !t.disk.as_os_str().is_empty() {
+        std::fs::File::create(&t.disk).map_err(|e| io_err(&t.disk, e))?;
+    }
     let start = Instant::now();
     let mut child = t.spawn_as(
         false,

@@ -19,7 +19,7 @@ pub struct Key {
 
 impl Key {
     /// The key of `vm`'s template: its verified kernel and initrd (sha256), memory, vCPUs,
-    /// device shape (one read-only disk and a vsock device: the only shape templates have),
+    /// device shape (a read-only disk or none, the vsock device, share tags, NIC MTUs),
     /// and the crx-vmm binary (device, inode, size and modification time: a rebuilt or replaced
     /// binary is another template). `None` when the binary cannot be read.
     pub fn of(vm: &VmConfig) -> Option<Key> {
@@ -31,9 +31,16 @@ impl Key {
             .iter()
             .map(|n| format!(",net:mtu{}", n.mtu))
             .collect();
+        // Share slots: the tag the guest read at probe (a clone's share is its own).
+        let shares: String = vm.fs.iter().map(|f| format!(",fs:{}", f.tag)).collect();
+        let disk = if vm.disk.as_os_str().is_empty() {
+            ""
+        } else {
+            "disk:ro,"
+        };
         let text = format!(
             "crx-template v{KEY_VERSION}\nkernel={}\ninitrd={}\nmemory_mib={}\nvcpus={}\n\
-             devices=disk:ro,vsock:{}{nics}\nvmm={vmm}\ncpu={}\n",
+             devices={disk}vsock:{}{shares}{nics}\nvmm={vmm}\ncpu={}\n",
             d.kernel.sha256,
             d.initrd.sha256,
             vm.memory_mib,

@@ -8,10 +8,13 @@
 //!
 //! [`plan`] decides, for every sandbox boot ([`crate::sandbox::boot`]): restore, building the
 //! template first when it is missing, or boot cold and say why (`CRX_TRACE=1`): `CRX_COLD=1`
-//! (`crx run --cold`), a virtio-fs share (virtiofsd's state cannot be snapshotted), no disk,
-//! or a failed build. A VM's NICs are slots of the template (taps connected to nothing, MACs of
-//! [`nic_mac`]): a clone gets its own taps at restore, and the guest its own MACs with its
-//! network's description (`Interface::template_mac`).
+//! (`crx run --cold`), templates off, or a failed build. A VM's NICs are slots of the template
+//! (taps connected to nothing, MACs of [`nic_mac`]): a clone gets its own taps at restore, and
+//! the guest its own MACs with its network's description (`Interface::template_mac`). Its
+//! virtio-fs shares are slots too: the template's virtiofsd serves an empty directory under the
+//! share's tag and is never asked anything (the guest mounts nothing before the snapshot), so
+//! the clone's own virtiofsd takes the rings over at restore; such a clone's RAM is a copy of
+//! the template's (its backend maps it: crx-vmm's shared memfd), not a copy-on-write mapping.
 
 pub mod build;
 pub mod key;
@@ -164,19 +167,14 @@ pub fn enabled() -> bool {
     std::env::var_os("CRX_TEMPLATES").is_none_or(|v| v != "0")
 }
 
-/// Why `vm` cannot come from a template, if it cannot.
-pub fn unfit(vm: &VmConfig) -> Option<&'static str> {
+/// Why no VM may come from a template now, if none may: every shape can (its disk, shares and
+/// NICs are slots of its template).
+pub fn unfit() -> Option<&'static str> {
     if forced_cold() {
         return Some("CRX_COLD=1");
     }
     if !enabled() {
         return Some("templates are off (CRX_TEMPLATES=0)");
-    }
-    if !vm.fs.is_empty() {
-        return Some("the VM has a virtio-fs share (virtiofsd's state cannot be snapshotted)");
-    }
-    if vm.disk.as_os_str().is_empty() {
-        return Some("the VM has no disk (templates have one disk slot)");
     }
     None
 }
@@ -193,7 +191,7 @@ pub fn plan(vm: &VmConfig) -> Plan {
 }
 
 fn plan_in(vm: &VmConfig, root: &Path) -> Plan {
-    if let Some(why) = unfit(vm) {
+    if let Some(why) = unfit() {
         return Plan::Cold(why.into());
     }
     let Some(key) = key::Key::of(vm) else {
@@ -241,7 +239,7 @@ fn plan_in(vm: &VmConfig, root: &Path) -> Plan {
 }
 
 /// The `Identity` request that makes a restored VM its own: 64 bytes from the host's
-/// `getrandom` (through /dev/urandom) and its disk's size in sectors.
+/// `getrandom` (through /dev/urandom) and its disk's size in sectors (if it has one).
 pub fn identity(vm: &VmConfig) -> Result<crx_proto::Request, crate::RuntimeError> {
     use std::io::Read;
     let mut entropy = vec![0u8; 64];
@@ -249,13 +247,16 @@ pub fn identity(vm: &VmConfig) -> Result<crx_proto::Request, crate::RuntimeError
     File::open(urandom)
         .and_then(|mut f| f.read_exact(&mut entropy))
         .map_err(crate::error::io(urandom))?;
-    let sectors = std::fs::metadata(&vm.disk)
-        .map_err(crate::error::io(&vm.disk))?
-        .len()
-        / 512;
+    let mut disk_sectors = Vec::new();
+    if !vm.disk.as_os_str().is_empty() {
+        let len = std::fs::metadata(&vm.disk)
+            .map_err(crate::error::io(&vm.disk))?
+            .len();
+        disk_sectors.push(len / 512);
+    }
     Ok(crx_proto::Request::Identity {
         entropy,
-        disk_sectors: vec![sectors],
+        disk_sectors,
     })
 }
 

@@ -164,16 +164,26 @@ fn a_failed_build_boots_cold_saying_why_and_leaves_nothing() {
 }
 
 #[test]
-fn vms_a_template_cannot_hold_boot_cold() {
+fn every_shape_has_a_template_keyed_by_its_slots() {
     std::env::set_var("CRX_TEMPLATES", "1");
+    assert_eq!(unfit(), None);
     let d = tempfile::tempdir().unwrap();
     let base = vm(d.path(), fake_vmm(d.path(), false));
+    let key = |v: &VmConfig| key::Key::of(v).unwrap().name();
+    // A share is a slot: its tag is in the key, its socket (the clone's virtiofsd) is not.
     let mut shared = base.clone();
-    shared.add_fs("root", "/run/root.sock");
-    assert!(unfit(&shared).unwrap().contains("virtio-fs"));
-    let mut diskless = base.clone();
+    shared.add_fs("root", "/run/a/root.sock");
+    let mut other_socket = base.clone();
+    other_socket.add_fs("root", "/run/b/root.sock");
+    let mut other_tag = base.clone();
+    other_tag.add_fs("vol0", "/run/a/root.sock");
+    assert_ne!(key(&shared), key(&base));
+    assert_eq!(key(&shared), key(&other_socket));
+    assert_ne!(key(&shared), key(&other_tag));
+    // No disk is another shape (a template without the disk slot).
+    let mut diskless = shared.clone();
     diskless.disk = PathBuf::new();
-    assert!(unfit(&diskless).unwrap().contains("no disk"));
+    assert_ne!(key(&diskless), key(&shared));
     let mut networked = base.clone();
     let tap: std::os::fd::OwnedFd = File::open("/dev/null").unwrap().into();
     networked.net.push(crate::net::Nic {
@@ -182,9 +192,6 @@ fn vms_a_template_cannot_hold_boot_cold() {
         mtu: 1500,
     });
     // A NIC is a slot of the template: its key says so (and its MTU), not its MAC.
-    assert_eq!(unfit(&networked), None);
-    assert_eq!(unfit(&base), None);
-    let key = |v: &VmConfig| key::Key::of(v).unwrap().name();
     assert_ne!(key(&networked), key(&base));
     let mut other_mac = networked.clone();
     other_mac.net[0].mac = "02:00:00:00:00:08".into();
@@ -194,6 +201,23 @@ fn vms_a_template_cannot_hold_boot_cold() {
     assert_ne!(key(&other_mtu), key(&networked));
     assert_eq!(nic_mac(0), "02:63:72:78:00:00");
     assert_eq!(nic_mac(3), "02:63:72:78:00:03");
+}
+
+#[test]
+fn a_diskless_clone_is_told_of_no_disk() {
+    let d = tempfile::tempdir().unwrap();
+    let mut v = vm(d.path(), fake_vmm(d.path(), false));
+    v.disk = PathBuf::new();
+    match identity(&v).unwrap() {
+        crx_proto::Request::Identity {
+            entropy,
+            disk_sectors,
+        } => {
+            assert_eq!(entropy.len(), 64);
+            assert!(disk_sectors.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

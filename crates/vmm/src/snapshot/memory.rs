@@ -1,15 +1,20 @@
 //! Guest RAM to and from the snapshot's memory file: written sparse (all-zero pages stay holes),
 //! restored by mapping the file copy-on-write over each RAM region (`MAP_PRIVATE`): nothing is
 //! read until the guest touches a page, and every VM restored from one file shares the page
-//! cache pages none of them has written.
+//! cache pages none of them has written. A VM with a vhost-user device (virtio-fs) needs RAM its
+//! backend maps too, which a private mapping cannot be: its RAM is a shared memfd into which the
+//! file's data (not its holes) is copied ([`copy_shared`]).
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::layout::{ram_ranges, PAGE_SIZE};
-use crate::memory::{create_guest_memory, map_file_private, MemoryError};
+use crate::memory::{
+    create_guest_memory, create_shared_guest_memory, map_file_private, MemoryError,
+};
 
 /// The memory file's length for `memory_bytes` of RAM (the RAM ranges laid end to end).
 pub fn file_len(memory_bytes: u64) -> u64 {
@@ -73,6 +78,64 @@ pub fn map(file: &File, memory_bytes: u64) -> Result<GuestMemoryMmap, MemoryErro
     Ok(mem)
 }
 
+/// Guest RAM of `memory_bytes` as a shared memfd holding a copy of `file`: only the file's
+/// data extents are read (`SEEK_DATA`/`SEEK_HOLE`; all of it where the filesystem cannot say),
+/// so a restore pays for the pages the snapshot holds, not for the RAM's size, and every page
+/// is this VM's own (nothing is shared with other clones).
+pub fn copy_shared(file: &File, memory_bytes: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    let mem = create_shared_guest_memory(memory_bytes)?;
+    let mut offset = 0u64;
+    for region in mem.iter() {
+        let len = region.len();
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|_| MemoryError::ReadSnapshot(std::io::Error::other("no host address")))?;
+        // SAFETY: `host..host+len` is one live guest RAM mapping owned by `mem`, which no vCPU
+        // or device uses yet: this is the only reference to it.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(host, len as usize) };
+        for (start, end) in data_extents(file, offset, offset + len) {
+            let range = &mut bytes[(start - offset) as usize..(end - offset) as usize];
+            file.read_exact_at(range, start)
+                .map_err(MemoryError::ReadSnapshot)?;
+        }
+        offset += len;
+    }
+    Ok(mem)
+}
+
+/// The data extents of `file` within `[from, to)`, in order; the whole range where `lseek`
+/// cannot tell (a filesystem without `SEEK_DATA`).
+fn data_extents(file: &File, from: u64, to: u64) -> Vec<(u64, u64)> {
+    let seek = |at: u64, whence| {
+        // SAFETY: lseek on a descriptor `file` keeps open for the call; the result is checked.
+        let r = unsafe { libc::lseek(file.as_raw_fd(), at as libc::off_t, whence) };
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r as u64)
+        }
+    };
+    let mut out = Vec::new();
+    let mut at = from;
+    while at < to {
+        let start = match seek(at, libc::SEEK_DATA) {
+            Ok(s) => s,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break, // only a hole is left
+            Err(_) => return vec![(from, to)],
+        };
+        if start >= to {
+            break;
+        }
+        let end = seek(start, libc::SEEK_HOLE).map_or(to, |e| e.min(to));
+        if end <= start {
+            return vec![(from, to)];
+        }
+        out.push((start, end));
+        at = end;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +163,46 @@ mod tests {
         let mut f2 = [0u8; 2];
         f.read_exact_at(&mut f2, 0x1000).unwrap();
         assert_eq!(&f2, b"fi");
+    }
+
+    #[test]
+    fn a_shared_copy_holds_the_data_and_is_the_vms_own() {
+        let bytes = 4 << 20;
+        let mem = create_guest_memory(bytes).unwrap();
+        mem.write_slice(b"first", GuestAddress(0x1000)).unwrap();
+        mem.write_slice(b"last", GuestAddress(bytes - 4)).unwrap();
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(file_len(bytes)).unwrap();
+        write(&mem, &f).unwrap();
+        let back = copy_shared(&f, bytes).unwrap();
+        assert!(
+            back.iter().all(|r| r.file_offset().is_some()),
+            "every region is the memfd a backend can map"
+        );
+        let mut b = [0u8; 5];
+        back.read_slice(&mut b, GuestAddress(0x1000)).unwrap();
+        assert_eq!(&b, b"first");
+        back.read_slice(&mut b[..4], GuestAddress(bytes - 4))
+            .unwrap();
+        assert_eq!(&b[..4], b"last");
+        back.read_slice(&mut b, GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(b, [0; 5], "a hole reads as zeros");
+        back.write_slice(b"XX", GuestAddress(0x1000)).unwrap();
+        let mut f2 = [0u8; 2];
+        f.read_exact_at(&mut f2, 0x1000).unwrap();
+        assert_eq!(&f2, b"fi");
+    }
+
+    #[test]
+    fn data_extents_cover_what_was_written() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(16 * PAGE_SIZE).unwrap();
+        f.write_all_at(&[1u8; 4096], 3 * PAGE_SIZE).unwrap();
+        let ext = data_extents(&f, 0, 16 * PAGE_SIZE);
+        assert!(!ext.is_empty());
+        assert!(ext
+            .iter()
+            .any(|&(s, e)| s <= 3 * PAGE_SIZE && e >= 4 * PAGE_SIZE));
+        assert!(ext.iter().all(|&(s, e)| s < e && e <= 16 * PAGE_SIZE));
     }
 }

@@ -32,15 +32,18 @@ pub(super) fn load(cfg: &VmConfig, dir: Option<PathBuf>) -> Result<Option<Loaded
         ))
         .into());
     }
-    if !cfg.fs.is_empty() {
-        return Err(SnapshotError::Mismatch("virtio-fs devices cannot be restored".into()).into());
-    }
     Ok(Some(l))
 }
 
-/// Guest RAM: the memory file mapped copy-on-write.
-pub(super) fn memory(l: &Loaded) -> Result<GuestMemoryMmap, VmError> {
-    Ok(snap::memory::map(&l.memory, l.state.memory_bytes).map_err(SnapshotError::from)?)
+/// Guest RAM: the memory file mapped copy-on-write, or copied into a shared memfd when a
+/// vhost-user backend (virtio-fs) must map the RAM too.
+pub(super) fn memory(cfg: &VmConfig, l: &Loaded) -> Result<GuestMemoryMmap, VmError> {
+    let bytes = l.state.memory_bytes;
+    let mem = match cfg.fs.is_empty() {
+        true => snap::memory::map(&l.memory, bytes),
+        false => snap::memory::copy_shared(&l.memory, bytes),
+    };
+    Ok(mem.map_err(SnapshotError::from)?)
 }
 
 /// With a snapshot target, what the vCPUs share to save themselves (KVM asked now: the

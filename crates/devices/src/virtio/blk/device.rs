@@ -313,6 +313,8 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {}
     fn save_state(
         &self,
+        _mem: &crate::virtio::Mem,
+        _queues: &[virtio_queue::Queue],
     ) -> Result<crate::virtio::VirtioDeviceState, crate::state::DeviceStateError> {
         // Requests complete within one event-loop turn: nothing is in flight between them.
         Ok(crate::virtio::VirtioDeviceState::Block {

@@ -21,9 +21,13 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use backend::{connect, ConnectError, SocketConn, VhostUserConn, REPLY_TIMEOUT};
 
+use std::sync::atomic::Ordering;
+
+use crate::state::DeviceStateError;
+
 use super::{
-    read_config_bytes, ActivateError, EventSet, FdOp, Mem, VirtioDevice, TYPE_FS,
-    VIRTIO_F_VERSION_1,
+    read_config_bytes, ActivateError, EventSet, FdOp, Mem, VirtioDevice, VirtioDeviceState,
+    TYPE_FS, VIRTIO_F_VERSION_1,
 };
 
 /// Longest tag (bytes, no NUL needed when it fills the field), virtio 1.2 5.11.4.
@@ -258,6 +262,33 @@ impl VirtioDevice for Fs {
         for op in self.fd_ops.drain(..) {
             apply(op);
         }
+    }
+
+    /// virtiofsd's FUSE session (inodes, open files) cannot be saved, so a snapshot is taken
+    /// only before the guest asked anything of the share: no request made available on any
+    /// queue (the driver's `avail.idx`, read from guest memory, still 0). That is a VM whose
+    /// driver probed the device but never mounted it, as a template: a restore then hands the
+    /// rings to the clone's own virtiofsd, whose session starts at the guest's first mount.
+    fn save_state(
+        &self,
+        mem: &Mem,
+        queues: &[Queue],
+    ) -> Result<VirtioDeviceState, DeviceStateError> {
+        if !self.activated {
+            return Ok(VirtioDeviceState::Stateless);
+        }
+        for q in queues.iter().filter(|q| q.ready()) {
+            match q.avail_idx(mem, Ordering::Acquire) {
+                Ok(idx) if idx.0 == 0 => {}
+                _ => {
+                    return Err(DeviceStateError::NotSnapshottable(
+                        "virtio-fs",
+                        "the guest has used the share (virtiofsd's session is not saved)",
+                    ))
+                }
+            }
+        }
+        Ok(VirtioDeviceState::Stateless)
     }
 
     fn reset(&mut self) {

@@ -375,6 +375,50 @@ fn reset_stops_the_rings_and_a_new_driver_ok_sets_them_up_again() {
         .any(|c| c == "SET_VRING_KICK 1"));
 }
 
+#[test]
+fn a_snapshot_before_any_request_restores_onto_a_new_backend() {
+    use crate::virtio::TransportSnapshot;
+    let mem = shared_mem();
+    let irq = Arc::new(CountIrq::default());
+    let log = Arc::new(Mutex::new(Log::default()));
+    let dev = Fs::new("t", mock(&log, None, None)).unwrap();
+    let mut t = MmioTransport::new(dev, mem.clone(), irq.clone()).unwrap();
+    bring_up(&mut t, &mem);
+    let setup = log.lock().unwrap().calls.split_off(3); // after the creation's negotiation
+    let state = t.save_state().unwrap();
+    // The clone's own backend (another virtiofsd) gets the same setup at restore.
+    let log2 = Arc::new(Mutex::new(Log::default()));
+    let dev2 = Fs::new("t", mock(&log2, None, None)).unwrap();
+    let mut r = MmioTransport::new(dev2, mem.clone(), irq).unwrap();
+    log2.lock().unwrap().calls.clear();
+    r.restore_state(&state).unwrap();
+    assert!(r.is_activated());
+    assert_eq!(log2.lock().unwrap().calls, setup);
+    assert_eq!(r.save_state().unwrap(), state);
+}
+
+#[test]
+fn a_share_the_guest_used_is_not_snapshotted() {
+    use crate::virtio::TransportSnapshot;
+    let mem = shared_mem();
+    let log = Arc::new(Mutex::new(Log::default()));
+    let dev = Fs::new("t", mock(&log, None, None)).unwrap();
+    let mut t = MmioTransport::new(dev, mem.clone(), Arc::new(CountIrq::default())).unwrap();
+    // Not yet activated: nothing to lose.
+    assert!(t.save_state().is_ok());
+    bring_up(&mut t, &mem);
+    assert!(t.save_state().is_ok());
+    // The guest mounted: FUSE_INIT made available on the request queue (queue 1).
+    let mut drv = Driver::new(&mem, 0x10_0000 + 0x4_0000, 256);
+    drv.publish(0);
+    match t.save_state() {
+        Err(crate::state::DeviceStateError::NotSnapshottable("virtio-fs", why)) => {
+            assert!(why.contains("used the share"), "{why}")
+        }
+        other => panic!("a used share was snapshotted: {other:?}"),
+    }
+}
+
 /// virtiofsd: `$CRX_VIRTIOFSD`, else what `cargo xtask virtiofsd` publishes in the cache.
 fn virtiofsd_binary() -> std::path::PathBuf {
     if let Some(p) = std::env::var_os("CRX_VIRTIOFSD") {

@@ -292,7 +292,11 @@ impl VirtioDevice for Net {
             apply(op);
         }
     }
-    fn save_state(&self) -> Result<VirtioDeviceState, DeviceStateError> {
+    fn save_state(
+        &self,
+        _mem: &Mem,
+        _queues: &[Queue],
+    ) -> Result<VirtioDeviceState, DeviceStateError> {
         Ok(VirtioDeviceState::Net { mac: self.mac() })
     }
     /// The backend is this device's own (a clone's tap): the transport's re-activation sets

@@ -94,7 +94,7 @@ pub trait TransportSnapshot: Send {
 
 impl<D: VirtioDevice> TransportSnapshot for MmioTransport<D> {
     fn save_state(&self) -> Result<TransportState, DeviceStateError> {
-        let device = self.device.save_state()?;
+        let device = self.device.save_state(&self.mem, &self.queues)?;
         let queues = self
             .queues
             .iter()

@@ -158,7 +158,11 @@ impl VirtioDevice for Vsock {
         self.reset_pending = None;
         self.muxer.reset()
     }
-    fn save_state(&self) -> Result<super::VirtioDeviceState, crate::state::DeviceStateError> {
+    fn save_state(
+        &self,
+        _mem: &super::Mem,
+        _queues: &[virtio_queue::Queue],
+    ) -> Result<super::VirtioDeviceState, crate::state::DeviceStateError> {
         if self.muxer.connection_count() > 0 {
             return Err(crate::state::DeviceStateError::NotSnapshottable(
                 "virtio-vsock",
