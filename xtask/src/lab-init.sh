@@ -38,6 +38,18 @@ for share in $(param crxlab.shares | tr ',' ' '); do
     fi
 done
 
+# Directories inside a share that must be the lab host's own: podman and containerd start
+# crx-runc without the lab's environment, so it keeps VM templates at the cache's default path,
+# which would put every clone's memory file on 9p. An empty directory of the root disk goes over
+# each.
+for dir in $(param crxlab.local | tr ',' ' '); do
+    own=/var/lib/crx-lab-local$dir
+    if ! mkdir -p "$own" "$dir" || ! mount --bind "$own" "$dir"; then
+        echo "crx-lab: cannot put a directory of the lab's disk over $dir"
+        finish 125
+    fi
+done
+
 probe=$(param crxlab.probe)
 if [ -n "$probe" ] && [ "$probe" != "-" ]; then
     if ! "$probe" kvm-probe; then

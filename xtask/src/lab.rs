@@ -219,9 +219,10 @@ fn qemu_command(bzimage: &Path, root: &Path, script: &str, opts: &Options) -> Re
     };
     let append = format!(
         "console=ttyS0 reboot=t panic=-1 root=/dev/vda rw rootfstype=ext4 init=/sbin/crx-lab-init{quiet}{} \
-         {LAB_KVM_PARAMS} crxlab.shares={} crxlab.probe={probe} crxlab.cmd={encoded}",
+         {LAB_KVM_PARAMS} crxlab.shares={} crxlab.local={} crxlab.probe={probe} crxlab.cmd={encoded}",
         tsc_params(),
-        share_param.join(",")
+        share_param.join(","),
+        cache::root().join("templates").to_string_lossy(),
     );
     // QEMU's microvm appends one `virtio_mmio.device=...` (under 48 bytes) per device; what
     // passes x86's 2048-byte limit is cut off, and the devices at the end silently vanish.

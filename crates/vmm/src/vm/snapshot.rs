@@ -36,10 +36,12 @@ pub(super) fn load(cfg: &VmConfig, dir: Option<PathBuf>) -> Result<Option<Loaded
 }
 
 /// Guest RAM: the memory file mapped copy-on-write, or copied into a shared memfd when a
-/// vhost-user backend (virtio-fs) must map the RAM too.
+/// vhost-user backend (virtio-fs) must map the RAM too, or when the file lives where another
+/// client may change its page cache (9p, NFS, FUSE: a private mapping would not keep the
+/// guest's view stable, as for boot files).
 pub(super) fn memory(cfg: &VmConfig, l: &Loaded) -> Result<GuestMemoryMmap, VmError> {
     let bytes = l.state.memory_bytes;
-    let mem = match cfg.fs.is_empty() {
+    let mem = match cfg.fs.is_empty() && crate::memory::is_mappable(&l.memory) {
         true => snap::memory::map(&l.memory, bytes),
         false => snap::memory::copy_shared(&l.memory, bytes),
     };
