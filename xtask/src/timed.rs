@@ -360,6 +360,20 @@ fn kill_all(root: u32, tag: &str) -> Vec<u32> {
     }
 }
 
+/// The names that `run` recorded as passed (status 0).
+pub fn passed(record: &str) -> Vec<&str> {
+    record
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.rsplitn(3, ' ');
+            let code: i32 = f.next()?.parse().ok()?;
+            let _secs: f64 = f.next()?.parse().ok()?;
+            let name = f.next()?;
+            (code == 0).then_some(name)
+        })
+        .collect()
+}
+
 /// Tier 3's time table from the lines `run` records (`NAME SECONDS STATUS`), slowest first.
 pub fn time_table(record: &str) -> String {
     let mut rows: Vec<(f64, i32, &str)> = record
@@ -491,6 +505,13 @@ mod tests {
         );
         assert_eq!(describe_syscall("-1 0x7ffd 0x7f00"), "not in a system call");
         assert_eq!(describe_syscall("running\n"), "running");
+    }
+
+    #[test]
+    fn only_binaries_recorded_as_passed_are_passed() {
+        let record = "lab_a-1 10.2 0\nlab_b-2 300.0 124\nbad line\nkvm_c 5 101\nlab d-3 1 0\n";
+        assert_eq!(passed(record), ["lab_a-1", "lab d-3"]);
+        assert!(passed("").is_empty());
     }
 
     #[test]
