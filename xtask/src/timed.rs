@@ -360,23 +360,9 @@ fn kill_all(root: u32, tag: &str) -> Vec<u32> {
     }
 }
 
-/// The names that `run` recorded as passed (status 0).
-pub fn passed(record: &str) -> Vec<&str> {
+/// The lines `run` records (`NAME SECONDS STATUS`) as (seconds, status, name); others skipped.
+fn records(record: &str) -> Vec<(f64, i32, &str)> {
     record
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.rsplitn(3, ' ');
-            let code: i32 = f.next()?.parse().ok()?;
-            let _secs: f64 = f.next()?.parse().ok()?;
-            let name = f.next()?;
-            (code == 0).then_some(name)
-        })
-        .collect()
-}
-
-/// Tier 3's time table from the lines `run` records (`NAME SECONDS STATUS`), slowest first.
-pub fn time_table(record: &str) -> String {
-    let mut rows: Vec<(f64, i32, &str)> = record
         .lines()
         .filter_map(|l| {
             let mut f = l.rsplitn(3, ' ');
@@ -384,7 +370,20 @@ pub fn time_table(record: &str) -> String {
             let secs = f.next()?.parse().ok()?;
             Some((secs, code, f.next()?))
         })
-        .collect();
+        .collect()
+}
+
+/// The names that `run` recorded as passed (status 0).
+pub fn passed(record: &str) -> Vec<&str> {
+    records(record)
+        .into_iter()
+        .filter_map(|(_, code, name)| (code == 0).then_some(name))
+        .collect()
+}
+
+/// Tier 3's time table from the lines `run` records (`NAME SECONDS STATUS`), slowest first.
+pub fn time_table(record: &str) -> String {
+    let mut rows = records(record);
     rows.sort_by(|a, b| b.0.total_cmp(&a.0));
     let total: f64 = rows.iter().map(|r| r.0).sum();
     let mut s = String::new();

@@ -171,12 +171,12 @@ impl Sandbox {
     /// the guest cached for a share reaches the host), then the VM resets, bounded by `grace`.
     pub fn stop(&mut self, grace: std::time::Duration) {
         let pid = self.vmm.id();
-        if !self.shares {
+        if self.shares {
+            crate::instance::shutdown(&self.agent, pid, grace);
+        } else {
             let _ = self.vmm.kill();
-        } else if let Ok(mut c) = self.agent.control() {
-            let _ = c.call(Request::Shutdown);
+            crate::instance::wait_gone(pid, grace);
         }
-        crate::instance::wait_gone(pid, grace);
     }
 
     /// Opens container `id`'s streams (none when `detached`; its terminal's with
