@@ -8,10 +8,13 @@
 //! - a `runc` container on the same network (the veth itself: the ceiling),
 //! - a QEMU VM of the same guest kernel with QEMU's user-space virtio-net on a tap
 //!   (`-netdev tap,vhost=off`, `virtio-net-device` on `-M microvm`),
+//! - crx-vmm alone in QEMU's setup (the same kernel and initramfs, its virtio-net on a tap of
+//!   its own): the two devices compared without the CNI path (veth, tc redirects, bridge) that
+//!   only the containers' traffic crosses,
 //!
 //! in the same invocation, each serving from the same tree (busybox, iperf3 and its
 //! libraries). Host CPU per GB moved is the busy time of all host CPUs (`/proc/stat`) over the
-//! run divided by the bytes. Ratios are crx-runc's over QEMU's. One 10 s run per direction and
+//! run divided by the bytes. Ratios are crx-vmm-tap's and crx-runc's over QEMU's. One 10 s run per direction and
 //! target (`--runs` is not used); the figures are recorded in docs/benchmarks.md.
 
 use std::io::{Read, Write};
@@ -33,6 +36,10 @@ const ROUND_TRIPS: usize = 2000;
 const QEMU_TAP: &str = "crxbenchq0";
 const QEMU_HOST: &str = "10.97.0.1";
 const QEMU_GUEST: &str = "10.97.0.2";
+/// crx-vmm's own tap and addresses (the same setup as QEMU's: the device alone, no CNI path).
+const VMM_TAP: &str = "crxbenchc0";
+const VMM_HOST: &str = "10.98.0.1";
+const VMM_GUEST: &str = "10.98.0.2";
 
 /// Builds release crx-runc (and what every lab bench needs), then runs [`inner`] in the lab.
 pub fn outer(runs: usize) -> Result<i32> {
@@ -79,21 +86,28 @@ fn measure(work: &Path) -> Result<()> {
         results.push((name, f));
     }
     remove_podman_storage();
-    let vm = Qemu::start(work, &tree)?;
-    match figures(QEMU_GUEST) {
-        Ok(f) => results.push(("qemu-tap", f)),
-        Err(e) => {
-            let log = std::fs::read_to_string(work.join("qemu.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            eprintln!(
-                "bench net: qemu-tap not measured: {e:#}\nqemu.log (last lines, newest first):"
-            );
-            for l in tail {
-                eprintln!("  {l}");
+    for (name, ip) in [("crx-vmm-tap", VMM_GUEST), ("qemu-tap", QEMU_GUEST)] {
+        let vm = if name == "qemu-tap" {
+            TapVm::qemu(work, &tree)?
+        } else {
+            TapVm::crx_vmm(work, &tree)?
+        };
+        match figures(ip) {
+            Ok(f) => results.push((name, f)),
+            Err(e) => {
+                let log = std::fs::read_to_string(&vm.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                eprintln!(
+                    "bench net: {name} not measured: {e:#}\n{} (last lines, newest first):",
+                    vm.log.display()
+                );
+                for l in tail {
+                    eprintln!("  {l}");
+                }
             }
         }
+        drop(vm);
     }
-    drop(vm);
     report(&results);
     Ok(())
 }
@@ -115,15 +129,17 @@ fn report(results: &[(&str, Figures)]) {
         );
     }
     let get = |n: &str| results.iter().find(|r| r.0 == n).map(|r| r.1);
-    if let (Some(c), Some(q)) = (get("crx-runc"), get("qemu-tap")) {
-        println!(
-            "  crx-runc/qemu-tap: throughput host->guest {:.2}, guest->host {:.2}; \
-             CPU per GB {:.2}; rtt median {:.2}",
-            c.to_guest / q.to_guest.max(1e-12),
-            c.to_host / q.to_host.max(1e-12),
-            c.cpu_per_gb / q.cpu_per_gb.max(1e-12),
-            c.rtt_median.as_secs_f64() / q.rtt_median.as_secs_f64().max(1e-12)
-        );
+    for name in ["crx-vmm-tap", "crx-runc"] {
+        if let (Some(c), Some(q)) = (get(name), get("qemu-tap")) {
+            println!(
+                "  {name}/qemu-tap: throughput host->guest {:.2}, guest->host {:.2}; \
+                 CPU per GB {:.2}; rtt median {:.2}",
+                c.to_guest / q.to_guest.max(1e-12),
+                c.to_host / q.to_host.max(1e-12),
+                c.cpu_per_gb / q.cpu_per_gb.max(1e-12),
+                c.rtt_median.as_secs_f64() / q.rtt_median.as_secs_f64().max(1e-12)
+            );
+        }
     }
 }
 
@@ -314,37 +330,21 @@ fn remove_podman_storage() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// QEMU (KVM, microvm) booting the guest kernel with `tree` as its initramfs, its
-/// virtio-net on the tap [`QEMU_TAP`].
-struct Qemu {
+/// A VM on a tap of its own with a host address, booting the guest kernel with `tree` as its
+/// initramfs: QEMU's user-space virtio-net, or crx-vmm's, in the same setup (no CNI path).
+struct TapVm {
     child: Child,
+    tap: &'static str,
+    log: PathBuf,
 }
 
-impl Qemu {
-    fn start(work: &Path, tree: &Path) -> Result<Qemu> {
-        let init = format!(
-            "#!/bin/sh\nmount -t proc p /proc; mount -t sysfs s /sys; mount -t devtmpfs d /dev\n\
-             ip link set lo up\n\
-             ip addr add {QEMU_GUEST}/24 dev eth0; ip link set eth0 up\n{SERVE}\n"
-        );
-        std::fs::write(tree.join("init"), init)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tree.join("init"), std::fs::Permissions::from_mode(0o755))?;
-        let cpio = work.join("qemu.cpio");
-        cmd::run(Command::new("sh").arg("-c").arg(format!(
-            "cd {} && find . | cpio -o -H newc > {} 2>/dev/null",
-            tree.display(),
-            cpio.display()
-        )))?;
-        let _ = Command::new("ip").args(["link", "del", QEMU_TAP]).output();
-        for args in [
-            vec!["tuntap", "add", "dev", QEMU_TAP, "mode", "tap"],
-            vec!["addr", "add", &format!("{QEMU_HOST}/24"), "dev", QEMU_TAP],
-            vec!["link", "set", QEMU_TAP, "up"],
-        ] {
-            cmd::run(Command::new("ip").args(&args))?;
-        }
+impl TapVm {
+    /// QEMU (KVM, microvm), its virtio-net on [`QEMU_TAP`] (`vhost=off`).
+    fn qemu(work: &Path, tree: &Path) -> Result<TapVm> {
+        let cpio = initramfs(work, tree, QEMU_GUEST, "qemu")?;
+        tap(QEMU_TAP, QEMU_HOST)?;
         let boot = std::env::var("CRX_BOOT_DIR").context("CRX_BOOT_DIR")?;
+        let log = work.join("qemu.log");
         let child = Command::new("qemu-system-x86_64")
             .args(["-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host"])
             .args(["-m", "256", "-smp", "1", "-nographic", "-no-reboot"])
@@ -360,18 +360,81 @@ impl Qemu {
                 "virtio-net-device,netdev=n0",
             ])
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(work.join("qemu.log"))?)
+            .stdout(std::fs::File::create(&log)?)
             .stderr(Stdio::null())
             .spawn()
             .context("qemu-system-x86_64")?;
-        Ok(Qemu { child })
+        Ok(TapVm {
+            child,
+            tap: QEMU_TAP,
+            log,
+        })
+    }
+
+    /// Release crx-vmm alone (no jail, its seccomp filters on), its virtio-net on [`VMM_TAP`].
+    fn crx_vmm(work: &Path, tree: &Path) -> Result<TapVm> {
+        let cpio = initramfs(work, tree, VMM_GUEST, "crx-vmm")?;
+        tap(VMM_TAP, VMM_HOST)?;
+        let boot = std::env::var("CRX_BOOT_DIR").context("CRX_BOOT_DIR")?;
+        let log = work.join("crx-vmm.log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(workspace_root().join("target/release/crx-vmm"))
+            .args(["--memory-mib", "256", "--vcpus", "1"])
+            .arg("--kernel")
+            .arg(Path::new(&boot).join("vmlinux"))
+            .arg("--initrd")
+            .arg(&cpio)
+            .args(["--init-args", "quiet rdinit=/init"])
+            .args(["--net", &format!("tap={VMM_TAP}")])
+            .stdin(Stdio::null())
+            .stderr(out.try_clone()?)
+            .stdout(out)
+            .spawn()
+            .context("crx-vmm")?;
+        Ok(TapVm {
+            child,
+            tap: VMM_TAP,
+            log,
+        })
     }
 }
 
-impl Drop for Qemu {
+impl Drop for TapVm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = Command::new("ip").args(["link", "del", QEMU_TAP]).output();
+        let _ = Command::new("ip").args(["link", "del", self.tap]).output();
     }
+}
+
+/// `tree` with an `/init` that puts `guest_ip`/24 on eth0 and serves, as a newc cpio.
+fn initramfs(work: &Path, tree: &Path, guest_ip: &str, name: &str) -> Result<PathBuf> {
+    let init = format!(
+        "#!/bin/sh\nmount -t proc p /proc; mount -t sysfs s /sys; mount -t devtmpfs d /dev\n\
+         ip link set lo up\n\
+         ip addr add {guest_ip}/24 dev eth0; ip link set eth0 up\n{SERVE}\n"
+    );
+    std::fs::write(tree.join("init"), init)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tree.join("init"), std::fs::Permissions::from_mode(0o755))?;
+    let cpio = work.join(format!("{name}.cpio"));
+    cmd::run(Command::new("sh").arg("-c").arg(format!(
+        "cd {} && find . | cpio -o -H newc > {} 2>/dev/null",
+        tree.display(),
+        cpio.display()
+    )))?;
+    Ok(cpio)
+}
+
+/// A tap `name` (recreated), up, with `host_ip`/24.
+fn tap(name: &str, host_ip: &str) -> Result<()> {
+    let _ = Command::new("ip").args(["link", "del", name]).output();
+    for args in [
+        vec!["tuntap", "add", "dev", name, "mode", "tap"],
+        vec!["addr", "add", &format!("{host_ip}/24"), "dev", name],
+        vec!["link", "set", name, "up"],
+    ] {
+        cmd::run(Command::new("ip").args(&args))?;
+    }
+    Ok(())
 }

@@ -278,6 +278,33 @@ fn lab_oci_run_exit_code_and_hooks() {
     assert_eq!(last["status"], "stopped");
 }
 
+/// crx-runc starts from a VM template (ADR 0017): its rootfs share is a slot of the template,
+/// so the first `run` of the shape builds it and restores, and the next restores too, each
+/// container seeing its own bundle's rootfs through its own virtiofsd.
+#[test]
+fn lab_oci_run_restores_from_a_template() {
+    let lab = Lab::new();
+    let templates = lab.dir.path().join("templates");
+    for round in 0..2 {
+        let id = format!("t{round}");
+        let b = lab.bundle(&id, &["cat", "/round"], json!({}));
+        fs::write(b.join("rootfs/round"), format!("round {round}\n")).unwrap();
+        let out = runc_cmd(&lab.root(), &["run", "--bundle", b.to_str().unwrap(), &id])
+            .env("CRX_TEMPLATE_DIR", &templates)
+            .env("CRX_TRACE", "1")
+            .env_remove("CRX_TEMPLATES")
+            .env_remove("CRX_COLD")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(code(&out), 0, "round {round}: {err}");
+        assert_eq!(text(&out.stdout), format!("round {round}\n"), "{err}");
+        assert!(err.contains("template: restoring"), "round {round}: {err}");
+        assert_eq!(err.contains("template: building"), round == 0, "{err}");
+    }
+}
+
 /// kill KILL: the monitor dies by SIGKILL too; delete --force of a running container.
 #[test]
 fn lab_oci_sigkill_and_force_delete() {

@@ -53,6 +53,11 @@ pub struct FsShare {
 pub const GUEST_CID: u32 = 3;
 
 impl VmConfig {
+    /// Whether the VM has the image's read-only disk (an empty `disk` path: none).
+    pub fn has_disk(&self) -> bool {
+        !self.disk.as_os_str().is_empty()
+    }
+
     /// Adds a virtio-fs device: the guest sees the directory that the virtiofsd listening on
     /// `socket` shares as `tag` (`mount -t virtiofs TAG DIR`, or `Rootfs::virtiofs(TAG, ..)`).
     /// With any, crx-vmm backs guest RAM with a shared memfd and copies the boot files.
@@ -66,7 +71,7 @@ impl VmConfig {
     /// The VM as crx-vmm reads it (`crx-vmm --config`).
     pub fn vmm_config(&self) -> crx_vmconfig::VmConfig {
         use crx_vmconfig::{DiskConfig, FsConfig, SerialOutput, VsockConfig};
-        let disks = (!self.disk.as_os_str().is_empty()).then(|| DiskConfig {
+        let disks = self.has_disk().then(|| DiskConfig {
             path: self.disk.clone(),
             read_only: true,
         });

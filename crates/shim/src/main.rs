@@ -25,6 +25,8 @@ pub const RUNTIME_ID: &str = "io.containerd.crx.v2";
 pub const STATE_ROOT: &str = "/run/crx-shim";
 
 fn main() {
+    // `CRX_TRACE=1` in containerd's environment: boot phases in its log, as `crx` prints them.
+    crx_runtime::trace::init();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     match shim::parse(&args[1..]) {
         Ok(flags) if flags.action.is_empty() && !flags.info && !flags.version => {

@@ -12,6 +12,8 @@ use clap::Parser;
 use crx::oci;
 
 fn main() -> ExitCode {
+    // `CRX_TRACE=1`: boot phases on stderr (a monitor inherits ours), as `crx` prints them.
+    crx_runtime::trace::init();
     // A monitor (this program again, started by the runtime) runs its job alone.
     if let Some(code) = crx_runtime::monitor::enter() {
         return ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255));

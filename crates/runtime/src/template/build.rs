@@ -55,7 +55,7 @@ fn template_vm(
     shares: Vec<crate::vm::FsShare>,
 ) -> Result<VmConfig, TemplateError> {
     let mut t = vm.clone();
-    if !vm.disk.as_os_str().is_empty() {
+    if vm.has_disk() {
         t.disk = staging.join(PLACEHOLDER);
     }
     t.vsock_uds = sockets.join("v.sock");
@@ -122,7 +122,7 @@ fn share_slots(
 }
 
 fn boot_in(t: &VmConfig, staging: &Path) -> Result<(), TemplateError> {
-    if !t.disk.as_os_str().is_empty() {
+    if t.has_disk() {
         std::fs::File::create(&t.disk).map_err(|e| io_err(&t.disk, e))?;
     }
     let start = Instant::now();

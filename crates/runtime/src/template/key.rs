@@ -33,11 +33,7 @@ impl Key {
             .collect();
         // Share slots: the tag the guest read at probe (a clone's share is its own).
         let shares: String = vm.fs.iter().map(|f| format!(",fs:{}", f.tag)).collect();
-        let disk = if vm.disk.as_os_str().is_empty() {
-            ""
-        } else {
-            "disk:ro,"
-        };
+        let disk = if vm.has_disk() { "disk:ro," } else { "" };
         let text = format!(
             "crx-template v{KEY_VERSION}\nkernel={}\ninitrd={}\nmemory_mib={}\nvcpus={}\n\
              devices={disk}vsock:{}{shares}{nics}\nvmm={vmm}\ncpu={}\n",

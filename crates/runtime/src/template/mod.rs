@@ -248,7 +248,7 @@ pub fn identity(vm: &VmConfig) -> Result<crx_proto::Request, crate::RuntimeError
         .and_then(|mut f| f.read_exact(&mut entropy))
         .map_err(crate::error::io(urandom))?;
     let mut disk_sectors = Vec::new();
-    if !vm.disk.as_os_str().is_empty() {
+    if vm.has_disk() {
         let len = std::fs::metadata(&vm.disk)
             .map_err(crate::error::io(&vm.disk))?
             .len();

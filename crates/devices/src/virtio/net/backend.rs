@@ -5,6 +5,10 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use vm_memory::VolatileSlice;
+
+use super::header::HDR_LEN;
+
 /// The host end of a virtio-net device: a tap, or [`MemBackend`] in tests and fuzzing.
 ///
 /// Frames travel with their 12-byte virtio-net header in front. Both calls are nonblocking:
@@ -12,12 +16,45 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub trait NetBackend: Send {
     /// Reads one frame (header included) into `buf`; returns its length.
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
-    /// Writes one frame (header included).
-    fn write_frame(&mut self, frame: &[u8]) -> io::Result<()>;
+    /// Writes one frame: its checked header, then its body from guest memory, as one frame.
+    fn write_frame(&mut self, frame: &TxFrame<'_>) -> io::Result<()>;
     /// Sets the offloads the host may use in frames it hands the guest (`TUN_F_*`).
     fn set_offload(&mut self, tun_flags: u32) -> io::Result<()>;
     /// The fd the event loop watches (readable: a frame waits; writable: room to write).
     fn raw_fd(&self) -> Option<RawFd>;
+}
+
+/// A frame the guest transmits: the virtio-net header as the device copied and checked it (the
+/// guest cannot change it afterwards), and the rest of the chain where the guest put it. The
+/// body is not interpreted by the VMM: the host kernel copies it once, and checks it itself.
+pub struct TxFrame<'a> {
+    /// The header, copied.
+    pub header: [u8; HDR_LEN],
+    /// The Ethernet frame, in guest memory, in chain order.
+    pub body: Vec<VolatileSlice<'a>>,
+}
+
+impl TxFrame<'_> {
+    /// Header and body bytes.
+    pub fn len(&self) -> usize {
+        HDR_LEN + self.body.iter().map(|s| s.len()).sum::<usize>()
+    }
+
+    /// Never: a frame has its header.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The whole frame, copied (tests and the in-memory backend).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = self.header.to_vec();
+        for s in &self.body {
+            let at = v.len();
+            v.resize(at + s.len(), 0);
+            s.copy_to(&mut v[at..]);
+        }
+        v
+    }
 }
 
 /// What a [`MemBackend`] holds: frames to hand the guest, frames the guest sent, and a
@@ -76,7 +113,7 @@ impl NetBackend for MemBackend {
         buf[..n].copy_from_slice(&frame[..n]);
         Ok(n)
     }
-    fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+    fn write_frame(&mut self, frame: &TxFrame<'_>) -> io::Result<()> {
         let mut s = self.state();
         if let Some(kind) = s.write_error {
             return Err(kind.into());

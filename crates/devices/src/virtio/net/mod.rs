@@ -16,7 +16,7 @@ pub mod tx;
 use std::fmt;
 use std::str::FromStr;
 
-pub use backend::{MemBackend, MemState, NetBackend};
+pub use backend::{MemBackend, MemState, NetBackend, TxFrame};
 pub use device::{Net, NetOptions, NetStats, RX_BUDGET};
 pub use header::{VnetHeader, HDR_LEN};
 pub use tap::{Tap, TapError};

@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use super::backend::NetBackend;
+use super::backend::{NetBackend, TxFrame};
 use super::header::HDR_LEN;
 
 /// Errors opening a tap.
@@ -170,9 +170,24 @@ impl NetBackend for Tap {
         }
         Ok(n as usize)
     }
-    fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
-        // SAFETY: `frame` is valid for reads of `frame.len()` bytes for the duration of the call.
-        let n = unsafe { libc::write(self.file.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+    fn write_frame(&mut self, frame: &TxFrame<'_>) -> io::Result<()> {
+        let mut iov = Vec::with_capacity(1 + frame.body.len());
+        iov.push(libc::iovec {
+            iov_base: frame.header.as_ptr() as *mut libc::c_void,
+            iov_len: frame.header.len(),
+        });
+        for s in &frame.body {
+            iov.push(libc::iovec {
+                iov_base: s.ptr_guard().as_ptr().cast_mut().cast(),
+                iov_len: s.len(),
+            });
+        }
+        let count = libc::c_int::try_from(iov.len())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: each iovec is valid for reads of its length for the duration of the call: the
+        // header is ours, the body slices are guest RAM mappings that `frame` borrows (writev
+        // only reads them; the guest changing them meanwhile changes only the frame's bytes).
+        let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), count) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }

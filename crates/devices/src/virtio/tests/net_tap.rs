@@ -7,9 +7,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use virtio_bindings::virtio_net::*;
 use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, VolatileSlice};
 
-use crate::virtio::net::{Net, NetBackend, NetOptions, Tap, TapError, HDR_LEN, RXQ, TXQ};
+use crate::virtio::net::{Net, NetBackend, NetOptions, Tap, TapError, TxFrame, HDR_LEN, RXQ, TXQ};
 use crate::virtio::test_utils::*;
 use crate::virtio::{EventFd, EventSet, VirtioDevice, VIRTIO_F_VERSION_1};
 
@@ -162,11 +162,15 @@ fn tap_moves_frames_both_ways() {
         assert_eq!(tap.name(), "crxtap0");
         link_up("crxtap0");
         let host = packet_socket("crxtap0");
-        // Guest to host: a header then the frame.
+        // Guest to host: a header then the frame, in two pieces of "guest memory" (one frame).
         let f = eth_frame(1000, 7);
-        let mut with_hdr = vec![0u8; HDR_LEN];
-        with_hdr.extend(&f);
-        tap.write_frame(&with_hdr).unwrap();
+        let mut mem = f.clone();
+        let (a, b) = mem.split_at_mut(100);
+        let frame = TxFrame {
+            header: [0u8; HDR_LEN],
+            body: vec![VolatileSlice::from(a), VolatileSlice::from(b)],
+        };
+        tap.write_frame(&frame).unwrap();
         assert_eq!(recv(host.as_raw_fd()), f);
         // Host to guest.
         let g = eth_frame(1400, 3);
