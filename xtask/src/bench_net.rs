@@ -14,8 +14,9 @@
 //!
 //! in the same invocation, each serving from the same tree (busybox, iperf3 and its
 //! libraries). Host CPU per GB moved is the busy time of all host CPUs (`/proc/stat`) over the
-//! run divided by the bytes. Ratios are crx-vmm-tap's and crx-runc's over QEMU's. One 10 s run per direction and
-//! target (`--runs` is not used); the figures are recorded in docs/benchmarks.md.
+//! run divided by the bytes (the other targets idle meanwhile). Ratios are crx-vmm-tap's and
+//! crx-runc's over QEMU's. All four are started first, then measured in turn, `--runs` rounds
+//! of one 10 s run per direction each; medians are printed and recorded in docs/benchmarks.md.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -53,7 +54,7 @@ pub fn outer(runs: usize) -> Result<i32> {
 
 /// The part that runs inside the lab.
 pub fn inner(runs: usize) -> Result<()> {
-    bench_lab::in_scratch("net", runs, measure)
+    bench_lab::in_scratch("net", runs, |work| measure(work, runs))
 }
 
 /// One target's figures.
@@ -69,57 +70,74 @@ struct Figures {
     rtt_p90: Duration,
 }
 
-fn measure(work: &Path) -> Result<()> {
+fn measure(work: &Path, runs: usize) -> Result<()> {
     let tree = server_tree(work)?;
     let crx_runc = workspace_root().join("target/release/crx-runc");
-    let mut results: Vec<(&str, Figures)> = Vec::new();
-    for (name, runtime) in [
-        ("crx-runc", crx_runc.as_path()),
-        ("runc", Path::new("runc")),
-    ] {
-        let pod = Podman::start(work, runtime, &tree).with_context(|| name.to_owned())?;
-        let f = figures(&pod.ip).with_context(|| format!("{name} at {}", pod.ip));
-        drop(pod);
-        let f = f?;
-        // Printed as measured: a later target's failure keeps what was measured.
-        println!("  measured {name}: {f:?}");
-        results.push((name, f));
-    }
-    remove_podman_storage();
-    for (name, ip) in [("crx-vmm-tap", VMM_GUEST), ("qemu-tap", QEMU_GUEST)] {
-        let vm = if name == "qemu-tap" {
-            TapVm::qemu(work, &tree)?
-        } else {
-            TapVm::crx_vmm(work, &tree)?
-        };
-        match figures(ip) {
-            Ok(f) => results.push((name, f)),
-            Err(e) => {
-                let log = std::fs::read_to_string(&vm.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                eprintln!(
-                    "bench net: {name} not measured: {e:#}\n{} (last lines, newest first):",
-                    vm.log.display()
-                );
-                for l in tail {
-                    eprintln!("  {l}");
+    // Every target up at once, then measured in turn, round after round: a drift of the
+    // machine over the invocation falls on all of them alike.
+    let crx = Podman::start(work, &crx_runc, &tree).context("crx-runc")?;
+    let runc = Podman::start(work, Path::new("runc"), &tree).context("runc")?;
+    let vmm = TapVm::crx_vmm(work, &tree)?;
+    let qemu = TapVm::qemu(work, &tree)?;
+    let targets: [(&str, &str, Option<&TapVm>); 4] = [
+        ("crx-runc", &crx.ip, None),
+        ("runc", &runc.ip, None),
+        ("crx-vmm-tap", VMM_GUEST, Some(&vmm)),
+        ("qemu-tap", QEMU_GUEST, Some(&qemu)),
+    ];
+    let mut results: Vec<(&str, Vec<Figures>)> =
+        targets.iter().map(|t| (t.0, Vec::new())).collect();
+    for round in 1..=runs {
+        for (i, (name, ip, vm)) in targets.iter().enumerate() {
+            match figures(ip) {
+                Ok(f) => {
+                    // Printed as measured: a later failure keeps what was measured.
+                    println!("  round {round} {name}: {f:?}");
+                    results[i].1.push(f);
+                }
+                Err(e) => {
+                    eprintln!("bench net: {name} at {ip} not measured in round {round}: {e:#}");
+                    if let Some(vm) = vm {
+                        vm.print_log_tail();
+                    }
                 }
             }
         }
-        drop(vm);
     }
-    report(&results);
+    drop((crx, runc, vmm, qemu));
+    remove_podman_storage();
+    report(&results, runs);
     Ok(())
 }
 
-fn report(results: &[(&str, Figures)]) {
+/// The median of `f` over `v`.
+fn median(v: &[Figures], f: impl Fn(&Figures) -> f64) -> f64 {
+    let mut x: Vec<f64> = v.iter().map(f).collect();
+    x.sort_by(|a, b| a.total_cmp(b));
+    x.get(x.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn report(results: &[(&str, Vec<Figures>)], runs: usize) {
     println!(
         "TCP throughput ({SECONDS} s each way, iperf3) and 1-byte request/response over TCP \
-         ({ROUND_TRIPS} round trips), lab host <-> guest, in the nested lab:"
+         ({ROUND_TRIPS} round trips), lab host <-> guest, in the nested lab; medians of {runs} \
+         rounds (targets measured in turn each round):"
     );
-    for (name, f) in results {
+    let med = |v: &[Figures]| Figures {
+        to_guest: median(v, |f| f.to_guest),
+        to_host: median(v, |f| f.to_host),
+        cpu_per_gb: median(v, |f| f.cpu_per_gb),
+        rtt_median: Duration::from_secs_f64(median(v, |f| f.rtt_median.as_secs_f64())),
+        rtt_p90: Duration::from_secs_f64(median(v, |f| f.rtt_p90.as_secs_f64())),
+    };
+    let meds: Vec<(&str, Figures)> = results
+        .iter()
+        .filter(|r| !r.1.is_empty())
+        .map(|r| (r.0, med(&r.1)))
+        .collect();
+    for (name, f) in &meds {
         println!(
-            "  {name:<9} host->guest {:>7.3} Gbit/s  guest->host {:>7.3} Gbit/s  \
+            "  {name:<11} host->guest {:>7.3} Gbit/s  guest->host {:>7.3} Gbit/s  \
              host CPU {:>6.1} s/GB  rtt median {:>7.3} ms  p90 {:>7.3} ms",
             f.to_guest,
             f.to_host,
@@ -128,7 +146,7 @@ fn report(results: &[(&str, Figures)]) {
             f.rtt_p90.as_secs_f64() * 1e3
         );
     }
-    let get = |n: &str| results.iter().find(|r| r.0 == n).map(|r| r.1);
+    let get = |n: &str| meds.iter().find(|r| r.0 == n).map(|r| r.1);
     for name in ["crx-vmm-tap", "crx-runc"] {
         if let (Some(c), Some(q)) = (get(name), get("qemu-tap")) {
             println!(
@@ -396,6 +414,17 @@ impl TapVm {
             tap: VMM_TAP,
             log,
         })
+    }
+}
+
+impl TapVm {
+    /// The last lines of the VM's console, newest first, on stderr.
+    fn print_log_tail(&self) {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        eprintln!("{} (last lines, newest first):", self.log.display());
+        for l in log.lines().rev().take(30) {
+            eprintln!("  {l}");
+        }
     }
 }
 

@@ -179,23 +179,25 @@ impl<D: VirtioDevice> MmioTransport<D> {
         if !self.activated || index >= self.queues.len() {
             return;
         }
+        let before = UsedMarks::of(&self.queues);
         if self
             .device
             .process_queue(&self.mem, &mut self.queues, index)
         {
-            self.signal(INT_USED_RING);
+            self.signal_used(&before);
         }
     }
 
     /// Event-loop entry point for one of the device's own host fds.
     pub fn process_host_event(&mut self, fd: RawFd, events: EventSet) {
+        let before = UsedMarks::of(&self.queues);
         let active = if self.activated {
             Some((&self.mem, &mut self.queues[..]))
         } else {
             None
         };
         if self.device.process_host_event(active, fd, events) {
-            self.signal(INT_USED_RING);
+            self.signal_used(&before);
         }
     }
 
@@ -210,6 +212,23 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.config_generation = self.config_generation.wrapping_add(1);
         if self.activated {
             self.signal(INT_CONFIG);
+        }
+    }
+
+    /// Interrupts the guest for the buffers the device just used, unless every queue that
+    /// gained some has the driver's `VRING_AVAIL_F_NO_INTERRUPT` set (virtio 1.x 2.7.7.2: the
+    /// device should not interrupt then; Linux sets it while it polls a queue, e.g. virtio-net's
+    /// NAPI). Each interrupt it does not want costs the guest an injection and, on virtio-mmio,
+    /// two exits to this process (InterruptStatus, InterruptACK).
+    /// A device whose rings a vhost-user backend serves (it uses buffers itself, then calls)
+    /// is interrupted on every call: the backend already asked the driver.
+    fn signal_used(&mut self, before: &UsedMarks) {
+        let wanted = !self.device.handles_queue_events()
+            || self.queues.iter_mut().enumerate().any(|(i, q)| {
+                before.changed(i, q.next_used()) && wants_interrupt(&self.mem, q)
+            });
+        if wanted {
+            self.signal(INT_USED_RING);
         }
     }
 
@@ -450,4 +469,47 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
         }
         self.write_reg(offset, u32::from_le_bytes(bytes));
     }
+}
+
+/// Each queue's used index before a device call (a device has at most [`UsedMarks::MAX`]
+/// queues; a queue beyond that counts as changed).
+struct UsedMarks([u16; UsedMarks::MAX]);
+
+impl UsedMarks {
+    const MAX: usize = 8;
+
+    fn of(queues: &[Queue]) -> Self {
+        let mut m = [0; Self::MAX];
+        for (slot, q) in m.iter_mut().zip(queues) {
+            *slot = q.next_used();
+        }
+        Self(m)
+    }
+
+    fn changed(&self, index: usize, now: u16) -> bool {
+        self.0.get(index).is_none_or(|&was| was != now)
+    }
+}
+
+/// `VRING_AVAIL_F_NO_INTERRUPT` in the available ring's flags.
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+/// Whether the driver wants an interrupt for `q`'s new used buffers: with `EVENT_IDX`, what
+/// its `used_event` says; without, unless its available ring's flags hold
+/// `VRING_AVAIL_F_NO_INTERRUPT`. Read after the used index was published (the fence), so a
+/// driver that clears the flag and then looks at the used ring misses nothing; a ring that
+/// cannot be read gets the interrupt.
+fn wants_interrupt(mem: &Mem, q: &mut Queue) -> bool {
+    if q.event_idx_enabled() {
+        return q.needs_notification(mem).unwrap_or(true);
+    }
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    use vm_memory::Bytes;
+    mem.load::<u16>(
+        GuestAddress(q.avail_ring()),
+        std::sync::atomic::Ordering::Acquire,
+    )
+    .map_or(true, |flags| {
+        u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0
+    })
 }

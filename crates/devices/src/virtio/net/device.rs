@@ -12,7 +12,7 @@
 use std::os::fd::RawFd;
 
 use virtio_bindings::virtio_net::*;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 
 use super::backend::NetBackend;
 use super::header::TxOffloads;
@@ -191,12 +191,29 @@ impl Net {
         let Some(q) = queues.get_mut(RXQ) else {
             return false;
         };
-        let pass: RxPass = self
-            .rx
-            .process(mem, q, self.backend.as_mut(), mergeable, RX_BUDGET);
-        self.stats.rx_frames += pass.delivered;
-        self.stats.rx_dropped += pass.dropped;
-        pass.used
+        let mut used = false;
+        loop {
+            let pass: RxPass = self
+                .rx
+                .process(mem, q, self.backend.as_mut(), mergeable, RX_BUDGET);
+            self.stats.rx_frames += pass.delivered;
+            self.stats.rx_dropped += pass.dropped;
+            used |= pass.used;
+            if !pass.blocked {
+                // The device reads the ring whenever the tap has a frame: the driver's refills
+                // need no notification (`VRING_USED_F_NO_NOTIFY`), each one an exit saved.
+                let _ = q.disable_notification(mem);
+                return used;
+            }
+            // A frame waits for buffers: the driver's next refill must notify, and one it
+            // published before seeing the flag is taken now; unless this pass moved nothing
+            // (buffers the ring shows but cannot hand out: a broken ring is not retried here).
+            let moved = pass.used || pass.delivered > 0 || pass.dropped > 0;
+            match q.enable_notification(mem) {
+                Ok(true) if moved => continue,
+                _ => return used,
+            }
+        }
     }
 
     fn run_tx(&mut self, mem: &Mem, queues: &mut [Queue]) -> bool {
@@ -204,11 +221,28 @@ impl Net {
         let Some(q) = queues.get_mut(TXQ) else {
             return false;
         };
-        let pass: TxPass = self.tx.process(mem, q, self.backend.as_mut(), off);
-        self.tx_blocked = pass.blocked;
-        self.stats.tx_frames += pass.sent;
-        self.stats.tx_dropped += pass.dropped;
-        pass.used
+        let mut used = false;
+        loop {
+            // While the ring is drained, frames the driver adds need no notification.
+            let _ = q.disable_notification(mem);
+            let pass: TxPass = self.tx.process(mem, q, self.backend.as_mut(), off);
+            self.tx_blocked = pass.blocked;
+            self.stats.tx_frames += pass.sent;
+            self.stats.tx_dropped += pass.dropped;
+            used |= pass.used;
+            if pass.blocked {
+                // The tap's room starts the next pass, which notifies again when done.
+                return used;
+            }
+            // Drained: notifications on again, and a frame added before the driver saw that
+            // is sent now; unless this pass moved nothing (chains the ring shows but cannot
+            // hand out: a broken ring is not retried here).
+            let moved = pass.used || pass.sent > 0 || pass.dropped > 0;
+            match q.enable_notification(mem) {
+                Ok(true) if moved => continue,
+                _ => return used,
+            }
+        }
     }
 }
 

@@ -531,3 +531,36 @@ fn tx_with_virtio_queue_mock() {
     assert_eq!(backend.state().sent, vec![f]);
     assert_eq!(qs[TXQ].next_used(), 1);
 }
+
+fn used_flags(mem: &vm_memory::GuestMemoryMmap, d: &Driver<'_>) -> u16 {
+    mem.read_obj(GuestAddress(d.used_addr())).unwrap()
+}
+
+/// The driver is asked to notify only when the device needs it (`VRING_USED_F_NO_NOTIFY`
+/// otherwise): receive buffers only while a frame waits for them, transmitted frames only once
+/// the ring is drained; a ring whose index claims chains it cannot hand out ends the pass.
+#[test]
+fn notifications_only_when_the_device_needs_them() {
+    let mem = test_mem();
+    let mut rig = Rig::new(&mem, 16, linux_features());
+    // Activation's pass found the tap empty: the device reads the ring when a frame comes.
+    assert_eq!(used_flags(&mem, &rig.rx), 1, "rx: no notification needed");
+    rig.backend.state().incoming.push_back(host_frame(3000));
+    assert!(!rig.tap_event(EventSet::IN));
+    assert_eq!(used_flags(&mem, &rig.rx), 0, "rx: a frame waits for buffers");
+    rig.rx.add(&[w(BUFS, 4000)]);
+    assert!(rig.kick(RXQ));
+    assert_eq!(used_flags(&mem, &rig.rx), 1, "rx: delivered, nothing waits");
+
+    let f = frame(100);
+    let c = readable(&mem, BUFS + 0x2000, &f, &[]);
+    rig.tx.add(&c);
+    assert!(rig.kick(TXQ));
+    assert_eq!(used_flags(&mem, &rig.tx), 0, "tx: drained, the next frame notifies");
+    // A hostile index far past the ring's size: the pass ends, the device does not spin.
+    let idx: u16 = mem.read_obj(GuestAddress(rig.tx.avail_addr() + 2)).unwrap();
+    mem.write_obj(idx.wrapping_add(300), GuestAddress(rig.tx.avail_addr() + 2))
+        .unwrap();
+    rig.kick(TXQ);
+    assert_eq!(rig.backend.state().sent, vec![f]);
+}
