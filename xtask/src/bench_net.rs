@@ -14,9 +14,9 @@
 //!
 //! in the same invocation, each serving from the same tree (busybox, iperf3 and its
 //! libraries). Host CPU per GB moved is the busy time of all host CPUs (`/proc/stat`) over the
-//! run divided by the bytes (the other targets idle meanwhile). Ratios are crx-vmm-tap's and
-//! crx-runc's over QEMU's. All four are started first, then measured in turn, `--runs` rounds
-//! of one 10 s run per direction each; medians are printed and recorded in docs/benchmarks.md.
+//! run divided by the bytes. Ratios are crx-vmm-tap's and crx-runc's over QEMU's. `--runs`
+//! rounds, each target started, measured (one 10 s run per direction) and stopped in turn in
+//! each; medians are printed and recorded in docs/benchmarks.md.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -70,44 +70,52 @@ struct Figures {
     rtt_p90: Duration,
 }
 
+/// The targets, in the order of each round.
+const TARGETS: [&str; 4] = ["crx-runc", "runc", "crx-vmm-tap", "qemu-tap"];
+
 fn measure(work: &Path, runs: usize) -> Result<()> {
     let tree = server_tree(work)?;
-    let crx_runc = workspace_root().join("target/release/crx-runc");
-    // Every target up at once, then measured in turn, round after round: a drift of the
-    // machine over the invocation falls on all of them alike.
-    let crx = Podman::start(work, &crx_runc, &tree).context("crx-runc")?;
-    let runc = Podman::start(work, Path::new("runc"), &tree).context("runc")?;
-    let vmm = TapVm::crx_vmm(work, &tree)?;
-    let qemu = TapVm::qemu(work, &tree)?;
-    let targets: [(&str, &str, Option<&TapVm>); 4] = [
-        ("crx-runc", &crx.ip, None),
-        ("runc", &runc.ip, None),
-        ("crx-vmm-tap", VMM_GUEST, Some(&vmm)),
-        ("qemu-tap", QEMU_GUEST, Some(&qemu)),
-    ];
-    let mut results: Vec<(&str, Vec<Figures>)> =
-        targets.iter().map(|t| (t.0, Vec::new())).collect();
+    // Round after round, each target started, measured alone (nothing else running: an idle
+    // VM beside it costs the lab's CPUs) and stopped: a drift of the machine over the
+    // invocation falls on all of them alike.
+    let mut results: Vec<(&str, Vec<Figures>)> = TARGETS.iter().map(|t| (*t, Vec::new())).collect();
     for round in 1..=runs {
-        for (i, (name, ip, vm)) in targets.iter().enumerate() {
-            match figures(ip) {
+        for (i, name) in TARGETS.iter().enumerate() {
+            match measure_one(name, work, &tree) {
                 Ok(f) => {
                     // Printed as measured: a later failure keeps what was measured.
                     println!("  round {round} {name}: {f:?}");
                     results[i].1.push(f);
                 }
-                Err(e) => {
-                    eprintln!("bench net: {name} at {ip} not measured in round {round}: {e:#}");
-                    if let Some(vm) = vm {
-                        vm.print_log_tail();
-                    }
-                }
+                Err(e) => eprintln!("bench net: {name} not measured in round {round}: {e:#}"),
             }
         }
     }
-    drop((crx, runc, vmm, qemu));
     remove_podman_storage();
     report(&results, runs);
     Ok(())
+}
+
+/// Starts target `name`, measures it, stops it.
+fn measure_one(name: &str, work: &Path, tree: &Path) -> Result<Figures> {
+    let vm = match name {
+        "crx-runc" | "runc" => {
+            let runtime = match name {
+                "runc" => PathBuf::from("runc"),
+                _ => workspace_root().join("target/release/crx-runc"),
+            };
+            let pod = Podman::start(work, &runtime, tree)?;
+            return figures(&pod.ip).with_context(|| format!("at {}", pod.ip));
+        }
+        "crx-vmm-tap" => TapVm::crx_vmm(work, tree)?,
+        _ => TapVm::qemu(work, tree)?,
+    };
+    let ip = if name == "qemu-tap" {
+        QEMU_GUEST
+    } else {
+        VMM_GUEST
+    };
+    figures(ip).inspect_err(|_| vm.print_log_tail())
 }
 
 /// The median of `f` over `v`.
@@ -115,6 +123,12 @@ fn median(v: &[Figures], f: impl Fn(&Figures) -> f64) -> f64 {
     let mut x: Vec<f64> = v.iter().map(f).collect();
     x.sort_by(|a, b| a.total_cmp(b));
     x.get(x.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The median of a latency over the rounds that measured one (0: none did).
+fn rtt_median(v: &[Figures], f: impl Fn(&Figures) -> Duration) -> Duration {
+    let measured: Vec<Figures> = v.iter().filter(|x| !f(x).is_zero()).copied().collect();
+    Duration::from_secs_f64(median(&measured, |x| f(x).as_secs_f64()))
 }
 
 fn report(results: &[(&str, Vec<Figures>)], runs: usize) {
@@ -127,8 +141,8 @@ fn report(results: &[(&str, Vec<Figures>)], runs: usize) {
         to_guest: median(v, |f| f.to_guest),
         to_host: median(v, |f| f.to_host),
         cpu_per_gb: median(v, |f| f.cpu_per_gb),
-        rtt_median: Duration::from_secs_f64(median(v, |f| f.rtt_median.as_secs_f64())),
-        rtt_p90: Duration::from_secs_f64(median(v, |f| f.rtt_p90.as_secs_f64())),
+        rtt_median: rtt_median(v, |f| f.rtt_median),
+        rtt_p90: rtt_median(v, |f| f.rtt_p90),
     };
     let meds: Vec<(&str, Figures)> = results
         .iter()
@@ -246,7 +260,10 @@ fn wait_for_port(ip: &str, port: u16) -> Result<()> {
 }
 
 /// What every guest runs: iperf3's server and an echo server, then waits.
-const SERVE: &str = "iperf3 -s -D; nc -l -p 7 -e /bin/cat & exec sleep 100000";
+/// The servers: iperf3, and an echo server on port 7 for one connection at a time, again and
+/// again (a round each).
+const SERVE: &str =
+    "iperf3 -s -D; (while :; do nc -l -p 7 -e /bin/cat || sleep 1; done) & exec sleep 100000";
 
 /// A tree with busybox (and its applets), iperf3 and the libraries it loads.
 fn server_tree(work: &Path) -> Result<PathBuf> {

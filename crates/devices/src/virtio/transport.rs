@@ -223,10 +223,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// A device whose rings a vhost-user backend serves (it uses buffers itself, then calls)
     /// is interrupted on every call: the backend already asked the driver.
     fn signal_used(&mut self, before: &UsedMarks) {
-        let wanted = !self.device.handles_queue_events()
-            || self.queues.iter_mut().enumerate().any(|(i, q)| {
-                before.changed(i, q.next_used()) && wants_interrupt(&self.mem, q)
-            });
+        let wanted =
+            !self.device.handles_queue_events()
+                || self.queues.iter_mut().enumerate().any(|(i, q)| {
+                    before.changed(i, q.next_used()) && wants_interrupt(&self.mem, q)
+                });
         if wanted {
             self.signal(INT_USED_RING);
         }

@@ -547,7 +547,11 @@ fn notifications_only_when_the_device_needs_them() {
     assert_eq!(used_flags(&mem, &rig.rx), 1, "rx: no notification needed");
     rig.backend.state().incoming.push_back(host_frame(3000));
     assert!(!rig.tap_event(EventSet::IN));
-    assert_eq!(used_flags(&mem, &rig.rx), 0, "rx: a frame waits for buffers");
+    assert_eq!(
+        used_flags(&mem, &rig.rx),
+        0,
+        "rx: a frame waits for buffers"
+    );
     rig.rx.add(&[w(BUFS, 4000)]);
     assert!(rig.kick(RXQ));
     assert_eq!(used_flags(&mem, &rig.rx), 1, "rx: delivered, nothing waits");
@@ -556,7 +560,11 @@ fn notifications_only_when_the_device_needs_them() {
     let c = readable(&mem, BUFS + 0x2000, &f, &[]);
     rig.tx.add(&c);
     assert!(rig.kick(TXQ));
-    assert_eq!(used_flags(&mem, &rig.tx), 0, "tx: drained, the next frame notifies");
+    assert_eq!(
+        used_flags(&mem, &rig.tx),
+        0,
+        "tx: drained, the next frame notifies"
+    );
     // A hostile index far past the ring's size: the pass ends, the device does not spin.
     let idx: u16 = mem.read_obj(GuestAddress(rig.tx.avail_addr() + 2)).unwrap();
     mem.write_obj(idx.wrapping_add(300), GuestAddress(rig.tx.avail_addr() + 2))
