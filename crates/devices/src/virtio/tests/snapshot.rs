@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::transport::{negotiate, rd, setup_queue, wr, CountIrq, DRIVER_OK_ALL};
+use super::transport::{active_rng, negotiate, rd, setup_queue, wr, CountIrq, DRIVER_OK_ALL};
 use crate::bus::BusDevice;
 use crate::state::DeviceStateError;
 use crate::virtio::blk::{Block, MemDisk};
@@ -18,12 +18,7 @@ use vm_memory::Bytes;
 #[test]
 fn an_active_rng_continues_after_restore() {
     let mem = test_mem();
-    let irq = Arc::new(CountIrq::default());
-    let mut t = MmioTransport::new(Rng::new(), mem.clone(), irq.clone()).unwrap();
-    let mut drv = Driver::new(&mem, 0x1_0000, 16);
-    negotiate(&mut t);
-    setup_queue(&mut t, 0, &drv, 16);
-    wr(&mut t, 0x70, DRIVER_OK_ALL);
+    let (mut t, _, mut drv) = active_rng(&mem);
     let head = drv.add(&[w(0x10_0000, 32)]);
     t.process_queue(0);
     assert_eq!(drv.used(), vec![(head, 32)]);

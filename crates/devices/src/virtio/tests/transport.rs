@@ -56,6 +56,20 @@ pub(super) fn setup_queue<D: VirtioDevice>(
     wr(t, 0x44, 1);
 }
 
+/// An rng device on `mem`, negotiated and activated with one 16-entry queue at 0x1_0000:
+/// the transport, its interrupt counter and the queue's driver.
+pub(super) fn active_rng(
+    mem: &vm_memory::GuestMemoryMmap,
+) -> (MmioTransport<Rng>, Arc<CountIrq>, Driver<'_>) {
+    let irq = Arc::new(CountIrq::default());
+    let mut t = MmioTransport::new(Rng::new(), mem.clone(), irq.clone()).unwrap();
+    let drv = Driver::new(mem, 0x1_0000, 16);
+    negotiate(&mut t);
+    setup_queue(&mut t, 0, &drv, 16);
+    wr(&mut t, 0x70, DRIVER_OK_ALL);
+    (t, irq, drv)
+}
+
 pub(super) const DRIVER_OK_ALL: u32 =
     status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
 
@@ -160,12 +174,7 @@ fn negotiation_activation_notify_interrupt_reset() {
 fn no_interrupt_while_the_driver_says_so() {
     use vm_memory::{Bytes, GuestAddress};
     let mem = test_mem();
-    let irq = Arc::new(CountIrq::default());
-    let mut t = MmioTransport::new(Rng::new(), mem.clone(), irq.clone()).unwrap();
-    let mut drv = Driver::new(&mem, 0x1_0000, 16);
-    negotiate(&mut t);
-    setup_queue(&mut t, 0, &drv, 16);
-    wr(&mut t, 0x70, DRIVER_OK_ALL);
+    let (mut t, irq, mut drv) = active_rng(&mem);
     let flags = GuestAddress(drv.avail_addr());
     mem.write_obj(1u16.to_le(), flags).unwrap();
     let head = drv.add(&[w(0x10_0000, 32)]);
