@@ -98,22 +98,15 @@ fn measure(work: &Path, runs: usize) -> Result<()> {
 
 /// Starts target `name`, measures it, stops it.
 fn measure_one(name: &str, work: &Path, tree: &Path) -> Result<Figures> {
-    let vm = match name {
-        "crx-runc" | "runc" => {
-            let runtime = match name {
-                "runc" => PathBuf::from("runc"),
-                _ => workspace_root().join("target/release/crx-runc"),
-            };
-            let pod = Podman::start(work, &runtime, tree)?;
-            return figures(&pod.ip).with_context(|| format!("at {}", pod.ip));
-        }
-        "crx-vmm-tap" => TapVm::crx_vmm(work, tree)?,
-        _ => TapVm::qemu(work, tree)?,
+    let in_podman = |runtime: &Path| -> Result<Figures> {
+        let pod = Podman::start(work, runtime, tree)?;
+        figures(&pod.ip).with_context(|| format!("at {}", pod.ip))
     };
-    let ip = if name == "qemu-tap" {
-        QEMU_GUEST
-    } else {
-        VMM_GUEST
+    let (vm, ip) = match name {
+        "crx-runc" => return in_podman(&workspace_root().join("target/release/crx-runc")),
+        "runc" => return in_podman(Path::new("runc")),
+        "crx-vmm-tap" => (TapVm::crx_vmm(work, tree)?, VMM_GUEST),
+        _ => (TapVm::qemu(work, tree)?, QEMU_GUEST),
     };
     figures(ip).inspect_err(|_| vm.print_log_tail())
 }
@@ -432,9 +425,7 @@ impl TapVm {
             log,
         })
     }
-}
 
-impl TapVm {
     /// The last lines of the VM's console, newest first, on stderr.
     fn print_log_tail(&self) {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();

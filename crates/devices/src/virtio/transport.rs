@@ -3,6 +3,7 @@
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -492,9 +493,6 @@ impl UsedMarks {
     }
 }
 
-/// `VRING_AVAIL_F_NO_INTERRUPT` in the available ring's flags.
-const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
-
 /// Whether the driver wants an interrupt for `q`'s new used buffers: with `EVENT_IDX`, what
 /// its `used_event` says; without, unless its available ring's flags hold
 /// `VRING_AVAIL_F_NO_INTERRUPT`. Read after the used index was published (the fence), so a
@@ -511,6 +509,6 @@ fn wants_interrupt(mem: &Mem, q: &mut Queue) -> bool {
         std::sync::atomic::Ordering::Acquire,
     )
     .map_or(true, |flags| {
-        u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0
+        u32::from(u16::from_le(flags)) & VRING_AVAIL_F_NO_INTERRUPT == 0
     })
 }
