@@ -16,7 +16,8 @@
 //! libraries). Host CPU per GB moved is the busy time of all host CPUs (`/proc/stat`) over the
 //! run divided by the bytes. Ratios are crx-vmm-tap's and crx-runc's over QEMU's. `--runs`
 //! rounds, each target started, measured (one 10 s run per direction) and stopped in turn in
-//! each; medians are printed and recorded in docs/benchmarks.md.
+//! each; medians are printed and recorded in docs/benchmarks.md. `CRX_BENCH_NET_TARGETS`
+//! (comma-separated names of [`TARGETS`]) measures only those, for a quicker comparison.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -44,11 +45,15 @@ const VMM_GUEST: &str = "10.98.0.2";
 
 /// Builds release crx-runc (and what every lab bench needs), then runs [`inner`] in the lab.
 pub fn outer(runs: usize) -> Result<i32> {
+    chosen_targets()?;
     let virtiofsd = virtiofsd::ensure()?;
-    let env = vec![(
+    let mut env = vec![(
         "CRX_VIRTIOFSD".into(),
         virtiofsd.to_string_lossy().into_owned(),
     )];
+    if let Ok(t) = std::env::var(TARGETS_VAR) {
+        env.push((TARGETS_VAR.into(), t));
+    }
     bench_lab::outer("net", runs, env)
 }
 
@@ -72,15 +77,33 @@ struct Figures {
 
 /// The targets, in the order of each round.
 const TARGETS: [&str; 4] = ["crx-runc", "runc", "crx-vmm-tap", "qemu-tap"];
+/// Names the targets to measure (all when unset).
+const TARGETS_VAR: &str = "CRX_BENCH_NET_TARGETS";
+
+/// The targets `CRX_BENCH_NET_TARGETS` names, in round order; an unknown name is an error.
+fn chosen_targets() -> Result<Vec<&'static str>> {
+    let Ok(list) = std::env::var(TARGETS_VAR) else {
+        return Ok(TARGETS.to_vec());
+    };
+    let names: Vec<&str> = list.split(',').map(str::trim).collect();
+    if let Some(bad) = names.iter().find(|n| !TARGETS.contains(n)) {
+        bail!(
+            "{TARGETS_VAR}: unknown target `{bad}` (known: {})",
+            TARGETS.join(", ")
+        );
+    }
+    Ok(TARGETS.into_iter().filter(|t| names.contains(t)).collect())
+}
 
 fn measure(work: &Path, runs: usize) -> Result<()> {
+    let targets = chosen_targets()?;
     let tree = server_tree(work)?;
     // Round after round, each target started, measured alone (nothing else running: an idle
     // VM beside it costs the lab's CPUs) and stopped: a drift of the machine over the
     // invocation falls on all of them alike.
-    let mut results: Vec<(&str, Vec<Figures>)> = TARGETS.iter().map(|t| (*t, Vec::new())).collect();
+    let mut results: Vec<(&str, Vec<Figures>)> = targets.iter().map(|t| (*t, Vec::new())).collect();
     for round in 1..=runs {
-        for (i, name) in TARGETS.iter().enumerate() {
+        for (i, name) in targets.iter().enumerate() {
             match measure_one(name, work, &tree) {
                 Ok(f) => {
                     // Printed as measured: a later failure keeps what was measured.
