@@ -191,9 +191,52 @@ pub fn fuzz_vsock(data: &[u8]) {
     });
 }
 
+/// A full receive queue at `base`: each descriptor one 8 KiB device-writable buffer (the
+/// input all zeros), or readable, of another length, anywhere, chained or indirect.
+fn roomy_rx_queue(mem: &GuestMemoryMmap, input: &mut Input<'_>, base: u64) -> Queue {
+    use virtio_bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
+    let avail = base + 16 * u64::from(QSIZE);
+    let used = avail + 0x100;
+    for i in 0..QSIZE {
+        let mut addr = DATA + u64::from(i) * 0x2000;
+        let mut len = 0x2000u32;
+        let mut flags = VRING_DESC_F_WRITE as u16;
+        let mut next = 0;
+        match input.u8() & 7 {
+            1 => flags = 0,
+            2 => len = u32::from(input.u16()),
+            3 => addr = input.u64(),
+            4 => {
+                flags |= VRING_DESC_F_NEXT as u16;
+                next = u16::from(input.u8()) % QSIZE;
+            }
+            5 => flags |= VRING_DESC_F_INDIRECT as u16,
+            _ => {}
+        }
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&addr.to_le_bytes());
+        raw[8..12].copy_from_slice(&len.to_le_bytes());
+        raw[12..14].copy_from_slice(&flags.to_le_bytes());
+        raw[14..].copy_from_slice(&next.to_le_bytes());
+        let _ = mem.write_slice(&raw, GuestAddress(base + 16 * u64::from(i)));
+        let _ = mem.write_obj(i, GuestAddress(avail + 4 + 2 * u64::from(i)));
+    }
+    let _ = mem.write_obj(QSIZE, GuestAddress(avail + 2));
+    let mut q = Queue::new(QSIZE).expect("constant size is valid");
+    q.set_size(QSIZE);
+    let _ = q.try_set_desc_table_address(GuestAddress(base));
+    let _ = q.try_set_avail_ring_address(GuestAddress(avail));
+    let _ = q.try_set_used_ring_address(GuestAddress(used));
+    q.set_ready(true);
+    q
+}
+
 /// Fuzz target: the virtio-net TX path (chain gathering, header checks against the features
 /// the input negotiates, a backend that fills up) and, on the same queues, the RX path with
-/// hostile receive buffers and host frames cut from the input.
+/// hostile receive buffers and host frames cut from the input; then the RX path again over a
+/// ring with room for the largest frame (straight into guest buffers), bent by the input.
 pub fn fuzz_net_tx(data: &[u8]) {
     run_net_tx(data);
 }
@@ -239,6 +282,14 @@ pub(crate) fn run_net_tx(data: &[u8]) -> Vec<Vec<u8>> {
     backend.state().capacity = 64;
     dev.process_host_event(Some((&mem, &mut queues)), fd, EventSet::OUT | EventSet::IN);
     dev.process_queue(&mem, &mut queues, NET_RXQ);
+    // A receive ring as Linux fills it (room for the largest frame: the direct path), bent
+    // here and there as the input says, and frames up to the largest.
+    queues[NET_RXQ] = roomy_rx_queue(&mem, &mut input, 0x2000);
+    for _ in 0..=(input.u8() % 4) {
+        let len = usize::from(input.u16()) + 14;
+        backend.state().incoming.push_back(vec![0; len]);
+    }
+    dev.process_host_event(Some((&mem, &mut queues)), fd, EventSet::IN);
     dev.drain_fd_ops(&mut |_| {});
     dev.reset();
     let sent = std::mem::take(&mut backend.state().sent);

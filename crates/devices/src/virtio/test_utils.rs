@@ -7,7 +7,9 @@ use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
-pub use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+pub use virtio_bindings::virtio_ring::{
+    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
 
 /// 64 MiB of guest memory at 0.
 pub fn test_mem() -> GuestMemoryMmap {
@@ -143,6 +145,29 @@ impl<'a> Driver<'a> {
             self.write_desc(index, d.addr, d.len, flags, next);
         }
         self.next_desc = (self.next_desc + descs.len() as u16) % self.size;
+        self.publish(head);
+        head
+    }
+
+    /// Writes `descs` as an indirect table at `table` and publishes one ring descriptor that
+    /// points at it (`VRING_DESC_F_INDIRECT`, `len` bytes: `16 * descs.len()` when honest).
+    pub fn add_indirect(&mut self, table: u64, descs: &[D], len: u32) -> u16 {
+        for (i, d) in descs.iter().enumerate() {
+            let mut flags = if d.write {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                0
+            };
+            if i + 1 < descs.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            let raw = RawDescriptor::from(Descriptor::new(d.addr, d.len, flags, i as u16 + 1));
+            let at = GuestAddress(table + 16 * i as u64);
+            self.mem.write_obj(raw, at).unwrap();
+        }
+        let head = self.next_desc;
+        self.write_desc(head, table, len, VRING_DESC_F_INDIRECT as u16, 0);
+        self.next_desc = (self.next_desc + 1) % self.size;
         self.publish(head);
         head
     }

@@ -2,6 +2,7 @@
 //! shapes, hostile headers, too-small buffers, full rings and back-pressure both ways.
 
 use virtio_bindings::virtio_net::*;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -206,6 +207,41 @@ fn tx_sends_frames_of_any_chain_shape() {
 }
 
 #[test]
+fn tx_takes_frames_through_indirect_tables() {
+    let mem = test_mem();
+    let mut rig = Rig::new(
+        &mem,
+        16,
+        linux_features() | bit(VIRTIO_RING_F_INDIRECT_DESC),
+    );
+    assert_ne!(rig.net.features() & bit(VIRTIO_RING_F_INDIRECT_DESC), 0);
+    // A frame in 20 pieces: more descriptors than the ring has, in one slot.
+    let f = frame(1514);
+    let cuts: Vec<usize> = (1..20).map(|i| i * 70).collect();
+    let pieces = readable(&mem, BUFS, &f, &cuts);
+    let table = BUFS + 0x1_0000;
+    let h1 = rig
+        .tx
+        .add_indirect(table, &pieces, 16 * pieces.len() as u32);
+    // A table whose length is not a whole number of descriptors, and one that points at
+    // another indirect table: dropped, and the next frame still goes through.
+    let h2 = rig.tx.add_indirect(table + 0x1000, &pieces[..2], 24);
+    let nested = table + 0x2000;
+    let h3 = rig.tx.add_indirect(nested, &[r(table, 32)], 16);
+    let flags = (VRING_DESC_F_INDIRECT) as u16;
+    let raw = virtio_queue::desc::RawDescriptor::from(virtio_queue::desc::split::Descriptor::new(
+        table, 32, flags, 0,
+    ));
+    mem.write_obj(raw, GuestAddress(nested)).unwrap();
+    let good = frame(100);
+    let h4 = rig.tx.add(&readable(&mem, BUFS + 0x3_0000, &good, &[]));
+    assert!(rig.kick(TXQ));
+    assert_eq!(rig.tx.used(), vec![(h1, 0), (h2, 0), (h3, 0), (h4, 0)]);
+    assert_eq!(rig.backend.state().sent, vec![f, good]);
+    assert_eq!(rig.net.stats().tx_dropped, 2);
+}
+
+#[test]
 fn tx_drops_malformed_chains_and_keeps_going() {
     let mem = test_mem();
     let mut rig = Rig::new(&mem, 16, linux_features());
@@ -369,6 +405,87 @@ fn rx_mergeable_spreads_a_frame_and_publishes_it_at_once() {
     got.extend(read(&mem, BUFS + 0x1000, 1500));
     got.extend(read(&mem, BUFS + 0x2000, 1000));
     assert_eq!(&got[HDR_LEN..], &f[HDR_LEN..]);
+}
+
+/// `n` receive chains of one 4096-byte buffer each, filled with 0xff (stale bytes).
+fn post_pages(mem: &vm_memory::GuestMemoryMmap, rig: &mut Rig<'_>, at: u64, n: u64) -> Vec<u16> {
+    (0..n)
+        .map(|i| {
+            let addr = at + i * 0x1000;
+            mem.write_slice(&[0xff; 4096], GuestAddress(addr)).unwrap();
+            rig.rx.add(&[w(addr, 4096)])
+        })
+        .collect()
+}
+
+#[test]
+fn rx_reads_straight_into_guest_buffers_when_the_ring_holds_a_largest_frame() {
+    let mem = test_mem();
+    let mut rig = Rig::new(&mem, 64, linux_features());
+    // A page for a small frame, 17 for a 64 KiB segmentation-offload frame and its headers,
+    // one more.
+    let heads = post_pages(&mem, &mut rig, BUFS, 19);
+    let small = host_frame(100);
+    let big = host_frame(65550);
+    let next = host_frame(60);
+    rig.backend
+        .state()
+        .incoming
+        .extend([small.clone(), big.clone()]);
+    assert!(rig.tap_event(EventSet::IN));
+    assert_eq!(rig.backend.state().direct_reads, 2);
+    // The small frame took the first page; the big one 17 more; each published whole, with
+    // its own count of buffers (the stale bytes overwritten).
+    let used = rig.rx.used();
+    assert_eq!(used[0], (heads[0], small.len() as u32));
+    assert_eq!(num_buffers(&mem, BUFS), 1);
+    assert_eq!(read(&mem, BUFS + 12, 100), small[12..]);
+    assert_eq!(used.len(), 1 + 17);
+    assert_eq!(
+        used[1..].iter().map(|u| u.1 as usize).sum::<usize>(),
+        big.len()
+    );
+    assert_eq!(used[1].0, heads[1]);
+    assert_eq!(num_buffers(&mem, BUFS + 0x1000), 17);
+    let mut got = Vec::new();
+    for i in 1..18 {
+        got.extend(read(&mem, BUFS + i * 0x1000, 4096));
+    }
+    assert_eq!(&got[HDR_LEN..big.len()], &big[HDR_LEN..]);
+    // The page no frame used went back to the ring, in its place: with too little room left
+    // for a largest frame, the next frame goes through the device's buffer into it.
+    rig.backend.state().incoming.push_back(next.clone());
+    assert!(rig.tap_event(EventSet::IN));
+    assert_eq!(rig.rx.used(), vec![(heads[18], next.len() as u32)]);
+    assert_eq!(rig.backend.state().direct_reads, 2);
+    assert_eq!(num_buffers(&mem, BUFS + 18 * 0x1000), 1);
+    assert_eq!(rig.net.stats().rx_frames, 3);
+}
+
+#[test]
+fn rx_direct_leaves_odd_chains_to_the_buffered_path() {
+    let mem = test_mem();
+    let mut rig = Rig::new(&mem, 64, linux_features());
+    let good = post_pages(&mem, &mut rig, BUFS, 2);
+    // A device-readable buffer among them: the direct path puts everything back and the
+    // frames go through the buffer, which returns the odd chain empty as it meets it.
+    let ro = rig.rx.add(&[r(BUFS + 0x10_0000, 4096)]);
+    let more = post_pages(&mem, &mut rig, BUFS + 0x2_0000, 18);
+    rig.backend
+        .state()
+        .incoming
+        .extend([host_frame(100), host_frame(5000)]);
+    assert!(rig.tap_event(EventSet::IN));
+    assert_eq!(rig.backend.state().direct_reads, 0);
+    assert_eq!(
+        rig.rx.used(),
+        vec![(good[0], 112), (ro, 0), (good[1], 4096), (more[0], 916)]
+    );
+    // Next wakeup the ring ahead is clean and roomy again: straight in.
+    rig.backend.state().incoming.push_back(host_frame(100));
+    assert!(rig.tap_event(EventSet::IN));
+    assert_eq!(rig.backend.state().direct_reads, 1);
+    assert_eq!(rig.rx.used(), vec![(more[1], 112)]);
 }
 
 #[test]
