@@ -18,6 +18,9 @@
 //! rounds, each target started, measured (one 10 s run per direction) and stopped in turn in
 //! each; medians are printed and recorded in docs/benchmarks.md. `CRX_BENCH_NET_TARGETS`
 //! (comma-separated names of [`TARGETS`]) measures only those, for a quicker comparison.
+//! `CRX_BENCH_NET_BASELINE_VMM=PATH` (a crx-vmm built from another commit, under the workspace
+//! so that the lab sees it) adds `crx-vmm-base`: that binary in crx-vmm-tap's setup, measured
+//! in the same rounds, and the ratio of the two.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -51,8 +54,10 @@ pub fn outer(runs: usize) -> Result<i32> {
         "CRX_VIRTIOFSD".into(),
         virtiofsd.to_string_lossy().into_owned(),
     )];
-    if let Ok(t) = std::env::var(TARGETS_VAR) {
-        env.push((TARGETS_VAR.into(), t));
+    for var in [TARGETS_VAR, BASELINE_VAR] {
+        if let Ok(v) = std::env::var(var) {
+            env.push((var.into(), v));
+        }
     }
     bench_lab::outer("net", runs, env)
 }
@@ -76,16 +81,31 @@ struct Figures {
 }
 
 /// The targets, in the order of each round.
-const TARGETS: [&str; 4] = ["crx-runc", "runc", "crx-vmm-tap", "qemu-tap"];
+const TARGETS: [&str; 5] = [
+    "crx-runc",
+    "runc",
+    "crx-vmm-tap",
+    "crx-vmm-base",
+    "qemu-tap",
+];
 /// Names the targets to measure (all when unset).
 const TARGETS_VAR: &str = "CRX_BENCH_NET_TARGETS";
+/// A baseline crx-vmm binary: the `crx-vmm-base` target.
+const BASELINE_VAR: &str = "CRX_BENCH_NET_BASELINE_VMM";
 
 /// The targets `CRX_BENCH_NET_TARGETS` names, in round order; an unknown name is an error.
 fn chosen_targets() -> Result<Vec<&'static str>> {
+    let baseline = std::env::var_os(BASELINE_VAR).is_some();
     let Ok(list) = std::env::var(TARGETS_VAR) else {
-        return Ok(TARGETS.to_vec());
+        return Ok(TARGETS
+            .into_iter()
+            .filter(|t| *t != "crx-vmm-base" || baseline)
+            .collect());
     };
     let names: Vec<&str> = list.split(',').map(str::trim).collect();
+    if names.contains(&"crx-vmm-base") && !baseline {
+        bail!("{TARGETS_VAR} names crx-vmm-base: set {BASELINE_VAR} to a crx-vmm binary");
+    }
     if let Some(bad) = names.iter().find(|n| !TARGETS.contains(n)) {
         bail!(
             "{TARGETS_VAR}: unknown target `{bad}` (known: {})",
@@ -128,7 +148,14 @@ fn measure_one(name: &str, work: &Path, tree: &Path) -> Result<Figures> {
     let (vm, ip) = match name {
         "crx-runc" => return in_podman(&workspace_root().join("target/release/crx-runc")),
         "runc" => return in_podman(Path::new("runc")),
-        "crx-vmm-tap" => (TapVm::crx_vmm(work, tree)?, VMM_GUEST),
+        "crx-vmm-tap" => {
+            let vmm = workspace_root().join("target/release/crx-vmm");
+            (TapVm::crx_vmm(work, tree, &vmm)?, VMM_GUEST)
+        }
+        "crx-vmm-base" => {
+            let vmm = PathBuf::from(std::env::var_os(BASELINE_VAR).context(BASELINE_VAR)?);
+            (TapVm::crx_vmm(work, tree, &vmm)?, VMM_GUEST)
+        }
         _ => (TapVm::qemu(work, tree)?, QEMU_GUEST),
     };
     figures(ip).inspect_err(|_| vm.print_log_tail())
@@ -177,10 +204,14 @@ fn report(results: &[(&str, Vec<Figures>)], runs: usize) {
         );
     }
     let get = |n: &str| meds.iter().find(|r| r.0 == n).map(|r| r.1);
-    for name in ["crx-vmm-tap", "crx-runc"] {
-        if let (Some(c), Some(q)) = (get(name), get("qemu-tap")) {
+    for (name, base) in [
+        ("crx-vmm-tap", "qemu-tap"),
+        ("crx-runc", "qemu-tap"),
+        ("crx-vmm-tap", "crx-vmm-base"),
+    ] {
+        if let (Some(c), Some(q)) = (get(name), get(base)) {
             println!(
-                "  {name}/qemu-tap: throughput host->guest {:.2}, guest->host {:.2}; \
+                "  {name}/{base}: throughput host->guest {:.2}, guest->host {:.2}; \
                  CPU per GB {:.2}; rtt median {:.2}",
                 c.to_guest / q.to_guest.max(1e-12),
                 c.to_host / q.to_host.max(1e-12),
@@ -422,14 +453,14 @@ impl TapVm {
         })
     }
 
-    /// Release crx-vmm alone (no jail, its seccomp filters on), its virtio-net on [`VMM_TAP`].
-    fn crx_vmm(work: &Path, tree: &Path) -> Result<TapVm> {
+    /// crx-vmm `vmm` alone (no jail, its seccomp filters on), its virtio-net on [`VMM_TAP`].
+    fn crx_vmm(work: &Path, tree: &Path, vmm: &Path) -> Result<TapVm> {
         let cpio = initramfs(work, tree, VMM_GUEST, "crx-vmm")?;
         tap(VMM_TAP, VMM_HOST)?;
         let boot = std::env::var("CRX_BOOT_DIR").context("CRX_BOOT_DIR")?;
         let log = work.join("crx-vmm.log");
         let out = std::fs::File::create(&log)?;
-        let child = Command::new(workspace_root().join("target/release/crx-vmm"))
+        let child = Command::new(vmm)
             .args(["--memory-mib", "256", "--vcpus", "1"])
             .arg("--kernel")
             .arg(Path::new(&boot).join("vmlinux"))

@@ -236,7 +236,7 @@ fn roomy_rx_queue(mem: &GuestMemoryMmap, input: &mut Input<'_>, base: u64) -> Qu
 /// Fuzz target: the virtio-net TX path (chain gathering, header checks against the features
 /// the input negotiates, a backend that fills up) and, on the same queues, the RX path with
 /// hostile receive buffers and host frames cut from the input; then the RX path again over a
-/// ring with room for the largest frame (straight into guest buffers), bent by the input.
+/// ring with room for the largest frame, bent by the input, and frames up to 64 KiB.
 pub fn fuzz_net_tx(data: &[u8]) {
     run_net_tx(data);
 }
@@ -282,8 +282,8 @@ pub(crate) fn run_net_tx(data: &[u8]) -> Vec<Vec<u8>> {
     backend.state().capacity = 64;
     dev.process_host_event(Some((&mem, &mut queues)), fd, EventSet::OUT | EventSet::IN);
     dev.process_queue(&mem, &mut queues, NET_RXQ);
-    // A receive ring as Linux fills it (room for the largest frame: the direct path), bent
-    // here and there as the input says, and frames up to the largest.
+    // A receive ring as Linux fills it (room for the largest frame), bent here and there as
+    // the input says, and frames up to the largest.
     queues[NET_RXQ] = roomy_rx_queue(&mem, &mut input, 0x2000);
     for _ in 0..=(input.u8() % 4) {
         let len = usize::from(input.u16()) + 14;

@@ -16,9 +16,6 @@ use super::header::HDR_LEN;
 pub trait NetBackend: Send {
     /// Reads one frame (header included) into `buf`; returns its length.
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
-    /// Reads one frame (header included) into guest buffers, in order; returns its length.
-    /// A frame longer than the buffers loses its tail, as with `read_frame`.
-    fn read_frame_into(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize>;
     /// Writes one frame: its checked header, then its body from guest memory, as one frame.
     fn write_frame(&mut self, frame: &TxFrame<'_>) -> io::Result<()>;
     /// Sets the offloads the host may use in frames it hands the guest (`TUN_F_*`).
@@ -74,8 +71,6 @@ pub struct MemState {
     pub write_error: Option<io::ErrorKind>,
     /// The last `set_offload` value.
     pub offload: Option<u32>,
-    /// Frames read straight into guest buffers (`read_frame_into`).
-    pub direct_reads: usize,
 }
 
 /// An in-memory backend for tests and fuzzing; clones share their [`MemState`], so a test
@@ -117,21 +112,6 @@ impl NetBackend for MemBackend {
         let n = frame.len().min(buf.len());
         buf[..n].copy_from_slice(&frame[..n]);
         Ok(n)
-    }
-    fn read_frame_into(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
-        let mut s = self.state();
-        let frame = s
-            .incoming
-            .pop_front()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))?;
-        s.direct_reads += 1;
-        let mut rest = &frame[..];
-        for b in bufs {
-            let k = b.len().min(rest.len());
-            b.copy_from(&rest[..k]);
-            rest = &rest[k..];
-        }
-        Ok(frame.len() - rest.len())
     }
     fn write_frame(&mut self, frame: &TxFrame<'_>) -> io::Result<()> {
         let mut s = self.state();

@@ -10,7 +10,6 @@ pub mod backend;
 pub mod device;
 pub mod header;
 pub mod rx;
-pub mod rx_direct;
 pub mod tap;
 pub mod tx;
 

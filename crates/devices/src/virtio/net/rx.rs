@@ -1,12 +1,10 @@
 //! The receive path, host to guest: a pure handler over the RX queue and a backend.
 //!
-//! With `VIRTIO_NET_F_MRG_RXBUF` (what Linux negotiates) and a ring holding room for the
-//! largest frame, frames are read straight into the guest's buffers ([`super::rx_direct`]).
-//! Otherwise one frame at a time is read from the backend into a buffer and spread over the
-//! guest's receive buffers: one chain per frame, or (mergeable) as many chains as it takes,
-//! published together with `num_buffers` in the first. When the guest has not posted enough
-//! buffers, the frame waits in the buffer (the only one the device keeps) and nothing more is
-//! read: the host's tap queue fills and the host kernel drops, never the VMM's memory.
+//! One frame at a time is read from the backend into a buffer and spread over the guest's
+//! receive buffers: one chain per frame, or (with `VIRTIO_NET_F_MRG_RXBUF`) as many chains as
+//! it takes, published together with `num_buffers` in the first. When the guest has not posted
+//! enough buffers, the frame waits in the buffer (the only one the device keeps) and nothing
+//! more is read: the host's tap queue fills and the host kernel drops, never the VMM's memory.
 
 use std::io::{self, Write};
 
@@ -14,7 +12,6 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
 
 use super::backend::NetBackend;
 use super::header::{HDR_LEN, NUM_BUFFERS_OFFSET};
-use super::rx_direct::{self, Direct};
 use super::MAX_FRAME;
 use crate::guest_warn;
 use crate::virtio::queue::{add_used, add_used_batch, pop_chain, Mem};
@@ -86,31 +83,7 @@ impl Rx {
         budget: usize,
     ) -> RxPass {
         let mut pass = RxPass::default();
-        let mut direct = rx_direct::Pass::default();
-        let mut try_direct = mergeable;
         for _ in 0..budget {
-            if self.pending == 0 && try_direct {
-                match direct.receive(mem, queue, backend) {
-                    Direct::Delivered { used } => {
-                        pass.used |= used;
-                        pass.delivered += 1;
-                        continue;
-                    }
-                    Direct::Empty => {
-                        pass.drained = true;
-                        break;
-                    }
-                    Direct::Dropped => {
-                        pass.dropped += 1;
-                        continue;
-                    }
-                    Direct::NotNow => {
-                        // Through the buffer, for the rest of this pass.
-                        direct.rewind(queue);
-                        try_direct = false;
-                    }
-                }
-            }
             if self.pending == 0 {
                 match read_retrying(backend, &mut self.buf) {
                     Ok(n) if n > HDR_LEN => self.pending = n,
@@ -151,7 +124,6 @@ impl Rx {
             }
             self.pending = 0;
         }
-        direct.rewind(queue);
         pass
     }
 

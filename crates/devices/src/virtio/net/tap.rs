@@ -6,8 +6,6 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use vm_memory::VolatileSlice;
-
 use super::backend::{NetBackend, TxFrame};
 use super::header::HDR_LEN;
 
@@ -167,25 +165,6 @@ impl NetBackend for Tap {
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
         let n = unsafe { libc::read(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
-    fn read_frame_into(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
-        let iov: Vec<libc::iovec> = bufs
-            .iter()
-            .map(|s| libc::iovec {
-                iov_base: s.ptr_guard_mut().as_ptr().cast(),
-                iov_len: s.len(),
-            })
-            .collect();
-        let count = libc::c_int::try_from(iov.len())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: each iovec is valid for writes of its length for the duration of the call:
-        // guest RAM mappings that `bufs` borrows (the guest reading or writing them meanwhile
-        // sees or changes only its own buffer's bytes).
-        let n = unsafe { libc::readv(self.file.as_raw_fd(), iov.as_ptr(), count) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
