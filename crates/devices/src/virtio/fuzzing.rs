@@ -70,12 +70,7 @@ fn hostile_queue(mem: &GuestMemoryMmap, input: &mut Input<'_>, base: u64) -> Que
         // Flags: NEXT, WRITE, INDIRECT as the input says.
         let flags = u16::from((mode >> 2) & 7);
         let next = u16::from(input.u8()) % (QSIZE + 2);
-        let mut raw = [0u8; 16];
-        raw[..8].copy_from_slice(&addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..].copy_from_slice(&next.to_le_bytes());
-        let _ = mem.write_slice(&raw, GuestAddress(desc + 16 * i));
+        write_desc(mem, desc + 16 * i, addr, len, flags, next);
     }
     let n = input.u8() % (QSIZE as u8 + 4);
     for i in 0..u64::from(n) {
@@ -83,13 +78,7 @@ fn hostile_queue(mem: &GuestMemoryMmap, input: &mut Input<'_>, base: u64) -> Que
         let _ = mem.write_obj(head, GuestAddress(avail + 4 + 2 * (i % u64::from(QSIZE))));
     }
     let _ = mem.write_obj(u16::from(n), GuestAddress(avail + 2));
-    let mut q = Queue::new(QSIZE).expect("constant size is valid");
-    q.set_size(QSIZE);
-    let _ = q.try_set_desc_table_address(GuestAddress(desc));
-    let _ = q.try_set_avail_ring_address(GuestAddress(avail));
-    let _ = q.try_set_used_ring_address(GuestAddress(used));
-    q.set_ready(true);
-    q
+    ready_queue(desc, avail, used)
 }
 
 fn guest_memory() -> GuestMemoryMmap {
@@ -215,22 +204,32 @@ fn roomy_rx_queue(mem: &GuestMemoryMmap, input: &mut Input<'_>, base: u64) -> Qu
             5 => flags |= VRING_DESC_F_INDIRECT as u16,
             _ => {}
         }
-        let mut raw = [0u8; 16];
-        raw[..8].copy_from_slice(&addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..].copy_from_slice(&next.to_le_bytes());
-        let _ = mem.write_slice(&raw, GuestAddress(base + 16 * u64::from(i)));
+        write_desc(mem, base + 16 * u64::from(i), addr, len, flags, next);
         let _ = mem.write_obj(i, GuestAddress(avail + 4 + 2 * u64::from(i)));
     }
     let _ = mem.write_obj(QSIZE, GuestAddress(avail + 2));
+    ready_queue(base, avail, used)
+}
+
+/// A ready queue of `QSIZE` over the given rings.
+fn ready_queue(desc: u64, avail: u64, used: u64) -> Queue {
     let mut q = Queue::new(QSIZE).expect("constant size is valid");
     q.set_size(QSIZE);
-    let _ = q.try_set_desc_table_address(GuestAddress(base));
+    let _ = q.try_set_desc_table_address(GuestAddress(desc));
     let _ = q.try_set_avail_ring_address(GuestAddress(avail));
     let _ = q.try_set_used_ring_address(GuestAddress(used));
     q.set_ready(true);
     q
+}
+
+/// Writes one split-ring descriptor at `at`.
+fn write_desc(mem: &GuestMemoryMmap, at: u64, addr: u64, len: u32, flags: u16, next: u16) {
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&addr.to_le_bytes());
+    raw[8..12].copy_from_slice(&len.to_le_bytes());
+    raw[12..14].copy_from_slice(&flags.to_le_bytes());
+    raw[14..].copy_from_slice(&next.to_le_bytes());
+    let _ = mem.write_slice(&raw, GuestAddress(at));
 }
 
 /// Fuzz target: the virtio-net TX path (chain gathering, header checks against the features
