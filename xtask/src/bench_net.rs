@@ -8,6 +8,10 @@
 //! - a `runc` container on the same network (the veth itself: the ceiling),
 //! - a QEMU VM of the same guest kernel with QEMU's user-space virtio-net on a tap
 //!   (`-netdev tap,vhost=off`, `virtio-net-device` on `-M microvm`),
+//! - QEMU on podman's CNI network attached the way crx-runc attaches a VM (`qemu-cni`: a
+//!   runc container holds the namespace and its veth, a tap beside the veth, tc redirects both
+//!   ways, the guest with the veth's MAC and address): the two devices on the path the
+//!   containers' traffic takes,
 //! - crx-vmm alone in QEMU's setup (the same kernel and initramfs, its virtio-net on a tap of
 //!   its own): the two devices compared without the CNI path (veth, tc redirects, bridge) that
 //!   only the containers' traffic crosses,
@@ -45,6 +49,8 @@ const QEMU_GUEST: &str = "10.97.0.2";
 const VMM_TAP: &str = "crxbenchc0";
 const VMM_HOST: &str = "10.98.0.1";
 const VMM_GUEST: &str = "10.98.0.2";
+/// The tap beside the veth in the namespace of `qemu-cni`'s container.
+const CNI_TAP: &str = "crxbenchn0";
 
 /// Builds release crx-runc (and what every lab bench needs), then runs [`inner`] in the lab.
 pub fn outer(runs: usize) -> Result<i32> {
@@ -81,12 +87,13 @@ struct Figures {
 }
 
 /// The targets, in the order of each round.
-const TARGETS: [&str; 5] = [
+const TARGETS: [&str; 6] = [
     "crx-runc",
     "runc",
     "crx-vmm-tap",
     "crx-vmm-base",
     "qemu-tap",
+    "qemu-cni",
 ];
 /// Names the targets to measure (all when unset).
 const TARGETS_VAR: &str = "CRX_BENCH_NET_TARGETS";
@@ -142,7 +149,7 @@ fn measure(work: &Path, runs: usize) -> Result<()> {
 /// Starts target `name`, measures it, stops it.
 fn measure_one(name: &str, work: &Path, tree: &Path) -> Result<Figures> {
     let in_podman = |runtime: &Path| -> Result<Figures> {
-        let pod = Podman::start(work, runtime, tree)?;
+        let pod = Podman::start(work, runtime, tree, SERVE)?;
         figures(&pod.ip).with_context(|| format!("at {}", pod.ip))
     };
     let (vm, ip) = match name {
@@ -151,6 +158,12 @@ fn measure_one(name: &str, work: &Path, tree: &Path) -> Result<Figures> {
         "crx-vmm-tap" => {
             let vmm = workspace_root().join("target/release/crx-vmm");
             (TapVm::crx_vmm(work, tree, &vmm)?, VMM_GUEST)
+        }
+        "qemu-cni" => {
+            // Dropped in reverse order: QEMU stops before its container goes.
+            let pod = Podman::start(work, Path::new("runc"), tree, "exec sleep 100000")?;
+            let vm = TapVm::qemu_cni(work, tree, &pod)?;
+            return figures(&pod.ip).inspect_err(|_| vm.print_log_tail());
         }
         "crx-vmm-base" => {
             let vmm = PathBuf::from(std::env::var_os(BASELINE_VAR).context(BASELINE_VAR)?);
@@ -207,6 +220,7 @@ fn report(results: &[(&str, Vec<Figures>)], runs: usize) {
     for (name, base) in [
         ("crx-vmm-tap", "qemu-tap"),
         ("crx-runc", "qemu-tap"),
+        ("crx-runc", "qemu-cni"),
         ("crx-vmm-tap", "crx-vmm-base"),
     ] {
         if let (Some(c), Some(q)) = (get(name), get(base)) {
@@ -348,7 +362,8 @@ struct Podman {
 }
 
 impl Podman {
-    fn start(work: &Path, runtime: &Path, tree: &Path) -> Result<Podman> {
+    /// Runs `script` (`sh -c`) in a container of `tree`.
+    fn start(work: &Path, runtime: &Path, tree: &Path, script: &str) -> Result<Podman> {
         // Under /var (the lab's ext4 root): podman's overlay storage does not work on tmpfs.
         let dir = Path::new("/var/tmp").join(format!("crx-bench-net-{}", std::process::id()));
         let _ = work;
@@ -380,19 +395,30 @@ impl Podman {
             ])
             .arg("--rootfs")
             .arg(tree)
-            .args(["/bin/sh", "-c", SERVE])
+            .args(["/bin/sh", "-c", script])
             .stdin(Stdio::null())
             .output()?;
         if !out.status.success() {
             bail!("podman run: {}", String::from_utf8_lossy(&out.stderr));
         }
         let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let ip = Command::new("podman")
-            .args(&base)
-            .args(["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &id])
-            .output()?;
-        let ip = String::from_utf8_lossy(&ip.stdout).trim().to_owned();
-        Ok(Podman { base, id, ip })
+        let mut pod = Podman {
+            base,
+            id,
+            ip: String::new(),
+        };
+        pod.ip = pod.inspect("{{.NetworkSettings.IPAddress}}")?;
+        Ok(pod)
+    }
+
+    /// `podman inspect -f FORMAT` of the container.
+    fn inspect(&self, format: &str) -> Result<String> {
+        let out = cmd::output(
+            Command::new("podman")
+                .args(&self.base)
+                .args(["inspect", "-f", format, &self.id]),
+        )?;
+        Ok(out.trim().to_owned())
     }
 }
 
@@ -416,30 +442,89 @@ fn remove_podman_storage() {
 /// initramfs: QEMU's user-space virtio-net, or crx-vmm's, in the same setup (no CNI path).
 struct TapVm {
     child: Child,
-    tap: &'static str,
+    /// A tap in the host's namespace, deleted with the VM.
+    tap: Option<&'static str>,
     log: PathBuf,
 }
 
 impl TapVm {
     /// QEMU (KVM, microvm), its virtio-net on [`QEMU_TAP`] (`vhost=off`).
     fn qemu(work: &Path, tree: &Path) -> Result<TapVm> {
-        let cpio = initramfs(work, tree, QEMU_GUEST, "qemu")?;
+        let cpio = initramfs(work, tree, &format!("{QEMU_GUEST}/24"), "qemu")?;
         tap(QEMU_TAP, QEMU_HOST)?;
+        let mut vm = Self::spawn_qemu(work, &cpio, QEMU_TAP, None, None)?;
+        vm.tap = Some(QEMU_TAP);
+        Ok(vm)
+    }
+
+    /// QEMU in `pod`'s network namespace, attached as crx-runc attaches a VM (ADR 0015): a tap
+    /// beside the veth `eth0`, an ingress qdisc on each with a match-all u32 filter redirecting
+    /// to the other, the guest with the veth's MAC and address. Gone with the namespace.
+    fn qemu_cni(work: &Path, tree: &Path, pod: &Podman) -> Result<TapVm> {
+        let netns = pod.inspect("{{.NetworkSettings.SandboxKey}}")?;
+        let prefix = pod.inspect("{{.NetworkSettings.IPPrefixLen}}")?;
+        let in_ns = |script: &str| -> Result<String> {
+            cmd::output(
+                Command::new("nsenter")
+                    .arg(format!("--net={netns}"))
+                    .args(["sh", "-c", script]),
+            )
+        };
+        // `ip -o link show eth0`: "2: eth0@if5: <...> mtu 1500 ... link/ether MAC brd ...".
+        let link = in_ns("ip -o link show eth0")?;
+        let after = |word: &str| {
+            let mut it = link.split_whitespace();
+            it.find(|w| *w == word).and(it.next()).map(str::to_owned)
+        };
+        let (Some(mtu), Some(mac)) = (after("mtu"), after("link/ether")) else {
+            bail!("eth0 in {netns}: no MTU or MAC in {link:?}");
+        };
+        in_ns(&format!(
+            "ip tuntap add dev {CNI_TAP} mode tap && ip link set {CNI_TAP} mtu {mtu} up && \
+             for p in 'eth0 {CNI_TAP}' '{CNI_TAP} eth0'; do set -- $p; \
+             tc qdisc add dev $1 ingress && tc filter add dev $1 parent ffff: protocol all \
+             u32 match u8 0 0 action mirred egress redirect dev $2 || exit 1; done"
+        ))?;
+        let cpio = initramfs(work, tree, &format!("{}/{prefix}", pod.ip), "qemu-cni")?;
+        Self::spawn_qemu(work, &cpio, CNI_TAP, Some(&netns), Some(&mac))
+    }
+
+    /// QEMU (KVM, microvm) booting `cpio`, its virtio-net on the existing tap `tap`
+    /// (`vhost=off`), in network namespace `netns` if given, with MAC `mac` if given.
+    fn spawn_qemu(
+        work: &Path,
+        cpio: &Path,
+        tap: &str,
+        netns: Option<&str>,
+        mac: Option<&str>,
+    ) -> Result<TapVm> {
         let boot = std::env::var("CRX_BOOT_DIR").context("CRX_BOOT_DIR")?;
-        let log = work.join("qemu.log");
-        let child = Command::new("qemu-system-x86_64")
+        let log = work.join(format!("qemu-{tap}.log"));
+        let mut c = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={ns}")).arg("qemu-system-x86_64");
+                c
+            }
+            None => Command::new("qemu-system-x86_64"),
+        };
+        let device = match mac {
+            Some(mac) => format!("virtio-net-device,netdev=n0,mac={mac}"),
+            None => "virtio-net-device,netdev=n0".to_owned(),
+        };
+        let child = c
             .args(["-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host"])
             .args(["-m", "256", "-smp", "1", "-nographic", "-no-reboot"])
             .arg("-kernel")
             .arg(Path::new(&boot).join("vmlinux"))
             .arg("-initrd")
-            .arg(&cpio)
+            .arg(cpio)
             .args(["-append", "console=ttyS0 quiet reboot=t rdinit=/init"])
             .args([
                 "-netdev",
-                &format!("tap,id=n0,ifname={QEMU_TAP},script=no,downscript=no,vhost=off"),
+                &format!("tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off"),
                 "-device",
-                "virtio-net-device,netdev=n0",
+                &device,
             ])
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log)?)
@@ -448,14 +533,14 @@ impl TapVm {
             .context("qemu-system-x86_64")?;
         Ok(TapVm {
             child,
-            tap: QEMU_TAP,
+            tap: None,
             log,
         })
     }
 
     /// crx-vmm `vmm` alone (no jail, its seccomp filters on), its virtio-net on [`VMM_TAP`].
     fn crx_vmm(work: &Path, tree: &Path, vmm: &Path) -> Result<TapVm> {
-        let cpio = initramfs(work, tree, VMM_GUEST, "crx-vmm")?;
+        let cpio = initramfs(work, tree, &format!("{VMM_GUEST}/24"), "crx-vmm")?;
         tap(VMM_TAP, VMM_HOST)?;
         let boot = std::env::var("CRX_BOOT_DIR").context("CRX_BOOT_DIR")?;
         let log = work.join("crx-vmm.log");
@@ -475,7 +560,7 @@ impl TapVm {
             .context("crx-vmm")?;
         Ok(TapVm {
             child,
-            tap: VMM_TAP,
+            tap: Some(VMM_TAP),
             log,
         })
     }
@@ -494,16 +579,19 @@ impl Drop for TapVm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = Command::new("ip").args(["link", "del", self.tap]).output();
+        if let Some(tap) = self.tap {
+            let _ = Command::new("ip").args(["link", "del", tap]).output();
+        }
     }
 }
 
-/// `tree` with an `/init` that puts `guest_ip`/24 on eth0 and serves, as a newc cpio.
-fn initramfs(work: &Path, tree: &Path, guest_ip: &str, name: &str) -> Result<PathBuf> {
+/// `tree` with an `/init` that puts `guest_cidr` (address/prefix) on eth0 and serves, as a
+/// newc cpio.
+fn initramfs(work: &Path, tree: &Path, guest_cidr: &str, name: &str) -> Result<PathBuf> {
     let init = format!(
         "#!/bin/sh\nmount -t proc p /proc; mount -t sysfs s /sys; mount -t devtmpfs d /dev\n\
          ip link set lo up\n\
-         ip addr add {guest_ip}/24 dev eth0; ip link set eth0 up\n{SERVE}\n"
+         ip addr add {guest_cidr} dev eth0; ip link set eth0 up\n{SERVE}\n"
     );
     std::fs::write(tree.join("init"), init)?;
     use std::os::unix::fs::PermissionsExt;
