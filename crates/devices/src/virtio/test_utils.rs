@@ -42,6 +42,27 @@ pub fn w(addr: u64, len: u32) -> D {
     }
 }
 
+impl D {
+    /// Its flags as the `i`th of `n` descriptors of a chain.
+    fn flags(&self, i: usize, n: usize) -> u16 {
+        let mut flags = if self.write {
+            VRING_DESC_F_WRITE as u16
+        } else {
+            0
+        };
+        if i + 1 < n {
+            flags |= VRING_DESC_F_NEXT as u16;
+        }
+        flags
+    }
+}
+
+/// Writes one raw split-ring descriptor at guest address `at`.
+pub fn write_raw_desc(mem: &GuestMemoryMmap, at: u64, addr: u64, len: u32, flags: u16, next: u16) {
+    let d = RawDescriptor::from(Descriptor::new(addr, len, flags, next));
+    mem.write_obj(d, GuestAddress(at)).unwrap();
+}
+
 pub struct Driver<'a> {
     pub mem: &'a GuestMemoryMmap,
     desc: GuestAddress,
@@ -98,9 +119,8 @@ impl<'a> Driver<'a> {
 
     /// Writes a raw descriptor at `index` (for malformed-chain tests).
     pub fn write_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let d = RawDescriptor::from(Descriptor::new(addr, len, flags, next));
-        let at = self.desc.unchecked_add(16 * u64::from(index % self.size));
-        self.mem.write_obj(d, at).unwrap();
+        let at = self.desc.raw_value() + 16 * u64::from(index % self.size);
+        write_raw_desc(self.mem, at, addr, len, flags, next);
     }
 
     /// Publishes `head` in the available ring, whatever it points to.
@@ -133,16 +153,8 @@ impl<'a> Driver<'a> {
         let head = self.next_desc;
         for (i, d) in descs.iter().enumerate() {
             let index = (self.next_desc + i as u16) % self.size;
-            let mut flags = if d.write {
-                VRING_DESC_F_WRITE as u16
-            } else {
-                0
-            };
             let next = (index + 1) % self.size;
-            if i + 1 < descs.len() {
-                flags |= VRING_DESC_F_NEXT as u16;
-            }
-            self.write_desc(index, d.addr, d.len, flags, next);
+            self.write_desc(index, d.addr, d.len, d.flags(i, descs.len()), next);
         }
         self.next_desc = (self.next_desc + descs.len() as u16) % self.size;
         self.publish(head);
@@ -153,17 +165,15 @@ impl<'a> Driver<'a> {
     /// points at it (`VRING_DESC_F_INDIRECT`, `len` bytes: `16 * descs.len()` when honest).
     pub fn add_indirect(&mut self, table: u64, descs: &[D], len: u32) -> u16 {
         for (i, d) in descs.iter().enumerate() {
-            let mut flags = if d.write {
-                VRING_DESC_F_WRITE as u16
-            } else {
-                0
-            };
-            if i + 1 < descs.len() {
-                flags |= VRING_DESC_F_NEXT as u16;
-            }
-            let raw = RawDescriptor::from(Descriptor::new(d.addr, d.len, flags, i as u16 + 1));
-            let at = GuestAddress(table + 16 * i as u64);
-            self.mem.write_obj(raw, at).unwrap();
+            let flags = d.flags(i, descs.len());
+            write_raw_desc(
+                self.mem,
+                table + 16 * i as u64,
+                d.addr,
+                d.len,
+                flags,
+                i as u16 + 1,
+            );
         }
         let head = self.next_desc;
         self.write_desc(head, table, len, VRING_DESC_F_INDIRECT as u16, 0);

@@ -228,11 +228,7 @@ fn tx_takes_frames_through_indirect_tables() {
     let h2 = rig.tx.add_indirect(table + 0x1000, &pieces[..2], 24);
     let nested = table + 0x2000;
     let h3 = rig.tx.add_indirect(nested, &[r(table, 32)], 16);
-    let flags = (VRING_DESC_F_INDIRECT) as u16;
-    let raw = virtio_queue::desc::RawDescriptor::from(virtio_queue::desc::split::Descriptor::new(
-        table, 32, flags, 0,
-    ));
-    mem.write_obj(raw, GuestAddress(nested)).unwrap();
+    write_raw_desc(&mem, nested, table, 32, VRING_DESC_F_INDIRECT as u16, 0);
     let good = frame(100);
     let h4 = rig.tx.add(&readable(&mem, BUFS + 0x3_0000, &good, &[]));
     assert!(rig.kick(TXQ));
