@@ -452,9 +452,7 @@ impl TapVm {
     fn qemu(work: &Path, tree: &Path) -> Result<TapVm> {
         let cpio = initramfs(work, tree, &format!("{QEMU_GUEST}/24"), "qemu")?;
         tap(QEMU_TAP, QEMU_HOST)?;
-        let mut vm = Self::spawn_qemu(work, &cpio, QEMU_TAP, None, None)?;
-        vm.tap = Some(QEMU_TAP);
-        Ok(vm)
+        Self::spawn_qemu(work, &cpio, QEMU_TAP, None, None)
     }
 
     /// QEMU in `pod`'s network namespace, attached as crx-runc attaches a VM (ADR 0015): a tap
@@ -490,11 +488,12 @@ impl TapVm {
     }
 
     /// QEMU (KVM, microvm) booting `cpio`, its virtio-net on the existing tap `tap`
-    /// (`vhost=off`), in network namespace `netns` if given, with MAC `mac` if given.
+    /// (`vhost=off`), in network namespace `netns` if given (the tap goes with it; otherwise
+    /// it is deleted with the VM), with MAC `mac` if given.
     fn spawn_qemu(
         work: &Path,
         cpio: &Path,
-        tap: &str,
+        tap: &'static str,
         netns: Option<&str>,
         mac: Option<&str>,
     ) -> Result<TapVm> {
@@ -533,7 +532,7 @@ impl TapVm {
             .context("qemu-system-x86_64")?;
         Ok(TapVm {
             child,
-            tap: None,
+            tap: netns.is_none().then_some(tap),
             log,
         })
     }
