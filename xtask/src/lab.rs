@@ -11,7 +11,8 @@
 //! minutes, not the whole time limit: the command's script prints a heartbeat line six times
 //! per [`Options::silence`] (every 30 s by default; the host swallows it), so a console silent
 //! that long means the lab host is stuck; QEMU is then killed and the run fails with
-//! [`LAB_FAILED`], which tier 3 retries.
+//! [`LAB_FAILED`], which tier 3 retries. The heartbeat starts with the command: until then the
+//! boot (kernel, 9p mounts, the KVM probe) may be quiet for [`BOOT_SILENCE`].
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::RawFd;
@@ -60,6 +61,11 @@ pub const MICROVM: [&str; 9] = [
     "-serial",
     "stdio",
 ];
+
+/// How long the lab host's boot may be silent before the command starts (and its heartbeat
+/// with it), whatever [`Options::silence`] says: a boot has quiet stretches of several seconds
+/// (reading the probe's binary over 9p on a busy machine).
+pub const BOOT_SILENCE: Duration = Duration::from_secs(60);
 
 /// Exit status when the lab itself failed (did not boot, timed out, no KVM).
 pub const LAB_FAILED: i32 = 125;
@@ -359,7 +365,12 @@ fn supervise(
     let mut pending = String::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left.min(opts.silence)) {
+        let silence = if begun {
+            opts.silence
+        } else {
+            opts.silence.max(BOOT_SILENCE)
+        };
+        match rx.recv_timeout(left.min(silence)) {
             Ok(Event::Line(raw)) => {
                 let line = String::from_utf8_lossy(&raw);
                 let Some(line) =
@@ -422,9 +433,10 @@ fn supervise(
                 if Instant::now() < deadline {
                     eprintln!(
                         "crx-lab: THE LAB HOST IS STUCK: no output (not even its heartbeat) for \
-                         {}s after {:.0}s; the lab was stopped",
-                        opts.silence.as_secs(),
-                        started.elapsed().as_secs_f64()
+                         {}s after {:.0}s{}; the lab was stopped",
+                        silence.as_secs(),
+                        started.elapsed().as_secs_f64(),
+                        if begun { "" } else { ", while booting" }
                     );
                 } else {
                     eprintln!(
@@ -581,6 +593,22 @@ mod tests {
             std::fs::metadata(format!("/proc/{pid}")).is_err(),
             "the stuck lab was not stopped"
         );
+    }
+
+    #[test]
+    fn a_boot_quieter_than_the_silence_limit_is_not_stuck() {
+        let opts = Options {
+            silence: Duration::from_secs(1),
+            ..Options::default()
+        };
+        // Three quiet seconds before the command starts (the heartbeat starts with it).
+        let child = fake_lab(&format!(
+            "echo booting; sleep 3; echo {BEGIN}; echo ran; echo '{EXIT}0'"
+        ));
+        let mut out = Vec::new();
+        let code = supervise(child, Instant::now(), &opts, None, &mut out).unwrap();
+        assert_eq!(code, 0);
+        assert_eq!(String::from_utf8(out).unwrap(), "ran\n");
     }
 
     #[test]

@@ -37,8 +37,9 @@ enum Cmd {
         /// Give up (and stop the lab) after this many seconds.
         #[arg(long, default_value_t = 1800)]
         timeout: u64,
-        /// Stop the lab (as stuck) after this many seconds without console output: the lab
-        /// prints a heartbeat six times as often.
+        /// Stop the lab (as stuck) after this many seconds without console output once the
+        /// command runs: the lab prints a heartbeat six times as often. Its boot may be quiet
+        /// for 60 s whatever this says.
         #[arg(long, default_value_t = 180)]
         silence: u64,
         #[arg(long, default_value_t = 4096)]
