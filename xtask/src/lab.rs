@@ -10,8 +10,9 @@
 //! A wedged lab host (seen now and then: no output for many minutes, QEMU busy) costs
 //! minutes, not the whole time limit: the command's script prints a heartbeat line six times
 //! per [`Options::silence`] (every 30 s by default; the host swallows it), so a console silent
-//! that long means the lab host is stuck; QEMU is then killed and the run fails with
-//! [`LAB_FAILED`], which tier 3 retries. The heartbeat starts with the command: until then the
+//! that long means the lab host may be stuck: its vCPUs are reported, it is woken once (an NMI
+//! through the monitor), and if no heartbeat follows within the same limit QEMU is killed and
+//! the run fails with [`LAB_FAILED`], which tier 3 retries. The heartbeat starts with the command: until then the
 //! boot (kernel, 9p mounts, the KVM probe) may be quiet for [`BOOT_SILENCE`].
 
 use std::io::{BufRead, BufReader, Write};
@@ -66,6 +67,9 @@ pub const MICROVM: [&str; 9] = [
 /// with it), whatever [`Options::silence`] says: a boot has quiet stretches of several seconds
 /// (reading the probe's binary over 9p on a busy machine).
 pub const BOOT_SILENCE: Duration = Duration::from_secs(60);
+
+/// How many times one run wakes a silent lab host (an NMI) before it is taken for stuck.
+const MAX_WAKES: u32 = 3;
 
 /// Exit status when the lab itself failed (did not boot, timed out, no KVM).
 pub const LAB_FAILED: i32 = 125;
@@ -337,7 +341,7 @@ fn supervise(
     mut child: Child,
     started: Instant,
     opts: &Options,
-    stuck: Option<Stuck>,
+    mut stuck: Option<Stuck>,
     out: &mut dyn Write,
 ) -> Result<i32> {
     let stdout = child.stdout.take().context("qemu has no stdout")?;
@@ -363,6 +367,9 @@ fn supervise(
     let mut begun = false;
     let mut status = None;
     let mut pending = String::new();
+    // When the monitor last woke a silent lab host, until its heartbeat comes back; how often.
+    let mut woken: Option<Instant> = None;
+    let mut wakes = 0;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let silence = if begun {
@@ -373,6 +380,13 @@ fn supervise(
         match rx.recv_timeout(left.min(silence)) {
             Ok(Event::Line(raw)) => {
                 let line = String::from_utf8_lossy(&raw);
+                if let Some(at) = woken.filter(|_| line.trim_end().ends_with(HEARTBEAT)) {
+                    eprintln!(
+                        "crx-lab: the lab host's heartbeat came back {:.1}s after the wake-up",
+                        at.elapsed().as_secs_f64()
+                    );
+                    woken = None;
+                }
                 let Some(line) =
                     without_heartbeat(&mut pending, line.trim_end_matches(['\n', '\r']))
                 else {
@@ -416,13 +430,27 @@ fn supervise(
             Ok(Event::Eof) => break,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if let (None, Some(mut stuck)) = (status, stuck) {
+                if let (None, Some(stuck)) = (status, stuck.as_mut()) {
                     eprintln!(
                         "crx-lab: no output for a while: where the lab host's vCPUs are \
                          (its kernel: {})",
                         stuck.vmlinux.display()
                     );
                     eprint!("{}", stuck.monitor.vcpu_report(opts.cpus, &stuck.vmlinux));
+                    // A lab host idle for good may have lost a wake-up (a timer or an
+                    // interrupt): an NMI, and the monitor's traffic itself, wake QEMU's vCPUs
+                    // and main loop. One more silence without a heartbeat: stuck.
+                    if begun && woken.is_none() && wakes < MAX_WAKES && Instant::now() < deadline {
+                        stuck.monitor.nmi();
+                        wakes += 1;
+                        woken = Some(Instant::now());
+                        eprintln!(
+                            "crx-lab: sent the lab host an NMI (wake-up {wakes} of {MAX_WAKES}); \
+                             {}s more for its heartbeat",
+                            silence.as_secs()
+                        );
+                        continue;
+                    }
                 }
                 let _ = child.kill();
                 let _ = child.wait();

@@ -74,6 +74,12 @@ impl Monitor {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// Sends the lab host a non-maskable interrupt (QEMU delivers it through each vCPU's
+    /// LINT1; Linux takes it on the boot CPU and logs it as of unknown reason).
+    pub fn nmi(&mut self) {
+        let _ = self.command("nmi", Duration::from_secs(1));
+    }
+
     /// Where each of the lab's `cpus` vCPUs is, named from `vmlinux`: one block per vCPU.
     pub fn vcpu_report(&mut self, cpus: u32, vmlinux: &Path) -> String {
         let symbols = Symbols::load(vmlinux);

@@ -252,6 +252,11 @@ fn labhost_a_silent_lab_host_is_stopped_as_stuck() {
     assert_eq!(out.status.code(), Some(125), "{stdout}\n{stderr}");
     assert!(stdout.contains("beat-stopped"), "{stdout}\n{stderr}");
     assert!(stderr.contains("THE LAB HOST IS STUCK"), "{stderr}");
+    // Before giving up, the watchdog woke the lab host once: its kernel logged the NMI, and
+    // no heartbeat came back (it was stopped for good).
+    assert!(stderr.contains("sent the lab host an NMI"), "{stderr}");
+    assert!(stdout.contains("NMI"), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("heartbeat came back"), "{stderr}");
     // Where each vCPU was, a kernel address named from the lab kernel's symbols. Usually both
     // are idle in the kernel, but the sample may catch one in user space (a CI run did): then
     // the address stays bare and its stack has no kernel text.
@@ -268,10 +273,25 @@ fn labhost_a_silent_lab_host_is_stopped_as_stuck() {
         stderr
             .matches("kernel text addresses on its stack: ")
             .count(),
-        2,
-        "{stderr}"
+        4,
+        "two reports, before and after the wake-up: {stderr}"
     );
     assert_nothing_left(&qemu, &tmp, "after a silent lab");
+}
+
+#[test]
+fn labhost_a_silent_lab_host_whose_heartbeat_comes_back_after_the_wake_up_goes_on() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Silent for 9 s (the limit is 6 s), then beating again: a host that came back to life
+    // after the watchdog's wake-up finishes its command.
+    let (out, stdout, stderr) = lab_with_silence_limit(
+        "kill $(cat /run/crx-lab-heartbeat.pid); echo beat-stopped; sleep 9; \
+         (while sleep 1; do echo CRX-LAB-ALIVE; done) & sleep 3; echo finished",
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains("sent the lab host an NMI"), "{stderr}");
+    assert!(stderr.contains("heartbeat came back"), "{stderr}");
+    assert!(stdout.contains("finished"), "{stdout}\n{stderr}");
 }
 
 /// The RIP the stuck-lab report gives for `cpu` (`vCPU N: RIP 0xADDR ...`).
