@@ -174,11 +174,15 @@ fn measure_one(name: &str, work: &Path, tree: &Path) -> Result<Figures> {
     figures(ip).inspect_err(|_| vm.print_log_tail())
 }
 
-/// The median of `f` over `v`.
+/// The median of `f` over `v`: of an even count, the mean of the middle two (0: none).
 fn median(v: &[Figures], f: impl Fn(&Figures) -> f64) -> f64 {
     let mut x: Vec<f64> = v.iter().map(f).collect();
     x.sort_by(|a, b| a.total_cmp(b));
-    x.get(x.len() / 2).copied().unwrap_or(0.0)
+    match x.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => x[n / 2],
+        n => (x[n / 2 - 1] + x[n / 2]) / 2.0,
+    }
 }
 
 /// The median of a latency over the rounds that measured one (0: none did).
@@ -615,4 +619,28 @@ fn tap(name: &str, host_ip: &str) -> Result<()> {
         cmd::run(Command::new("ip").args(&args))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rounds(to_guest: &[f64]) -> Vec<Figures> {
+        to_guest
+            .iter()
+            .map(|&g| Figures {
+                to_guest: g,
+                ..Figures::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        let m = |v: &[f64]| median(&rounds(v), |f| f.to_guest);
+        assert_eq!(m(&[]), 0.0);
+        assert_eq!(m(&[3.0]), 3.0);
+        assert_eq!(m(&[5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(m(&[4.0, 1.0, 2.0, 10.0]), 3.0);
+    }
 }
