@@ -12,8 +12,9 @@
 //! per [`Options::silence`] (every 30 s by default; the host swallows it), so a console silent
 //! that long means the lab host may be stuck: its vCPUs are reported, it is woken once (an NMI
 //! through the monitor), and if no heartbeat follows within the same limit QEMU is killed and
-//! the run fails with [`LAB_FAILED`], which tier 3 retries. The heartbeat starts with the command: until then the
-//! boot (kernel, 9p mounts, the KVM probe) may be quiet for [`BOOT_SILENCE`].
+//! the run fails with [`LAB_FAILED`], which tier 3 retries. The heartbeat starts with the
+//! command: until then the boot (kernel, 9p mounts, the KVM probe) may be quiet for
+//! [`BOOT_SILENCE`].
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::RawFd;
@@ -380,16 +381,16 @@ fn supervise(
         match rx.recv_timeout(left.min(silence)) {
             Ok(Event::Line(raw)) => {
                 let line = String::from_utf8_lossy(&raw);
-                if let Some(at) = woken.filter(|_| line.trim_end().ends_with(HEARTBEAT)) {
-                    eprintln!(
-                        "crx-lab: the lab host's heartbeat came back {:.1}s after the wake-up",
-                        at.elapsed().as_secs_f64()
-                    );
-                    woken = None;
-                }
                 let Some(line) =
                     without_heartbeat(&mut pending, line.trim_end_matches(['\n', '\r']))
                 else {
+                    // A heartbeat.
+                    if let Some(at) = woken.take() {
+                        eprintln!(
+                            "crx-lab: the lab host's heartbeat came back {:.1}s after the wake-up",
+                            at.elapsed().as_secs_f64()
+                        );
+                    }
                     continue;
                 };
                 let line = line.as_str();
@@ -604,19 +605,27 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn silence_stops_a_stuck_lab() {
+    /// Supervises a [`fake_lab`] running `script` with a silence limit of `silence` seconds:
+    /// its pid, the status `supervise` returned and the output it passed on.
+    fn supervise_fake(script: &str, silence: u64) -> (u32, i32, String) {
         let opts = Options {
-            silence: Duration::from_secs(1),
+            silence: Duration::from_secs(silence),
             ..Options::default()
         };
-        // Output, then silence; `exec` so that the kill reaches the sleeping process.
-        let child = fake_lab(&format!("echo {BEGIN}; echo working; exec sleep 600"));
+        let child = fake_lab(script);
         let pid = child.id();
         let mut out = Vec::new();
         let code = supervise(child, Instant::now(), &opts, None, &mut out).unwrap();
+        (pid, code, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn silence_stops_a_stuck_lab() {
+        // Output, then silence; `exec` so that the kill reaches the sleeping process.
+        let (pid, code, out) =
+            supervise_fake(&format!("echo {BEGIN}; echo working; exec sleep 600"), 1);
         assert_eq!(code, LAB_FAILED);
-        assert_eq!(String::from_utf8(out).unwrap(), "working\n");
+        assert_eq!(out, "working\n");
         assert!(
             std::fs::metadata(format!("/proc/{pid}")).is_err(),
             "the stuck lab was not stopped"
@@ -625,34 +634,26 @@ mod tests {
 
     #[test]
     fn a_boot_quieter_than_the_silence_limit_is_not_stuck() {
-        let opts = Options {
-            silence: Duration::from_secs(1),
-            ..Options::default()
-        };
         // Three quiet seconds before the command starts (the heartbeat starts with it).
-        let child = fake_lab(&format!(
-            "echo booting; sleep 3; echo {BEGIN}; echo ran; echo '{EXIT}0'"
-        ));
-        let mut out = Vec::new();
-        let code = supervise(child, Instant::now(), &opts, None, &mut out).unwrap();
+        let (_, code, out) = supervise_fake(
+            &format!("echo booting; sleep 3; echo {BEGIN}; echo ran; echo '{EXIT}0'"),
+            1,
+        );
         assert_eq!(code, 0);
-        assert_eq!(String::from_utf8(out).unwrap(), "ran\n");
+        assert_eq!(out, "ran\n");
     }
 
     #[test]
     fn heartbeats_keep_alive_past_the_silence_limit() {
-        let opts = Options {
-            silence: Duration::from_secs(2),
-            ..Options::default()
-        };
         // Five seconds without command output, heartbeats every 0.1 s, one mid-line.
-        let child = fake_lab(&format!(
-            "echo {BEGIN}; printf 'test x ... '; i=0; while [ $i -lt 50 ]; do \
-             echo {HEARTBEAT}; sleep 0.1; i=$((i+1)); done; echo ok; echo '{EXIT}3'"
-        ));
-        let mut out = Vec::new();
-        let code = supervise(child, Instant::now(), &opts, None, &mut out).unwrap();
+        let (_, code, out) = supervise_fake(
+            &format!(
+                "echo {BEGIN}; printf 'test x ... '; i=0; while [ $i -lt 50 ]; do \
+                 echo {HEARTBEAT}; sleep 0.1; i=$((i+1)); done; echo ok; echo '{EXIT}3'"
+            ),
+            2,
+        );
         assert_eq!(code, 3);
-        assert_eq!(String::from_utf8(out).unwrap(), "test x ... ok\n");
+        assert_eq!(out, "test x ... ok\n");
     }
 }
