@@ -6,8 +6,9 @@
 use std::cell::RefCell;
 use std::os::unix::net::UnixListener;
 
+use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 use super::blk::{Block, MemDisk};
 use super::net::{MemBackend, Net, NetOptions, RXQ as NET_RXQ, TXQ as NET_TXQ};
@@ -70,7 +71,7 @@ fn hostile_queue(mem: &GuestMemoryMmap, input: &mut Input<'_>, base: u64) -> Que
         // Flags: NEXT, WRITE, INDIRECT as the input says.
         let flags = u16::from((mode >> 2) & 7);
         let next = u16::from(input.u8()) % (QSIZE + 2);
-        write_desc(mem, desc + 16 * i, addr, len, flags, next);
+        let _ = write_desc(mem, desc + 16 * i, addr, len, flags, next);
     }
     let n = input.u8() % (QSIZE as u8 + 4);
     for i in 0..u64::from(n) {
@@ -204,7 +205,7 @@ fn roomy_rx_queue(mem: &GuestMemoryMmap, input: &mut Input<'_>, base: u64) -> Qu
             5 => flags |= VRING_DESC_F_INDIRECT as u16,
             _ => {}
         }
-        write_desc(mem, base + 16 * u64::from(i), addr, len, flags, next);
+        let _ = write_desc(mem, base + 16 * u64::from(i), addr, len, flags, next);
         let _ = mem.write_obj(i, GuestAddress(avail + 4 + 2 * u64::from(i)));
     }
     let _ = mem.write_obj(QSIZE, GuestAddress(avail + 2));
@@ -222,14 +223,17 @@ fn ready_queue(desc: u64, avail: u64, used: u64) -> Queue {
     q
 }
 
-/// Writes one split-ring descriptor at `at`.
-fn write_desc(mem: &GuestMemoryMmap, at: u64, addr: u64, len: u32, flags: u16, next: u16) {
-    let mut raw = [0u8; 16];
-    raw[..8].copy_from_slice(&addr.to_le_bytes());
-    raw[8..12].copy_from_slice(&len.to_le_bytes());
-    raw[12..14].copy_from_slice(&flags.to_le_bytes());
-    raw[14..].copy_from_slice(&next.to_le_bytes());
-    let _ = mem.write_slice(&raw, GuestAddress(at));
+/// Writes one split-ring descriptor at guest address `at` (also the tests' writer).
+pub(crate) fn write_desc(
+    mem: &GuestMemoryMmap,
+    at: u64,
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+) -> Result<(), GuestMemoryError> {
+    let d = RawDescriptor::from(Descriptor::new(addr, len, flags, next));
+    mem.write_obj(d, GuestAddress(at))
 }
 
 /// Fuzz target: the virtio-net TX path (chain gathering, header checks against the features

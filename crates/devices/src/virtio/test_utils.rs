@@ -3,7 +3,6 @@
 //! `MockSplitQueue::create` places the used ring inside the available ring once the queue has
 //! more than a few entries), so long transfers work.
 
-use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -57,10 +56,9 @@ impl D {
     }
 }
 
-/// Writes one raw split-ring descriptor at guest address `at`.
+/// Writes one raw split-ring descriptor at guest address `at`, which must be in `mem`.
 pub fn write_raw_desc(mem: &GuestMemoryMmap, at: u64, addr: u64, len: u32, flags: u16, next: u16) {
-    let d = RawDescriptor::from(Descriptor::new(addr, len, flags, next));
-    mem.write_obj(d, GuestAddress(at)).unwrap();
+    super::fuzzing::write_desc(mem, at, addr, len, flags, next).unwrap();
 }
 
 pub struct Driver<'a> {
