@@ -224,13 +224,6 @@ pub fn connect_port(uds: &Path, port: u32, limit: Duration) -> io::Result<UnixSt
     Ok(s)
 }
 
-/// The last non-empty line of a log file, if any.
-fn last_line(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
-    Some(line.trim().chars().take(600).collect())
-}
-
 /// The agent of one VM.
 #[derive(Debug, Clone)]
 pub struct Agent {
@@ -281,8 +274,8 @@ impl Agent {
 
     /// Retries [`Agent::control`] every few milliseconds (each attempt bounded by
     /// [`READY_ATTEMPT`]) until it succeeds, `alive()` says the
-    /// VM is gone (`VmExited`), or `timeout` passes (`AgentTimeout`); the errors quote the last
-    /// line of `vmm_log` (or of the console).
+    /// VM is gone (`VmExited`), or `timeout` passes (`AgentTimeout`); the errors say why from
+    /// `vmm_log` and the console ([`crate::vmlog::why_stopped`]).
     pub fn wait_ready(
         &self,
         timeout: Duration,
@@ -291,8 +284,7 @@ impl Agent {
         mut alive: impl FnMut() -> bool,
     ) -> Result<Control, RuntimeError> {
         let reason = || {
-            last_line(vmm_log)
-                .or_else(|| last_line(console))
+            crate::vmlog::why_stopped(&[vmm_log, console])
                 .unwrap_or_else(|| "no output from the VM".into())
         };
         let start = Instant::now();

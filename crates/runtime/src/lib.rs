@@ -7,7 +7,8 @@
 //! - [`home`]: crx's instance homes (their record, crx's data in its annotations); listing,
 //!   lookup, gc of dead VMMs.
 //! - [`spec`]: the OCI runtime spec from an image config and the `run` flags.
-//! - [`vm`]: the VM description crx-vmm reads (`vm.toml`, `crx-vmconfig`) and its process.
+//! - [`vm`]: the VM description crx-vmm reads (`vm.toml`, `crx-vmconfig`) and its process;
+//!   [`vmlog`]: why a VM stopped, from its logs.
 //! - [`agent`]: control and stdio connections to the guest agent over the hybrid vsock.
 //! - [`instance`]: run, exec, signal, remove.
 //! - [`monitor`]: the runtime's own monitor processes (this program again), started and
@@ -50,6 +51,7 @@ pub mod trim;
 pub mod tty;
 pub mod virtiofs;
 pub mod vm;
+pub mod vmlog;
 
 pub use crx_proto::chain;
 pub use error::{RuntimeError, SpecError};

@@ -168,18 +168,8 @@ fn boot_in(t: &VmConfig, staging: &Path) -> Result<(), TemplateError> {
     };
     let _ = child.kill();
     let _ = child.wait();
-    let last = [&t.vmm_log, &t.console]
-        .iter()
-        .find_map(|p| last_line(p))
-        .unwrap_or_default();
+    let last = crate::vmlog::why_stopped(&[&t.vmm_log, &t.console]).unwrap_or_default();
     Err(TemplateError::Build(format!("{why}: {last}")))
-}
-
-/// The last non-empty line of a log.
-fn last_line(p: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(p).ok()?;
-    let l = text.lines().rev().find(|l| !l.trim().is_empty())?;
-    Some(l.trim().to_owned())
 }
 
 /// Makes `staging` readable by every jail's user (a restore maps it read-only), records the
