@@ -1,6 +1,7 @@
 //! Lab tier of issue 17 (host half): a Linux guest snapshotted while it runs (SIGUSR1) is
 //! restored in a new crx-vmm process and carries on: its shell loop counts on from where it
-//! stopped and its clock has moved on by the time the snapshot spent on disk.
+//! stopped and its clock has moved on by the time the snapshot spent on disk. A guest with two
+//! vCPUs busy waking each other does so through a chain of snapshots.
 //!
 //! Run inside the lab (`target/debug/xtask lab -- target/debug/deps/lab_snapshot-HASH lab_`).
 //! A missing `CRX_GUEST_KERNEL_DIR`, kernel, `/dev/kvm` or `/bin/busybox` is a failure.
@@ -13,12 +14,12 @@ use crx_testkit::{busybox, env};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// busybox and an `/init` that prints `tick N SECONDS` (the guest's `date +%s`) every 0.2 s.
-fn initrd(dir: &std::path::Path) -> PathBuf {
-    let script = busybox::init_script(
-        &["proc", "dev"],
-        "i=0\nwhile true; do echo \"tick $i $(date +%s)\"; i=$((i+1)); sleep 0.2; done",
-    );
+/// The shell loop that prints `tick N SECONDS` (the guest's `date +%s`) every 0.2 s.
+const TICKS: &str = "i=0; while true; do echo \"tick $i $(date +%s)\"; i=$((i+1)); sleep 0.2; done";
+
+/// busybox and an `/init` that runs `body`.
+fn initrd(dir: &std::path::Path, body: &str) -> PathBuf {
+    let script = busybox::init_script(&["proc", "dev"], body);
     busybox::init_initrd(dir, &["/proc", "/dev"], &script)
 }
 
@@ -70,7 +71,7 @@ fn signal(vm: &Vm, sig: i32) {
 fn lab_snapshot_linux_guest_continues_after_restore() {
     let k = env::guest_kernel("vmlinux");
     let d = tempfile::tempdir().unwrap();
-    let init = initrd(d.path());
+    let init = initrd(d.path(), TICKS);
     let snap = d.path().join("snap");
     let base = [
         "--memory-mib",
@@ -128,4 +129,68 @@ fn lab_snapshot_linux_guest_continues_after_restore() {
         "the guest clock moved on by the ~5 s on disk: {last_s} -> {s}\n{}",
         second.logs()
     );
+}
+
+/// Two vCPUs kept waking each other (a pipe between a writer on CPU 0 and a reader on CPU 1, a
+/// sleeper moved between them without pause) while the ticks come from CPU 1: snapshotted,
+/// restored and snapshotted again, the guest ticks on after each restore. (The vCPUs save
+/// themselves only once all are out of the guest: one saved while another still ran could
+/// lose an IPI from it.)
+#[test]
+fn lab_snapshot_two_busy_vcpus_go_on_through_a_chain_of_snapshots() {
+    let k = env::guest_kernel("vmlinux");
+    let d = tempfile::tempdir().unwrap();
+    let body = format!(
+        "echo \"cpus $(nproc)\"\n\
+         taskset -c 0 sh -c 'while :; do echo x; done' | taskset -c 1 sh -c 'while read l; do :; done' &\n\
+         sh -c 'while :; do sleep 0.05; done' &\n\
+         f=$!\n\
+         (while :; do taskset -p -c 0 $f >/dev/null; taskset -p -c 1 $f >/dev/null; done) &\n\
+         taskset -c 1 sh -c '{TICKS}'"
+    );
+    let init = initrd(d.path(), &body);
+    let base = [
+        "--memory-mib",
+        "128",
+        "--vcpus",
+        "2",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initrd",
+        init.to_str().unwrap(),
+    ];
+    let snap = |i: usize| d.path().join(format!("snap{i}"));
+    let mut args = base.to_vec();
+    let first_snap = snap(0);
+    args.extend(["--snapshot-on-signal", first_snap.to_str().unwrap()]);
+    let mut vm = spawn(d.path(), "run0", &args);
+    wait_ticks(&mut vm, 10);
+    let cpus = vm.console_text().lines().any(|l| l.trim() == "cpus 2");
+    assert!(cpus, "{}", vm.logs());
+    for i in 1..=2 {
+        signal(&vm, libc::SIGUSR1);
+        assert_eq!(
+            vm.wait(TIMEOUT).code(),
+            Some(0),
+            "snapshot {i}: {}",
+            vm.logs()
+        );
+        let last = ticks(&vm).last().unwrap().0;
+        let (from, to) = (snap(i - 1), snap(i));
+        let mut args = base.to_vec();
+        args.extend(["--restore", from.to_str().unwrap()]);
+        if i < 2 {
+            args.extend(["--snapshot-on-signal", to.to_str().unwrap()]);
+        }
+        vm = spawn(d.path(), &format!("run{i}"), &args);
+        // A restored VM's console is a new file: its first tick is the one after `last`.
+        let first = wait_ticks(&mut vm, 5)[0].0;
+        assert!(
+            first == last + 1 || first == last + 2,
+            "restore {i}: the count goes on: last before {last}, first after {first}\n{}",
+            vm.logs()
+        );
+    }
+    signal(&vm, libc::SIGTERM);
+    assert_eq!(vm.wait(TIMEOUT).code(), Some(0), "{}", vm.logs());
 }

@@ -2,6 +2,9 @@
 //! the vCPU thread's seccomp list), written on a fresh vCPU before its first KVM_RUN, in the
 //! order KVM needs (as Firecracker does: CPUID first, MSRs after the LAPIC, events last).
 
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
 use kvm_bindings::{kvm_msr_entry, CpuId, Msrs};
 use kvm_ioctls::VcpuFd;
 
@@ -142,14 +145,19 @@ pub fn restore(fd: &VcpuFd, state: &VcpuState) -> Result<(), VcpuStateError> {
     Ok(())
 }
 
+/// How long a stopped vCPU waits for the others to leave the guest before it saves its state
+/// anyway (they are kicked together; a missing one fails the snapshot as `VcpuMissing`).
+const ALL_STOPPED_WAIT: Duration = Duration::from_secs(10);
+
 /// What the vCPU threads and the main thread share for a snapshot: the request, what KVM can
-/// save, and each vCPU's saved state.
+/// save, how many vCPUs have left the guest, and each vCPU's saved state.
 pub struct VcpuSync {
     /// The port whose write asks for the snapshot, if the guest may ask.
     pub port: Option<u16>,
     caps: VcpuCaps,
     requested: std::sync::atomic::AtomicBool,
-    states: std::sync::Mutex<Vec<Option<Result<VcpuState, VcpuStateError>>>>,
+    stopped: (Mutex<u8>, Condvar),
+    states: Mutex<Vec<Option<Result<VcpuState, VcpuStateError>>>>,
 }
 
 impl VcpuSync {
@@ -159,7 +167,8 @@ impl VcpuSync {
             port,
             caps,
             requested: Default::default(),
-            states: std::sync::Mutex::new((0..vcpus).map(|_| None).collect()),
+            stopped: Default::default(),
+            states: Mutex::new((0..vcpus).map(|_| None).collect()),
         }
     }
 
@@ -169,11 +178,18 @@ impl VcpuSync {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
-    /// On vCPU `id`'s thread as it stops: if a snapshot was requested, completes the I/O of
-    /// its last exit (KVM_RUN with immediate_exit: KVM finishes the instruction, enters no
-    /// guest code and returns EINTR) and saves its state.
+    /// On vCPU `id`'s thread as it stops (once, out of KVM_RUN): if a snapshot was requested,
+    /// waits until every vCPU is out of the guest, completes the I/O of its last exit
+    /// (KVM_RUN with immediate_exit: KVM finishes the instruction, enters no guest code and
+    /// returns EINTR) and saves its state.
+    ///
+    /// The wait matters with several vCPUs: one still running could send an IPI to one that
+    /// has saved its local APIC, and the restored guest would never get it (a CPU then waits
+    /// for an answer that does not come).
     pub fn save_from(&self, id: u8, fd: &mut VcpuFd) {
-        if !self.requested.load(std::sync::atomic::Ordering::Acquire) {
+        let all = self.states.lock().map_or(0, |s| s.len());
+        let requested = || self.requested.load(std::sync::atomic::Ordering::Acquire);
+        if !self.all_stopped(all, requested) {
             return;
         }
         fd.set_kvm_immediate_exit(1);
@@ -184,6 +200,22 @@ impl VcpuSync {
         if let Some(slot) = states.get_mut(usize::from(id)) {
             *slot = Some(r);
         }
+    }
+
+    /// Counts the calling vCPU out of the guest; when `requested()` (a snapshot is being
+    /// taken), waits until `all` are out (at most [`ALL_STOPPED_WAIT`]) and says so.
+    fn all_stopped(&self, all: usize, requested: impl Fn() -> bool) -> bool {
+        let (count, cv) = &self.stopped;
+        let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_add(1);
+        cv.notify_all();
+        if !requested() {
+            return false;
+        }
+        let (_n, _timeout) = cv
+            .wait_timeout_while(n, ALL_STOPPED_WAIT, |n| usize::from(*n) < all)
+            .unwrap_or_else(|p| p.into_inner());
+        true
     }
 
     /// Every vCPU's state, once all have stopped.
@@ -199,5 +231,36 @@ impl VcpuSync {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_stopped_vcpu_saves_only_once_every_vcpu_is_out_of_the_guest() {
+        let sync = Arc::new(VcpuSync::new(None, VcpuCaps::default(), 2));
+        let done = Arc::new(AtomicBool::new(false));
+        let first = {
+            let (sync, done) = (sync.clone(), done.clone());
+            std::thread::spawn(move || {
+                let r = sync.all_stopped(2, || true);
+                done.store(true, Ordering::SeqCst);
+                r
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!done.load(Ordering::SeqCst), "saved while vCPU 1 still ran");
+        assert!(sync.all_stopped(2, || true));
+        assert!(first.join().unwrap());
+    }
+
+    #[test]
+    fn without_a_request_a_stopping_vcpu_does_not_wait() {
+        let sync = VcpuSync::new(None, VcpuCaps::default(), 2);
+        assert!(!sync.all_stopped(2, || false));
     }
 }
