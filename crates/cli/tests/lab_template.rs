@@ -202,34 +202,58 @@ fn lab_template_a_nic_is_a_slot_the_clone_fills() {
 }
 
 /// A virtio-fs share (`-v`) is a slot of the template too: each clone's own virtiofsd serves its
-/// own host directory, read and written through the restored VM.
+/// own host directory, read and written through the restored VM. A template that then fails to
+/// restore (its state file damaged) is discarded and marked, and the run boots cold with a new
+/// virtiofsd (the first served the failed VMM and ended with it).
 #[test]
 fn lab_template_a_share_is_a_slot_the_clone_fills() {
     let (lab, _g) = lab();
     let host = tempfile::tempdir().unwrap();
-    for round in 0..2 {
+    let fs_templates = || {
+        std::fs::read_dir(&lab.templates)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let key = std::fs::read_to_string(p.join("key")).unwrap_or_default();
+                key.contains(",fs:")
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut damaged = Vec::new();
+    for round in 0..3 {
+        if round == 2 {
+            damaged = fs_templates();
+            for t in &damaged {
+                std::fs::write(t.join("state"), "damaged").unwrap();
+            }
+        }
         let dir = host.path().join(format!("vol{round}"));
         std::fs::create_dir(&dir).unwrap();
         std::fs::write(dir.join("in"), format!("host says {round}\n")).unwrap();
         let vol = format!("{}:/data", dir.display());
         let script = format!("cat /data/in; echo clone {round} > /data/out");
         let (o, e) = run(lab, &["-v", &vol], &["sh", "-c", &script]);
+        let path = match round {
+            2 => "template: restore failed, booting cold",
+            _ => "template: restoring",
+        };
         assert!(
-            e.contains("template: restoring"),
-            "round {round} not restored: {e}\nall runs:\n{}",
+            e.contains(path),
+            "round {round}: no {path:?}: {e}\nall runs:\n{}",
             history(lab)
         );
         assert_eq!(o, format!("host says {round}\n"));
         let out = std::fs::read_to_string(dir.join("out")).unwrap();
         assert_eq!(out, format!("clone {round}\n"));
     }
+    assert_eq!(damaged.len(), 1, "{damaged:?}");
+    assert!(fs_templates().is_empty(), "the failed template is removed");
+    let mark = damaged[0].with_extension("broken");
+    let why = std::fs::read_to_string(&mark).unwrap();
+    assert!(why.contains("the VM stopped"), "{why}");
     // The other tests count the plain `--network none` template alone.
-    for e in std::fs::read_dir(&lab.templates).unwrap().flatten() {
-        let key = std::fs::read_to_string(e.path().join("key")).unwrap_or_default();
-        if key.contains(",fs:") {
-            std::fs::remove_dir_all(e.path()).unwrap();
-        }
-    }
+    std::fs::remove_file(&mark).unwrap();
 }
 
 #[test]

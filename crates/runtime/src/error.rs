@@ -71,6 +71,8 @@ pub enum RuntimeError {
     Volumes(#[source] Box<crate::oci::error::OciError>),
     #[error("volume {0}: its source is gone")]
     VolumeGone(String),
+    #[error("restarting a virtio-fs share's daemon for a cold boot after a failed restore")]
+    Reshare(#[source] crate::virtiofs::VirtiofsError),
 }
 
 /// Errors building an OCI runtime spec from an image config and flags.

@@ -134,7 +134,7 @@ fn boot_and_start(
         .iter()
         .map(|ip| ip.address.addr)
         .collect();
-    let binds = binds::share(&home.dir, cfg, &hostname, &own, &mut spec)?;
+    let mut binds = binds::share(&home.dir, cfg, &hostname, &own, &mut spec)?;
     home.write_spec(&spec)?;
     let mut vm = VmConfig {
         vmm,
@@ -156,7 +156,7 @@ fn boot_and_start(
     }
     // The measured boot: what this VM boots, as verified (saved with the VMM's pid).
     home.state.boot = Some(vm.boot.digests());
-    let mut sandbox = sandbox::boot(&vm, |pid| {
+    let mut sandbox = sandbox::boot(&vm, &mut binds.iter_mut().collect::<Vec<_>>(), |pid| {
         guard.vmm = Some(pid);
         home.set_vmm(pid)?;
         on_spawn(pid, &home.dir);

@@ -14,6 +14,7 @@ use crate::error::RuntimeError;
 use crate::relay::{open_stdio, Stdio};
 use crate::template::{self, Plan};
 use crate::trace;
+use crate::virtiofs::Daemon;
 use crate::vm::VmConfig;
 
 /// A booted VM whose agent answers.
@@ -42,12 +43,13 @@ pub enum Streams {
 /// Boots `vm`: restored from its template when one fits ([`template::plan`], ADR 0017),
 /// else cold; calls `on_spawn(pid)` with the VMM that runs (at once for a cold boot, to record
 /// it where a later process looks; once a restored VM answered, since a restore that fails
-/// falls back to a cold boot, unless the VM has shares: their daemons end with the failed VMM,
-/// so that start fails and the next boots cold), and waits for the guest agent (bounded by [`agent_timeout`]; a
+/// falls back to a cold boot, with new `shares` daemons: those of `vm`'s virtio-fs shares end
+/// with the VMM they served), and waits for the guest agent (bounded by [`agent_timeout`]; a
 /// VM that stops first fails at once); a restored VM gets its identity before anything else.
 /// On any error the VMM is killed and reaped.
 pub fn boot<E: From<RuntimeError>>(
     vm: &VmConfig,
+    shares: &mut [&mut Daemon],
     on_spawn: impl FnOnce(u32) -> Result<(), E>,
 ) -> Result<Sandbox, E> {
     let agent = Agent::new(vm.vsock_uds.clone());
@@ -73,13 +75,10 @@ pub fn boot<E: From<RuntimeError>>(
                 // Not this template again: later boots of the shape boot cold.
                 let why = crate::chain(&e);
                 r.discard(&why);
-                if !vm.fs.is_empty() {
-                    // Its virtiofsd daemons served the failed VMM and exited with it: a cold
-                    // boot would find no backend. This start fails; the next one boots cold.
-                    trace::mark(&format!("template: restore failed: {why}"));
-                    return Err(e.into());
-                }
                 trace::mark(&format!("template: restore failed, booting cold: {why}"));
+                for d in shares.iter_mut() {
+                    d.respawn().map_err(RuntimeError::Reshare)?;
+                }
             }
         }
     }

@@ -240,6 +240,8 @@ pub fn args(dir: &Path, socket: &Path, opts: &DaemonOptions) -> Vec<String> {
 pub struct Daemon {
     child: Child,
     socket: PathBuf,
+    dir: PathBuf,
+    opts: DaemonOptions,
 }
 
 impl Daemon {
@@ -265,38 +267,40 @@ impl Daemon {
         if socket.exists() {
             return Err(VirtiofsError::SocketExists(socket.to_owned()));
         }
-        let bin = match &opts.binary {
-            Some(b) => b.clone(),
-            None => find_virtiofsd()?,
-        };
-        let stderr = match &opts.log {
-            Some(p) => Stdio::from(crate::paths::create_private_file(p).map_err(|source| {
-                VirtiofsError::Io {
-                    path: p.clone(),
-                    source,
-                }
-            })?),
-            None => Stdio::null(),
-        };
-        let mut cmd = Command::new(&bin);
-        // Until the VMM connects, nothing else would end a daemon whose starter died.
-        crate::child::die_with_parent(&mut cmd);
-        let child = cmd
-            .args(args(dir, socket, opts))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|source| VirtiofsError::Spawn { path: bin, source })?;
         let mut d = Daemon {
-            child,
+            child: start(dir, socket, opts)?,
             socket: socket.to_owned(),
+            dir: dir.to_owned(),
+            opts: opts.clone(),
         };
-        d.wait_socket(opts.log.as_deref())?;
+        d.wait_socket()?;
         Ok(d)
     }
 
-    fn wait_socket(&mut self, log: Option<&Path>) -> Result<(), VirtiofsError> {
+    /// Replaces this daemon with a new one for the same directory, socket and options (the
+    /// VMM it served is gone, and it exits with its client): the old one is killed if need
+    /// be and reaped, its socket removed; returns once the new socket exists.
+    pub fn respawn(&mut self) -> Result<(), VirtiofsError> {
+        self.end();
+        self.child = start(&self.dir, &self.socket, &self.opts)?;
+        self.wait_socket()
+    }
+
+    /// Kills the daemon if it runs, reaps it, removes its socket and pid file.
+    fn end(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+        // virtiofsd's lock file beside the socket, left behind when it is killed.
+        let mut pid = self.socket.clone().into_os_string();
+        pid.push(".pid");
+        let _ = std::fs::remove_file(pid);
+    }
+
+    fn wait_socket(&mut self) -> Result<(), VirtiofsError> {
+        let log = self.opts.log.as_deref();
         let end = Instant::now() + SOCKET_TIMEOUT;
         while !self.socket.exists() {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -351,16 +355,34 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.socket);
-        // virtiofsd's lock file beside the socket, left behind when it is killed.
-        let mut pid = self.socket.clone().into_os_string();
-        pid.push(".pid");
-        let _ = std::fs::remove_file(pid);
+        self.end();
     }
+}
+
+/// Starts virtiofsd for `dir` on `socket` with `opts` (stderr to the log, if any).
+fn start(dir: &Path, socket: &Path, opts: &DaemonOptions) -> Result<Child, VirtiofsError> {
+    let bin = match &opts.binary {
+        Some(b) => b.clone(),
+        None => find_virtiofsd()?,
+    };
+    let stderr = match &opts.log {
+        Some(p) => Stdio::from(crate::paths::create_private_file(p).map_err(|source| {
+            VirtiofsError::Io {
+                path: p.clone(),
+                source,
+            }
+        })?),
+        None => Stdio::null(),
+    };
+    let mut cmd = Command::new(&bin);
+    // Until the VMM connects, nothing else would end a daemon whose starter died.
+    crate::child::die_with_parent(&mut cmd);
+    cmd.args(args(dir, socket, opts))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|source| VirtiofsError::Spawn { path: bin, source })
 }
 
 #[cfg(test)]
@@ -469,5 +491,30 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn respawn_replaces_a_daemon_on_the_same_socket() {
+        let t = tempfile::tempdir().unwrap();
+        let opts = DaemonOptions {
+            binary: Some(fake_daemon(t.path())),
+            ..DaemonOptions::default()
+        };
+        let sock = t.path().join("ok.sock");
+        let mut d = Daemon::spawn_with(t.path(), &sock, &opts).unwrap();
+        let old = d.pid() as i32;
+        d.respawn().unwrap();
+        assert_ne!(d.pid() as i32, old);
+        assert!(d.is_running() && sock.exists());
+        let reaped = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(old), None);
+        assert!(reaped.is_err(), "the old daemon is reaped: {reaped:?}");
+        // One whose old daemon already exited (as virtiofsd does after its VMM) too.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(d.pid() as i32),
+            nix::sys::signal::SIGTERM,
+        )
+        .unwrap();
+        d.respawn().unwrap();
+        assert!(d.is_running() && sock.exists());
     }
 }

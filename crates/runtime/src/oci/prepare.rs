@@ -177,7 +177,8 @@ fn boot_vm(p: &mut Prepared) -> Result<(Sandbox, Attach), OciError> {
     };
     p.vm.net = network.nics;
     let (c, rec) = (&p.c, &mut p.rec);
-    let sandbox = sandbox::boot(&p.vm, |pid| {
+    let mut shares: Vec<_> = p.shares.iter_mut().map(|(_, d)| d).collect();
+    let sandbox = sandbox::boot(&p.vm, &mut shares, |pid| {
         rec.set_vmm(pid);
         c.save(rec)
     });

@@ -171,7 +171,7 @@ pub fn boot(dir: &PodDir, spec: &Value) -> Result<PodVm, PodError> {
         announce_submounts: false,
         ..DaemonOptions::default()
     };
-    let daemon =
+    let mut daemon =
         Daemon::spawn_with(&dir.share(), &dir.fs_socket(), &opts).map_err(PodError::Share)?;
     let network = crate::net::join(spec, &dir.dir).map_err(PodError::Net)?;
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
@@ -192,7 +192,7 @@ pub fn boot(dir: &PodDir, spec: &Value) -> Result<PodVm, PodError> {
     };
     vm.add_fs(SHARE_TAG, dir.fs_socket());
     rec.boot = Some(vm.boot.digests());
-    let mut sandbox = crate::sandbox::boot(&vm, |pid| {
+    let mut sandbox = crate::sandbox::boot(&vm, &mut [&mut daemon], |pid| {
         rec.set_vmm(pid);
         dir.write_record(&rec).map_err(PodError::Record)
     })?;
