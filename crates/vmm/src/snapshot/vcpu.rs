@@ -187,9 +187,7 @@ impl VcpuSync {
     /// has saved its local APIC, and the restored guest would never get it (a CPU then waits
     /// for an answer that does not come).
     pub fn save_from(&self, id: u8, fd: &mut VcpuFd) {
-        let all = self.states.lock().map_or(0, |s| s.len());
-        let requested = || self.requested.load(std::sync::atomic::Ordering::Acquire);
-        if !self.all_stopped(all, requested) {
+        if !self.all_stopped() {
             return;
         }
         fd.set_kvm_immediate_exit(1);
@@ -202,14 +200,15 @@ impl VcpuSync {
         }
     }
 
-    /// Counts the calling vCPU out of the guest; when `requested()` (a snapshot is being
-    /// taken), waits until `all` are out (at most [`ALL_STOPPED_WAIT`]) and says so.
-    fn all_stopped(&self, all: usize, requested: impl Fn() -> bool) -> bool {
+    /// Counts the calling vCPU out of the guest; when a snapshot was requested, waits until
+    /// every vCPU is out (at most [`ALL_STOPPED_WAIT`]) and says so.
+    fn all_stopped(&self) -> bool {
+        let all = self.states.lock().unwrap_or_else(|p| p.into_inner()).len();
         let (count, cv) = &self.stopped;
         let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
         *n = n.saturating_add(1);
         cv.notify_all();
-        if !requested() {
+        if !self.requested.load(std::sync::atomic::Ordering::Acquire) {
             return false;
         }
         let (_n, _timeout) = cv
@@ -243,24 +242,25 @@ mod tests {
     #[test]
     fn a_stopped_vcpu_saves_only_once_every_vcpu_is_out_of_the_guest() {
         let sync = Arc::new(VcpuSync::new(None, VcpuCaps::default(), 2));
+        sync.request();
         let done = Arc::new(AtomicBool::new(false));
         let first = {
             let (sync, done) = (sync.clone(), done.clone());
             std::thread::spawn(move || {
-                let r = sync.all_stopped(2, || true);
+                let r = sync.all_stopped();
                 done.store(true, Ordering::SeqCst);
                 r
             })
         };
         std::thread::sleep(Duration::from_millis(200));
         assert!(!done.load(Ordering::SeqCst), "saved while vCPU 1 still ran");
-        assert!(sync.all_stopped(2, || true));
+        assert!(sync.all_stopped());
         assert!(first.join().unwrap());
     }
 
     #[test]
     fn without_a_request_a_stopping_vcpu_does_not_wait() {
         let sync = VcpuSync::new(None, VcpuCaps::default(), 2);
-        assert!(!sync.all_stopped(2, || false));
+        assert!(!sync.all_stopped());
     }
 }
